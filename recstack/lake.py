@@ -1,0 +1,104 @@
+"""The event lake: Parquet files partitioned by day, ``events/date=YYYY-MM-DD/part-*.parquet``.
+
+Writes are idempotent on ``event_id``: a part file is named after its content's batch key, and
+rewriting the same batch replaces the same file; readers de-duplicate on ``event_id``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from recstack.schemas import EVENT_SCHEMA, ITEM_SCHEMA
+
+EVENTS = "events"
+ITEMS_FILE = "items.parquet"
+
+
+def partition_dir(lake_dir: Path, day: dt.date) -> Path:
+    return Path(lake_dir) / EVENTS / f"date={day.isoformat()}"
+
+
+def write_events(table: pa.Table, lake_dir: Path, batch_key: str) -> list[Path]:
+    """Write ``table`` (EVENT_SCHEMA) into its day partitions as ``part-<batch_key>.parquet``.
+
+    Returns the files written. The same ``batch_key`` overwrites the same files, so a retried
+    write does not duplicate events.
+    """
+    table = table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+    days = pc.cast(pc.cast(table["ts"], pa.timestamp("us")), pa.date32())
+    written = []
+    for day in pc.unique(days).to_pylist():
+        part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+        out = partition_dir(lake_dir, day)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"part-{batch_key}.parquet"
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(part, tmp, compression="zstd")
+        tmp.replace(path)  # atomic: readers never see half a file
+        written.append(path)
+    return written
+
+
+def list_days(lake_dir: Path) -> list[dt.date]:
+    """The days that have a partition, oldest first."""
+    root = Path(lake_dir) / EVENTS
+    if not root.exists():
+        return []
+    return sorted(
+        dt.date.fromisoformat(p.name.removeprefix("date="))
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("date=")
+    )
+
+
+def partition_files(lake_dir: Path, days: list[dt.date] | None = None) -> list[Path]:
+    """Parquet files of the given days (all days when None)."""
+    days = list_days(lake_dir) if days is None else days
+    files: list[Path] = []
+    for day in days:
+        files.extend(sorted(partition_dir(lake_dir, day).glob("part-*.parquet")))
+    return files
+
+
+def read_events(lake_dir: Path, days: list[dt.date] | None = None) -> pa.Table:
+    """All events of the given days, de-duplicated on ``event_id``."""
+    files = partition_files(lake_dir, days)
+    if not files:
+        return EVENT_SCHEMA.empty_table()
+    table = ds.dataset([str(f) for f in files], format="parquet", schema=EVENT_SCHEMA).to_table()
+    if table.num_rows == 0:
+        return table
+    return table.take(_first_occurrences(table["event_id"]))
+
+
+def _first_occurrences(column: pa.ChunkedArray) -> pa.Array:
+    """Indices of the first row of each distinct value, in row order."""
+    rows = pa.array(np.arange(len(column), dtype=np.int64))
+    firsts = (
+        pa.table({"k": column, "i": rows})
+        .group_by("k", use_threads=False)
+        .aggregate([("i", "min")])["i_min"]
+    )
+    return pa.array(np.sort(firsts.to_numpy()))
+
+
+def write_items(table: pa.Table, lake_dir: Path) -> Path:
+    """Write the item catalogue (ITEM_SCHEMA) next to the events."""
+    path = Path(lake_dir) / ITEMS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA), tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_items(lake_dir: Path) -> pa.Table:
+    path = Path(lake_dir) / ITEMS_FILE
+    return pq.read_table(path) if path.exists() else ITEM_SCHEMA.empty_table()

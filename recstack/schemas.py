@@ -1,0 +1,87 @@
+"""Contracts shared by the stages: the event record, feature names, artifact layouts.
+
+Stages hand off through artifacts (lake Parquet, feature tables, Feast views, MLflow models),
+so the names and columns of those artifacts are defined once, here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EventType(StrEnum):
+    IMPRESSION = "impression"
+    CLICK = "click"
+
+
+# The lake's event record (DESIGN.md section 5). ``ts`` is UTC, microseconds.
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("request_id", pa.string()),
+        pa.field("position", pa.int32()),
+        pa.field("model_version", pa.string()),
+    ]
+)
+EVENT_COLUMNS = EVENT_SCHEMA.names
+
+# The item catalogue the simulator (or an importer) writes beside the events.
+ITEM_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("category", pa.int32(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+class Event(BaseModel):
+    """One interaction event, as posted to ``POST /events`` and stored in the lake."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=128)
+    ts: dt.datetime
+    user_id: int = Field(ge=0)
+    item_id: int = Field(ge=0)
+    event_type: EventType
+    request_id: str | None = Field(None, max_length=128)
+    position: int | None = Field(None, ge=0, le=10_000)
+    model_version: str | None = Field(None, max_length=128)
+
+
+# Feature tables written by the Beam pipelines and registered in Feast. Every feature name is
+# prefixed by its entity, so a model's feature list says where each column comes from.
+USER_FEATURE_VIEW = "user_features"
+ITEM_FEATURE_VIEW = "item_features"
+USER_FEATURES = ["user_impressions_7d", "user_clicks_7d", "user_ctr_7d", "user_active_days_7d"]
+ITEM_FEATURES = ["item_impressions_7d", "item_clicks_7d", "item_ctr_7d", "item_clicks_1d"]
+# Request-time features computed by serving, not stored in Feast.
+CANDIDATE_SCORE_FEATURE = "cand_score"
+RANKER_FEATURES = USER_FEATURES + ITEM_FEATURES + [CANDIDATE_SCORE_FEATURE]
+
+# Files under Settings.features_dir.
+USER_FEATURES_FILE = "user_features.parquet"
+ITEM_FEATURES_FILE = "item_features.parquet"
+POPULAR_FILE = "popular.parquet"  # item_id, clicks, rank (the most recent day)
+LABELS_FILE = "labels.parquet"  # user_id, item_id, event_timestamp, label, request_id, position
+DEAD_LETTER_DIR = "dead_letter"
+
+# Files inside the registered ``candidates`` model's artifact directory ("candidates/").
+CANDIDATE_ARTIFACTS = {
+    "item_ids": "item_ids.npy",  # int64 [n_items]
+    "item_embeddings": "item_embeddings.npy",  # float32 [n_items, dim]
+    "user_ids": "user_ids.npy",  # int64 [n_users]
+    "user_embeddings": "user_embeddings.npy",  # float32 [n_users, dim]
+    "index": "index.faiss",  # faiss inner-product index over item_embeddings, same row order
+    "popular": "popular.json",  # list of item ids, most popular first (cold start, fill)
+    "meta": "meta.json",  # dim, data window, counts
+}

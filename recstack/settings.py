@@ -1,0 +1,193 @@
+"""Typed settings for every stage, read from the environment (prefix ``RECSTACK_``).
+
+Nested sections use ``__``: ``RECSTACK_REDIS__PORT=16400``, ``RECSTACK_SIM__N_USERS=500``.
+``RECSTACK_HOME`` moves all runtime state (default ``var/``). Nothing here touches the disk or
+the network; directories are created by the code that writes into them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SimSettings(BaseModel):
+    """The simulated world: its size, its seed and the simulated calendar."""
+
+    seed: int = 42
+    n_users: int = Field(3000, ge=1)
+    n_items: int = Field(2000, ge=1)
+    n_categories: int = Field(20, ge=1)
+    days: int = Field(4, ge=1, description="simulated days of traffic written to the lake")
+    start_date: dt.date = dt.date(2026, 1, 1)
+    sessions_per_user_per_day: float = Field(1.0, gt=0)
+    list_size: int = Field(10, ge=1, description="items shown per simulated request")
+
+
+class RedisSettings(BaseModel):
+    """The project's own Redis (never the machine's default instance on 6379)."""
+
+    host: str = "127.0.0.1"
+    port: int = 16379
+    password: SecretStr | None = None
+    socket_timeout_s: float = 0.05
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password.get_secret_value()}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def feast_connection_string(self) -> str:
+        extra = f",password={self.password.get_secret_value()}" if self.password else ""
+        return f"{self.host}:{self.port}{extra}"
+
+
+class MlflowSettings(BaseModel):
+    """The MLflow tracking server and the registered model names."""
+
+    host: str = "127.0.0.1"
+    port: int = 15000
+    tracking_uri: str | None = None  # overrides host/port, e.g. http://mlflow:5000 in compose
+    experiment: str = "recstack"
+    candidates_model: str = "candidates"
+    ranker_model: str = "ranker"
+    serving_alias: str = "champion"
+
+    @property
+    def uri(self) -> str:
+        return self.tracking_uri or f"http://{self.host}:{self.port}"
+
+
+class FeastSettings(BaseModel):
+    """Feast project; the repo lives in ``feature_repo/`` and reads these via env vars."""
+
+    project: str = "recstack"
+    repo_path: Path = REPO_ROOT / "feature_repo"
+    feature_service: str = "ranker_v1"
+
+
+class PipelineSettings(BaseModel):
+    """Beam pipeline options that are not runner flags."""
+
+    runner: str = "DirectRunner"
+    window_days: int = 7
+    popular_size: int = 500
+
+
+class TrainSettings(BaseModel):
+    """Model sizes and training knobs."""
+
+    embedding_dim: int = 32
+    ranker_rounds: int = 150
+    ranker_learning_rate: float = 0.05
+    negatives_per_positive: int = 4
+
+
+class ServingSettings(BaseModel):
+    """The serving tier: list sizes and the per-request deadline."""
+
+    k_default: int = 20
+    k_max: int = 100
+    n_candidates: int = 500
+    deadline_ms: float = 100.0
+    item_refresh_s: float = 60.0
+
+
+class StackSettings(BaseModel):
+    """The native stack: ports on loopback and the replica counts."""
+
+    host: str = "127.0.0.1"
+    lb_port: int = 18080
+    prometheus_port: int = 19090
+    api_base_port: int = 18100
+    supervisor_port: int = 19001
+    api_replicas: int = Field(2, ge=1, le=16)
+    start_timeout_s: float = 90.0
+
+
+class LoadSettings(BaseModel):
+    """The demo's headless Locust run."""
+
+    users: int = 20
+    spawn_rate: float = 10.0
+    duration_s: int = 30
+
+
+class Settings(BaseSettings):
+    """All of recstack's configuration; see the module docstring for the environment names."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSTACK_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Path("var")
+    log_level: str = "INFO"
+    log_json: bool = False
+    sim: SimSettings = SimSettings()
+    redis: RedisSettings = RedisSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    feast: FeastSettings = FeastSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    train: TrainSettings = TrainSettings()
+    serving: ServingSettings = ServingSettings()
+    stack: StackSettings = StackSettings()
+    load: LoadSettings = LoadSettings()
+
+    # Where each kind of state lives under ``home``.
+    @property
+    def root(self) -> Path:
+        return self.home.resolve()
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.root / "lake"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.root / "feast"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def bench_dir(self) -> Path:
+        return self.root / "bench"
+
+    def feast_env(self) -> dict[str, str]:
+        """Environment variables that ``feature_repo/feature_store.yaml`` expands."""
+        return {
+            "RECSTACK_FEAST_PROJECT": self.feast.project,
+            "RECSTACK_FEAST_REGISTRY": str(self.feast_dir / "registry.db"),
+            "RECSTACK_FEAST_REDIS": self.redis.feast_connection_string,
+            "RECSTACK_FEATURES_DIR": str(self.features_dir),
+        }
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,111 @@
+"""Shared fixtures: free loopback ports, settings on a temporary home, real servers.
+
+A test that needs a server binary that is missing skips, unless RECSTACK_REQUIRE_SERVICES=1
+(set by `make test` and CI), in which case it fails: CI cannot pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recstack.settings import Settings, get_settings
+
+REQUIRE_SERVICES = os.environ.get("RECSTACK_REQUIRE_SERVICES") == "1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need_binary(name: str) -> str:
+    """Path of a server binary, or skip (fail when services are required)."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        message = f"{name} is not installed (make system-deps installs it)"
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def wait_for_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings on a temporary RECSTACK_HOME with a tiny world; ports are the defaults."""
+    monkeypatch.setenv("RECSTACK_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    s = Settings(
+        home=tmp_path / "home",
+        sim={"n_users": 200, "n_items": 150, "n_categories": 5, "days": 3, "seed": 7},
+    )
+    yield s
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A private redis-server on a free port (never the machine's own instance); yields the port."""
+    binary = need_binary("redis-server")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, 10, proc)
+        yield port
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite backend, local artifacts); yields its URI."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("mlflow")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db",
+         "--artifacts-destination", str(workdir / "artifacts")],
+        stdout=open(workdir / "mlflow.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, 90, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
