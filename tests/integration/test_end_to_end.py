@@ -1,0 +1,132 @@
+"""The walking skeleton, end to end: the demo's every stage on tiny data, real servers on free ports.
+
+simulate -> Beam -> Feast/Redis -> train -> MLflow -> supervisord (Redis, MLflow, Prometheus,
+2 API replicas, nginx) -> Locust -> recommendations through nginx -> Prometheus scraped them ->
+``down`` leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import psutil
+import pytest
+
+from recstack.settings import Settings, get_settings
+from tests.conftest import free_port, need_binary
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.mlflow, pytest.mark.slow]
+
+
+def _free_pair() -> int:
+    """A port p such that p and p+1 are free (the two API replicas)."""
+    for _ in range(50):
+        p = free_port()
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", p))
+                b.bind(("127.0.0.1", p + 1))
+                return p
+            except OSError:
+                continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+@pytest.fixture
+def stack_settings(tmp_path, monkeypatch) -> Settings:
+    for binary in ("redis-server", "nginx", "prometheus"):
+        need_binary(binary)
+    env = {
+        "RECSTACK_HOME": str(tmp_path / "home"),
+        "RECSTACK_REDIS__PORT": str(free_port()),
+        "RECSTACK_MLFLOW__PORT": str(free_port()),
+        "RECSTACK_STACK__LB_PORT": str(free_port()),
+        "RECSTACK_STACK__PROMETHEUS_PORT": str(free_port()),
+        "RECSTACK_STACK__SUPERVISOR_PORT": str(free_port()),
+        "RECSTACK_STACK__API_BASE_PORT": str(_free_pair()),
+        "RECSTACK_STACK__API_REPLICAS": "2",
+        "RECSTACK_SIM__N_USERS": "300",
+        "RECSTACK_SIM__N_ITEMS": "200",
+        "RECSTACK_SIM__N_CATEGORIES": "6",
+        "RECSTACK_SIM__DAYS": "3",
+        "RECSTACK_LOAD__USERS": "4",
+        "RECSTACK_LOAD__SPAWN_RATE": "4",
+        "RECSTACK_LOAD__DURATION_S": "5",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_demo_end_to_end_then_down_leaves_nothing(stack_settings: Settings) -> None:
+    from recstack import stack
+    from recstack.demo import run_demo
+
+    s = stack_settings
+    try:
+        result = run_demo(s, run_load=True)
+
+        # Every stage did its real job.
+        assert result.simulation.n_clicks > 0
+        assert result.training.candidates_version and result.training.ranker_version
+        assert result.load is not None and result.load.requests > 0
+        assert result.load.failures == 0, f"Locust saw failures: {result.load}"
+
+        lb = stack.urls(s)["api"]
+        with httpx.Client(base_url=lb, timeout=10) as client:
+            rec = client.get("/recommendations/1", params={"k": 7})
+            assert rec.status_code == 200, rec.text
+            body = rec.json()
+            assert len(body["items"]) == 7
+            assert len({i["item_id"] for i in body["items"]}) == 7
+            assert body["model"]["candidates"] == str(result.training.candidates_version)
+            assert body["model"]["ranker"] == str(result.training.ranker_version)
+            scores = [i["score"] for i in body["items"]]
+            assert scores == sorted(scores, reverse=True)
+
+            cold = client.get("/recommendations/99999999", params={"k": 5})
+            assert cold.status_code == 200 and len(cold.json()["items"]) == 5
+
+            bad = client.get("/recommendations/1", params={"k": 0})
+            assert bad.status_code == 422 and "k" in bad.text
+
+            # Both replicas answer behind the balancer (each counts its own requests).
+            for i in range(s.stack.api_replicas):
+                port = s.stack.api_base_port + i
+                assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+
+        # Prometheus scrapes every replica and has the serving metrics.
+        prom = stack.urls(s)["prometheus"]
+        deadline = time.monotonic() + 30
+        while True:
+            targets = httpx.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+            api_targets = [t for t in targets if t["labels"].get("job") == "api"]
+            if len(api_targets) == s.stack.api_replicas and all(
+                t["health"] == "up" for t in api_targets
+            ):
+                break
+            assert time.monotonic() < deadline, f"api targets not all up: {api_targets}"
+            time.sleep(1)
+        query = httpx.get(
+            f"{prom}/api/v1/query",
+            params={"query": "sum(recstack_stage_duration_seconds_count) by (stage)"},
+            timeout=5,
+        ).json()
+        stages = {r["metric"]["stage"] for r in query["data"]["result"]}
+        assert {"candidates", "ranking"} <= stages, stages
+
+        pids = [row.pid for row in stack.status(s) if row.pid]
+        assert len(pids) >= 6  # redis, mlflow, prometheus, 2 api, nginx
+    finally:
+        stack.down(s)
+
+    time.sleep(0.5)
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not alive, f"processes left behind after down: {alive}"
+    for port in (s.redis.port, s.mlflow.port, s.stack.lb_port, s.stack.prometheus_port):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
