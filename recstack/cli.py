@@ -146,6 +146,17 @@ def train() -> None:
     )
 
 
+@app.command()
+def bench() -> None:
+    """Run the main job measured; write $RECSTACK_HOME/bench/skeleton.{json,md}."""
+    from recstack.bench import run_bench
+
+    s = _settings()
+    path = run_bench(s, console=console)
+    Console().print(path.with_suffix(".md").read_text())
+    console.print(f"wrote {path}")
+
+
 def _print_status(s: Settings) -> None:
     from recstack import stack
 
