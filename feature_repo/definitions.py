@@ -1,0 +1,105 @@
+"""recstack's Feast definitions: user and item entities, their daily feature snapshots, and the
+feature service the ranker reads.
+
+Side-effect free (``feast apply`` imports every file here). The tables are written by
+``pipelines/features.py`` into ``$RECSTACK_FEATURES_DIR``; their columns are the feature names
+in ``recstack.schemas``.
+"""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Float64, Int64
+
+from recstack.schemas import (
+    ITEM_FEATURE_VIEW,
+    ITEM_FEATURES_FILE,
+    USER_FEATURE_VIEW,
+    USER_FEATURES_FILE,
+)
+
+# Where the pipeline writes its tables; recstack.featurestore sets it from Settings.features_dir.
+FEATURES_DIR = Path(
+    os.environ.get("RECSTACK_FEATURES_DIR")
+    or Path(__file__).resolve().parent.parent / "var" / "features"  # the default RECSTACK_HOME
+)
+
+# A user of the recommender; the key is the user_id of the events.
+user = Entity(
+    name="user",
+    # The column that identifies a user in the feature tables and in entity rows.
+    join_keys=["user_id"],
+    # user_id is an int64 everywhere (events, tables, requests).
+    value_type=ValueType.INT64,
+    description="a user of the recommender",
+)
+
+# A catalogue item; the key is the item_id of the events.
+item = Entity(
+    name="item", join_keys=["item_id"], value_type=ValueType.INT64, description="a catalogue item"
+)
+
+# One row per (user, day): counts over the 7 days before event_timestamp (midnight UTC).
+user_features_source = FileSource(
+    # Unique name of the source in the project.
+    name="user_features_source",
+    # A single Parquet file (the file offline store reads one file per source).
+    path=str(FEATURES_DIR / USER_FEATURES_FILE),
+    # The snapshot time T: a row aggregates only events with ts < T.
+    timestamp_field="event_timestamp",
+    # When the pipeline ran; breaks ties between two runs' rows with the same T.
+    created_timestamp_column="created",
+)
+
+# One row per (item, day), like the user table.
+item_features_source = FileSource(
+    name="item_features_source",
+    path=str(FEATURES_DIR / ITEM_FEATURES_FILE),
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+)
+
+user_features = FeatureView(
+    # The view name that models and serving refer to (recstack.schemas.USER_FEATURE_VIEW).
+    name=USER_FEATURE_VIEW,
+    # Rows are joined on the user entity's key, user_id.
+    entities=[user],
+    # A snapshot older than this is not served: the pipeline writes one a day, so three days
+    # of silence from the pipeline means the data is stale, not that the user is new.
+    ttl=timedelta(days=3),
+    # Names exactly as recstack.schemas.USER_FEATURES, types as pipelines/tables.py writes them.
+    schema=[
+        Field(name="user_impressions_7d", dtype=Int64, description="impressions, 7 days"),
+        Field(name="user_clicks_7d", dtype=Int64, description="clicks, 7 days"),
+        Field(name="user_ctr_7d", dtype=Float64, description="smoothed CTR, 7 days"),
+        Field(name="user_active_days_7d", dtype=Int64, description="days with an event, of 7"),
+    ],
+    # Materialized into Redis for serving.
+    online=True,
+    source=user_features_source,
+    tags={"owner": "pipelines", "entity": "user"},
+)
+
+item_features = FeatureView(
+    name=ITEM_FEATURE_VIEW,
+    entities=[item],
+    ttl=timedelta(days=3),
+    schema=[
+        Field(name="item_impressions_7d", dtype=Int64, description="impressions, 7 days"),
+        Field(name="item_clicks_7d", dtype=Int64, description="clicks, 7 days"),
+        Field(name="item_ctr_7d", dtype=Float64, description="smoothed CTR, 7 days"),
+        Field(name="item_clicks_1d", dtype=Int64, description="clicks on the snapshot's day"),
+    ],
+    online=True,
+    source=item_features_source,
+    tags={"owner": "pipelines", "entity": "item"},
+)
+
+# What the ranker reads (Settings.feast.feature_service); a new feature set gets a new version.
+ranker_v1 = FeatureService(
+    name="ranker_v1",
+    features=[user_features, item_features],
+    description="user and item features of the LightGBM ranker, version 1",
+)

@@ -1,0 +1,139 @@
+"""``pipelines.features.run`` end to end on a tiny lake (DirectRunner, no network)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import features
+from pipelines.tables import TABLES
+from recstack import lake
+from recstack.clock import day_start
+from recstack.schemas import (
+    DEAD_LETTER_DIR,
+    ITEM_FEATURES_FILE,
+    LABELS_FILE,
+    POPULAR_FILE,
+    USER_FEATURES_FILE,
+)
+from tests.unit.pipelines.tinylake import DAY1, at, event, shown_and_clicked, write_lake
+
+DAY2, DAY3 = DAY1 + dt.timedelta(days=1), DAY1 + dt.timedelta(days=2)
+
+
+@pytest.fixture
+def tiny_lake(tmp_path: Path) -> Path:
+    lake_dir = tmp_path / "lake"
+    rows = (
+        shown_and_clicked(at(DAY1, 9), 1, 100, "r1", clicked=True)
+        + shown_and_clicked(at(DAY1, 9), 1, 101, "r1", position=1)
+        + shown_and_clicked(at(DAY2, 10), 1, 100, "r2", clicked=True)
+        + shown_and_clicked(at(DAY2, 11), 2, 100, "r3")
+        + shown_and_clicked(at(DAY3, 8), 2, 101, "r4", clicked=True)
+        + [event(at(DAY3, 9), -7, 100)]  # bad: negative user id
+        + [event(at(DAY3, 9), 3, 100, event_type="purchase")]  # bad: unknown type
+    )
+    write_lake(lake_dir, rows)
+    duplicate = rows[0]  # the same event again in another batch: counted once
+    write_lake(lake_dir, [duplicate], batch_key="retry")
+    # A file whose ts column has a null (write_events refuses it, an importer might not).
+    bad = pa.table({"event_id": ["n1"], "ts": pa.array([None], pa.timestamp("us", tz="UTC")),
+                    "user_id": [1], "item_id": [100], "event_type": ["click"]})
+    pq.write_table(bad, lake.partition_dir(lake_dir, DAY2) / "part-nullts.parquet")
+    return lake_dir
+
+
+def _run(lake_dir: Path, out: Path, *extra: str) -> dict[str, int]:
+    result = features.run(["--lake", str(lake_dir), "--out", str(out), *extra])
+    return features.counters(result)
+
+
+def _rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def test_run_writes_one_file_per_table_with_the_documented_columns(tiny_lake, tmp_path) -> None:
+    out = tmp_path / "features"
+    counters = _run(tiny_lake, out, "--window-days", "2")
+
+    assert counters["rows_read"] == 12 and counters["rows_bad"] == 3
+    assert counters["bad_negative_user_id"] == 1 and counters["bad_unknown_event_type"] == 1
+    assert counters["bad_null_ts"] == 1
+    assert counters["rows_valid"] == 9 and counters["events_unique"] == 8
+    for name, schema in TABLES.items():
+        assert pq.read_schema(out / name).equals(schema), name
+    assert sorted(p.name for p in out.iterdir()) == sorted([*TABLES, DEAD_LETTER_DIR])
+
+    users = {(r["user_id"], r["event_timestamp"]): r for r in _rows(out / USER_FEATURES_FILE)}
+    t1, t2, t3 = (day_start(d + dt.timedelta(days=1)) for d in (DAY1, DAY2, DAY3))
+    assert set(users) == {(1, t1), (1, t2), (1, t3), (2, t2), (2, t3)}
+    assert (users[1, t1]["user_impressions_7d"], users[1, t1]["user_clicks_7d"]) == (2, 1)
+    assert users[1, t2]["user_impressions_7d"] == 3 and users[1, t2]["user_active_days_7d"] == 2
+    # Window of 2 days: at T3 only day 2 counts for user 1; day 1 left the window.
+    assert (users[1, t3]["user_impressions_7d"], users[1, t3]["user_clicks_7d"]) == (1, 1)
+    assert users[1, t3]["user_ctr_7d"] == pytest.approx((1 + 0.05 * 20) / (1 + 20))
+    assert users[2, t3]["user_active_days_7d"] == 2
+
+    items = {(r["item_id"], r["event_timestamp"]): r for r in _rows(out / ITEM_FEATURES_FILE)}
+    assert items[100, t2]["item_clicks_1d"] == 1 and items[100, t2]["item_clicks_7d"] == 2
+    assert items[100, t3]["item_impressions_7d"] == 2 and items[100, t3]["item_clicks_1d"] == 0
+    assert items[101, t3]["item_clicks_1d"] == 1
+
+    assert _rows(out / POPULAR_FILE) == [{"item_id": 101, "clicks": 1, "rank": 1}]
+    labels = {(r["user_id"], r["request_id"], r["item_id"]): r["label"]
+              for r in _rows(out / LABELS_FILE)}
+    assert labels == {(1, "r1", 100): 1, (1, "r1", 101): 0, (1, "r2", 100): 1, (2, "r3", 100): 0,
+                      (2, "r4", 101): 1}
+
+    dead = [json.loads(line) for line in
+            (out / DEAD_LETTER_DIR / features.DEAD_LETTER_FILE).read_text().splitlines()]
+    assert sorted(d["reason"] for d in dead) == ["negative_user_id", "null_ts",
+                                                 "unknown_event_type"]
+
+
+def test_days_limits_snapshots_and_labels_but_windows_still_see_older_days(tiny_lake, tmp_path):
+    out = tmp_path / "features"
+    _run(tiny_lake, out, "--days", "1", "--window-days", "7")
+    users = _rows(out / USER_FEATURES_FILE)
+    t3 = day_start(DAY3 + dt.timedelta(days=1))
+    assert {r["event_timestamp"] for r in users} == {t3}
+    user1 = next(r for r in users if r["user_id"] == 1)
+    assert user1["user_impressions_7d"] == 3  # days 1 and 2 are read for the window
+    assert {r["request_id"] for r in _rows(out / LABELS_FILE)} == {"r4"}
+
+
+def test_rerun_overwrites_the_tables(tiny_lake, tmp_path) -> None:
+    out = tmp_path / "features"
+    _run(tiny_lake, out)
+    _run(tiny_lake, out)
+    assert pq.read_metadata(out / LABELS_FILE).num_rows == 5
+
+
+def test_an_empty_or_corrupt_lake_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(features.LakeError, match="no event partitions"):
+        _run(tmp_path / "nowhere", tmp_path / "out")
+    part = lake.partition_dir(tmp_path / "lake", DAY1)
+    part.mkdir(parents=True)
+    (part / "part-x.parquet").write_text("not parquet")
+    assert features.main(["--lake", str(tmp_path / "lake"), "--out", str(tmp_path / "o")]) == 2
+    with pytest.raises(features.LakeError, match="part-x.parquet is not a readable Parquet"):
+        _run(tmp_path / "lake", tmp_path / "out")
+
+
+def test_bad_flags_exit_with_usage() -> None:
+    with pytest.raises(SystemExit):
+        features.parse_args(["--lake", "l", "--out", "o", "--window-days", "0"])
+
+
+def test_module_help_works() -> None:
+    done = subprocess.run([sys.executable, "-m", "pipelines.features", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--window-days" in done.stdout and "--lake" in done.stdout

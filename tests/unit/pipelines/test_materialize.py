@@ -1,0 +1,89 @@
+"""Pre-materialization checks, the Feast definitions and ``run_all``'s arguments (no network)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipelines.materialize import FeatureTableError, check_table, load_definitions, validate_tables
+from pipelines.run import feature_argv
+from pipelines.tables import ITEM_FEATURES_SCHEMA, USER_FEATURES_SCHEMA
+from recstack.schemas import (
+    ITEM_FEATURE_VIEW,
+    ITEM_FEATURES,
+    USER_FEATURE_VIEW,
+    USER_FEATURES,
+    USER_FEATURES_FILE,
+)
+from recstack.settings import REPO_ROOT, Settings
+
+T = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+
+
+def user_table(**changes) -> pa.Table:
+    row = {"user_id": 1, "user_impressions_7d": 10, "user_clicks_7d": 1, "user_ctr_7d": 0.1,
+           "user_active_days_7d": 2, "event_timestamp": T, "created": T}
+    columns = {k: [v] for k, v in {**row, **changes}.items()}
+    schema = pa.schema([f.with_nullable(True) for f in USER_FEATURES_SCHEMA])
+    return pa.table(columns, schema=schema)
+
+
+def test_a_good_table_passes_with_its_summary() -> None:
+    summary = check_table(USER_FEATURES_FILE, user_table(), USER_FEATURES_SCHEMA)
+    assert (summary.rows, summary.entities, summary.first, summary.last) == (1, 1, T, T)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (user_table(user_ctr_7d=1.5), "user_ctr_7d outside"),
+        (user_table(user_clicks_7d=-1), "negative values in user_clicks_7d"),
+        (user_table(user_id=None), "nulls in user_id"),
+        (user_table().slice(0, 0), "empty"),
+        (user_table().drop_columns(["created"]), "missing columns"),
+    ],
+)
+def test_a_bad_table_is_a_clear_error(table: pa.Table, message: str) -> None:
+    with pytest.raises(FeatureTableError, match=message):
+        check_table(USER_FEATURES_FILE, table, USER_FEATURES_SCHEMA)
+
+
+def test_missing_tables_say_to_run_the_pipeline(tmp_path: Path) -> None:
+    with pytest.raises(FeatureTableError, match="run the feature pipeline first"):
+        validate_tables(tmp_path)
+
+
+def test_definitions_match_the_kernel_names_and_follow_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("RECSTACK_FEATURES_DIR", str(tmp_path))
+    objects = {type(o).__name__ + ":" + o.name: o for o in load_definitions(REPO_ROOT / "feature_repo")}
+    user_view = objects[f"FeatureView:{USER_FEATURE_VIEW}"]
+    item_view = objects[f"FeatureView:{ITEM_FEATURE_VIEW}"]
+    assert [f.name for f in user_view.features] == USER_FEATURES
+    assert [f.name for f in item_view.features] == ITEM_FEATURES
+    assert user_view.batch_source.path == str(tmp_path / USER_FEATURES_FILE)
+    assert {f.name: str(f.dtype) for f in item_view.features}["item_ctr_7d"] == "Float64"
+    assert [str(f.dtype) for f in user_view.features] == [
+        "Int64" if USER_FEATURES_SCHEMA.field(n).type == pa.int64() else "Float64"
+        for n in USER_FEATURES]
+    assert [str(f.dtype) for f in item_view.features] == [
+        "Int64" if ITEM_FEATURES_SCHEMA.field(n).type == pa.int64() else "Float64"
+        for n in ITEM_FEATURES]
+    service = objects[f"FeatureService:{Settings().feast.feature_service}"]
+    assert {p.name for p in service.feature_view_projections} == {USER_FEATURE_VIEW,
+                                                                  ITEM_FEATURE_VIEW}
+    assert {"Entity:user", "Entity:item"} <= set(objects)
+
+
+def test_feature_argv_uses_settings_and_lets_beam_flags_override_the_runner(tmp_path) -> None:
+    s = Settings(home=tmp_path, pipeline={"window_days": 3, "popular_size": 7})
+    argv = feature_argv(s)
+    assert argv[argv.index("--lake") + 1] == str(s.lake_dir)
+    assert argv[argv.index("--window-days") + 1] == "3"
+    assert argv[argv.index("--popular-size") + 1] == "7"
+    assert argv[argv.index("--runner") + 1] == "DirectRunner"
+    custom = feature_argv(s, ["--runner=PortableRunner", "--job_endpoint=embed"])
+    assert "DirectRunner" not in custom and custom[-2:] == ["--runner=PortableRunner",
+                                                           "--job_endpoint=embed"]
