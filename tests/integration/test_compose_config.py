@@ -1,0 +1,538 @@
+"""The Docker description of the stack, checked without a Docker engine.
+
+``docker-compose config`` (Debian's Compose v1.29) validates docker-compose.yml against the Compose
+spec and renders it with the placeholder values of ``.env.example``; the rendered services are
+then checked against what the native stack runs (``recstack.stack.services.SERVICE_COMMANDS``),
+against ``recstack.settings`` (environment names) and against the rules a Docker user relies on:
+health checks, restart policies, limits, named volumes, only the UIs published and only on
+127.0.0.1. The Dockerfile, .dockerignore, nginx, Prometheus and Grafana files are checked too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from recstack.settings import Settings
+from tests.conftest import need_binary
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+
+# Services only the compose stack has, and why the native stack does without them.
+COMPOSE_ONLY = {
+    "postgres": "MLflow's backend store; the native stack's MLflow uses SQLite",
+    "bootstrap": "one-shot simulate + pipeline + train; natively `recstack demo` runs these steps",
+    "grafana": "optional UI (profile grafana); there is no Debian package for the native stack",
+    "locust": "one-shot load test (profile loadtest); natively `recstack demo` runs Locust",
+}
+ONE_SHOT = {"bootstrap", "locust"}  # exit when done: no healthcheck, no restart
+PUBLISHED = {"nginx", "prometheus", "grafana", "mlflow"}  # the balancer and the UIs
+
+# What a third-party image runs when compose does not override it, from each image's Dockerfile:
+# (ENTRYPOINT, CMD). The project image's are read from our Dockerfile.
+IMAGE_DEFAULTS: dict[str, tuple[list[str], list[str]]] = {
+    "redis": (["docker-entrypoint.sh"], ["redis-server"]),
+    "postgres": (["docker-entrypoint.sh"], ["postgres"]),
+    "nginx": (["/docker-entrypoint.sh"], ["nginx", "-g", "daemon off;"]),
+    "prom/prometheus": (
+        ["/bin/prometheus"],
+        ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"],
+    ),
+    "grafana/grafana": (["/run.sh"], []),
+}
+# Entrypoint scripts that set things up, then exec their arguments: the process is the command.
+WRAPPER_ENTRYPOINTS = {"docker-entrypoint.sh", "/docker-entrypoint.sh",
+                       "/usr/local/bin/docker-entrypoint.sh"}
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+def _env_file_values(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _compose(*args: str, env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedProcess[str]:
+    """Run docker-compose on the repo's file; the caller's shell values of .env.example's keys
+    are dropped so they cannot mask a missing one."""
+    binary = need_binary("docker-compose")
+    keys = set(_env_file_values(ENV_EXAMPLE))
+    env = {k: v for k, v in os.environ.items() if k not in keys and not k.startswith("COMPOSE_")}
+    return subprocess.run(
+        [binary, "--env-file", str(env_file), "--project-directory", str(REPO),
+         "-f", str(COMPOSE_FILE), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """docker-compose.yml as Compose renders it with .env.example (anchors merged, ${} filled)."""
+    result = _compose("config")
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def _argv(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def _image_name(image: str) -> str:
+    """``prom/prometheus:v2.55.1`` -> ``prom/prometheus`` (a registry's port is kept)."""
+    name, _, tag = image.rpartition(":")
+    return name if name and "/" not in tag else image
+
+
+def _image_tag(image: str) -> str | None:
+    name, _, tag = image.rpartition(":")
+    return tag if name and "/" not in tag else None
+
+
+@dataclass
+class Dockerfile:
+    """The instructions of a Dockerfile, stage by stage, continuation lines joined."""
+
+    args: dict[str, str] = field(default_factory=dict)  # ARGs before the first FROM
+    stages: list[list[tuple[str, str]]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, path: Path) -> "Dockerfile":
+        df = cls()
+        logical, buf = [], ""
+        for raw in path.read_text().splitlines():
+            if not buf and raw.lstrip().startswith("#"):
+                continue
+            if raw.rstrip().endswith("\\"):
+                buf += raw.rstrip()[:-1] + " "
+                continue
+            if not buf and not raw.strip():
+                continue
+            if buf and raw.lstrip().startswith("#"):
+                continue  # a comment inside a continued instruction
+            logical.append(buf + raw)
+            buf = ""
+        for line in logical:
+            instruction, _, rest = line.strip().partition(" ")
+            instruction = instruction.upper()
+            if instruction == "FROM":
+                df.stages.append([])
+            if not df.stages:
+                if instruction == "ARG":
+                    key, _, default = rest.strip().partition("=")
+                    df.args[key] = default
+                continue
+            df.stages[-1].append((instruction, rest.strip()))
+        return df
+
+    def base_image(self) -> str:
+        first_from = self.stages[0][0][1].split()[0]
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: self.args.get(m.group(1), ""), first_from)
+
+    def final(self, instruction: str) -> list[str]:
+        """Arguments of every ``instruction`` of the final stage."""
+        return [rest for ins, rest in self.stages[-1] if ins == instruction]
+
+    def final_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for rest in self.final("ENV"):
+            for token in shlex.split(rest):
+                key, _, value = token.partition("=")
+                env[key] = value
+        return env
+
+    def cmd(self) -> list[str]:
+        return json.loads(self.final("CMD")[-1])
+
+    def copies(self) -> Iterator[tuple[str, list[str], str]]:
+        """(stage index, sources, destination) of every COPY from the build context."""
+        for i, stage in enumerate(self.stages):
+            for ins, rest in stage:
+                if ins == "COPY" and "--from=" not in rest:
+                    *sources, dest = rest.split()
+                    yield str(i), sources, dest
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> Dockerfile:
+    return Dockerfile.parse(DOCKERFILE)
+
+
+def _effective_argv(service: dict[str, Any], project_cmd: list[str]) -> list[str]:
+    """The argv a service's container runs, argv[0] by basename, wrapper entrypoints skipped."""
+    if "build" in service:  # the project image: no ENTRYPOINT, CMD from our Dockerfile
+        entrypoint, cmd = [], project_cmd
+    else:
+        entrypoint, cmd = IMAGE_DEFAULTS[_image_name(service["image"])]
+    if "entrypoint" in service:  # overriding the entrypoint also drops the image's CMD
+        entrypoint, cmd = _argv(service["entrypoint"]), []
+    argv = entrypoint + _argv(service.get("command")) if "command" in service else entrypoint + cmd
+    if argv and argv[0] in WRAPPER_ENTRYPOINTS:
+        argv = argv[1:]
+    return [Path(argv[0]).name, *argv[1:]] if argv else []
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> source (a named volume, or an absolute host path)."""
+    out = {}
+    for spec in service.get("volumes", []):
+        if isinstance(spec, dict):
+            out[spec["target"]] = spec.get("source", "")
+        else:
+            parts = spec.split(":")
+            out[parts[1]] = parts[0]
+    return out
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parents = [path]
+    while "/" in parents[-1]:
+        parents.append(parents[-1].rsplit("/", 1)[0])
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern[1:] if negate else pattern
+        pat = pat.strip("/")
+        regex = "^" + re.escape(pat).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*") \
+            .replace(r"\*", "[^/]*").replace(r"\?", "[^/]") + "$"
+        # fnmatch-style character classes ([cod]) survive re.escape as \[cod\]; restore them.
+        regex = re.sub(r"\\\[([^\]\\]*)\\\]", r"[\1]", regex)
+        if any(re.match(regex, p) for p in parents):
+            ignored = not negate
+    return ignored
+
+
+def _dockerignore_patterns() -> list[str]:
+    lines = DOCKERIGNORE.read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+# ---- compose ----------------------------------------------------------------------------------
+
+def test_compose_file_is_valid_without_warnings() -> None:
+    result = _compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+    # v1 warns (and ignores) keys it cannot apply, e.g. unsupported deploy sub-keys.
+    assert "WARNING" not in result.stderr, result.stderr
+
+
+def test_secrets_are_required(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    result = _compose("config", "-q", env_file=empty)
+    assert result.returncode != 0
+    assert "REDIS_PASSWORD" in result.stderr or "POSTGRES_PASSWORD" in result.stderr
+    # The committed example holds placeholders only; real values go to the git-ignored .env.
+    secrets = {k: v for k, v in _env_file_values(ENV_EXAMPLE).items() if "PASSWORD" in k}
+    assert secrets and all(v.startswith("change-me") for v in secrets.values()), secrets
+
+
+def test_services_and_commands_match_the_native_stack(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile
+) -> None:
+    from recstack.stack.services import SERVICE_COMMANDS
+
+    assert set(services) - set(SERVICE_COMMANDS) == set(COMPOSE_ONLY), (
+        "a compose service the native stack lacks must be listed in COMPOSE_ONLY with a reason"
+    )
+    for name, expected in SERVICE_COMMANDS.items():
+        assert name in services, f"the native stack runs {name}; docker-compose.yml does not"
+        argv = _effective_argv(services[name], dockerfile.cmd())
+        assert argv[: len(expected)] == expected, f"{name}: compose runs {argv}, native {expected}"
+
+
+def test_third_party_images_are_pinned_and_known(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if "build" in service:
+            continue
+        image = service["image"]
+        assert _image_name(image) in IMAGE_DEFAULTS, f"{name}: add {image} to IMAGE_DEFAULTS"
+        assert _image_tag(image) not in (None, "latest"), f"{name}: pin a tag for {image}"
+
+
+def test_long_running_services_have_healthchecks_and_restart(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert ONE_SHOT <= set(services)
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service.get("restart", "no") == "no", name
+            continue
+        check = service.get("healthcheck")
+        assert check and not check.get("disable") and check.get("test"), f"{name}: no healthcheck"
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert service.get("restart") == "unless-stopped", name
+
+
+def test_depends_on_waits_for_health_or_completion(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for dep, spec in service.get("depends_on", {}).items():
+            condition = spec["condition"]
+            assert dep in services, f"{name} depends on unknown {dep}"
+            if dep in ONE_SHOT:
+                assert condition == "service_completed_successfully", (name, dep)
+            else:
+                assert condition == "service_healthy", (name, dep)
+    api = services["api"]["depends_on"]
+    assert api["bootstrap"]["condition"] == "service_completed_successfully"
+    assert {"redis", "mlflow"} <= set(api)
+    assert {"redis", "mlflow"} <= set(services["bootstrap"]["depends_on"])
+
+
+def test_only_the_balancer_and_uis_are_published_on_loopback(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == PUBLISHED
+    for name in published:
+        for port in services[name]["ports"]:
+            host_ip = port.get("host_ip") if isinstance(port, dict) else port.split(":")[0]
+            assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+
+
+def test_api_can_scale(services: dict[str, dict[str, Any]]) -> None:
+    api = services["api"]
+    # A fixed name or host port would make `--scale api=N` fail on the second replica.
+    assert "container_name" not in api and not api.get("ports")
+    assert "8000" in [str(p) for p in api.get("expose", [])]
+    assert not any("container_name" in s for s in services.values())
+
+
+def test_state_lives_in_named_volumes(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    named = set(compose.get("volumes", {}))
+    state = {"redis": "/data", "postgres": "/var/lib/postgresql/data",
+             "prometheus": "/prometheus", "grafana": "/var/lib/grafana"}
+    state |= {name: "/var/recstack" for name, s in services.items() if "build" in s}
+    for name, target in state.items():
+        source = _mounts(services[name]).get(target)
+        assert source in named, f"{name}: {target} must be a named volume, got {source}"
+    project_volumes = {_mounts(s)["/var/recstack"] for s in services.values() if "build" in s}
+    assert len(project_volumes) == 1, "project containers must share one RECSTACK_HOME volume"
+
+
+def test_every_service_has_resource_limits(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert limits.get("memory") and float(limits.get("cpus", 0)) > 0, f"{name}: no limits"
+
+
+def test_project_environment_matches_settings(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password = _env_file_values(ENV_EXAMPLE)["REDIS_PASSWORD"]
+    project = [name for name, service in services.items() if "build" in service]
+    assert set(project) == {"mlflow", "bootstrap", "api", "locust"}
+    for key in [k for k in os.environ if k.startswith("RECSTACK_")]:
+        monkeypatch.delenv(key)
+    for name in project:
+        env = {**dockerfile.final_env(), **services[name]["environment"]}
+        for key, value in env.items():
+            if key.startswith("RECSTACK_"):
+                monkeypatch.setenv(key, value)
+        s = Settings()
+        assert str(s.home) == "/var/recstack" and s.root == Path("/var/recstack"), name
+        assert (s.redis.host, s.redis.port) == ("redis", 6379), name
+        assert s.redis.password is not None and s.redis.password.get_secret_value() == password
+        assert s.mlflow.uri == "http://mlflow:5000", name
+        assert s.feast.repo_path == Path("/opt/recstack/feature_repo"), name
+        assert _mounts(services[name])["/var/recstack"]
+
+
+def test_secrets_agree_across_services(services: dict[str, dict[str, Any]]) -> None:
+    values = _env_file_values(ENV_EXAMPLE)
+    redis_argv = _argv(services["redis"]["command"])
+    assert redis_argv[redis_argv.index("--requirepass") + 1] == values["REDIS_PASSWORD"]
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == values["REDIS_PASSWORD"]
+    mlflow_argv = _argv(services["mlflow"]["command"])
+    backend = urlsplit(mlflow_argv[mlflow_argv.index("--backend-store-uri") + 1])
+    pg_env = services["postgres"]["environment"]
+    assert backend.scheme == "postgresql" and backend.hostname == "postgres"
+    assert backend.password == pg_env["POSTGRES_PASSWORD"] == values["POSTGRES_PASSWORD"]
+    assert backend.username == pg_env["POSTGRES_USER"]
+    assert backend.path.lstrip("/") == pg_env["POSTGRES_DB"]
+
+
+def test_mlflow_accepts_the_hosts_clients_use(services: dict[str, dict[str, Any]]) -> None:
+    # MLflow 3 answers 403 "Invalid Host header" to hosts outside its allow-list.
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    argv = _argv(services["mlflow"]["command"])
+    allowed = argv[argv.index("--allowed-hosts") + 1].split(",")
+    tracking = urlsplit(services["api"]["environment"]["RECSTACK_MLFLOW__TRACKING_URI"])
+    ui_port = services["mlflow"]["ports"][0].split(":")[1]
+    for host in (tracking.netloc, f"localhost:{ui_port}", f"127.0.0.1:{ui_port}"):
+        assert is_allowed_host_header(allowed, host), host
+    assert not is_allowed_host_header(allowed, "attacker.example:5000")
+    assert argv[argv.index("--artifacts-destination") + 1].startswith("/var/recstack/")
+
+
+def test_prometheus_finds_every_api_replica_and_the_rules(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    mounts = _mounts(services["prometheus"])
+    config_path = Path(mounts["/etc/prometheus/prometheus.yml"])
+    config = yaml.safe_load(config_path.read_text())
+    api_job = next(job for job in config["scrape_configs"] if job["job_name"] == "api")
+    sd = api_job["dns_sd_configs"][0]
+    assert sd["names"] == ["api"] and sd["type"] == "A" and sd["port"] == 8000
+    # Each rule file must exist on the host under the mount that backs it in the container.
+    host_rules = []
+    for rule in config["rule_files"]:
+        base = next(t for t in mounts if rule.startswith(t.rstrip("/") + "/"))
+        host = Path(mounts[base]) / rule[len(base):].lstrip("/")
+        assert host.is_file(), f"{rule} -> {host} does not exist"
+        host_rules.append(str(host))
+    promtool = need_binary("promtool")
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump({**config, "rule_files": host_rules}))
+    result = subprocess.run([promtool, "check", "config", str(local)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_nginx_config_is_valid_and_re_resolves_the_replicas(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    conf_path = Path(_mounts(services["nginx"])["/etc/nginx/conf.d/default.conf"])
+    conf = conf_path.read_text()
+    assert re.search(r"^resolver 127\.0\.0\.11\b", conf, re.M), "use Docker's embedded DNS"
+    # proxy_pass through a variable: resolved per request, so scaled replicas are used.
+    assert re.search(r"set \$(\w+) http://api:8000;", conf)
+    assert re.search(r"proxy_pass \$\w+;", conf)
+    health = re.search(r"location = (\S+) \{", conf).group(1)
+    assert health in " ".join(services["nginx"]["healthcheck"]["test"])
+    nginx = need_binary("nginx")
+    # The image includes conf.d/*.conf inside `http {}`; wrap it the same way.
+    included = tmp_path / "default.conf"
+    included.write_text(conf.replace("/var/log/nginx/access.log", str(tmp_path / "access.log")))
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{\n    include {included};\n}}\n"
+    )
+    result = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(main), "-e", "stderr"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_grafana_is_provisioned_with_the_serving_metrics(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from serving.metrics import ServingMetrics
+
+    grafana = services["grafana"]
+    assert grafana.get("profiles") == ["grafana"]
+    mounts = _mounts(grafana)
+    provisioning = Path(mounts["/etc/grafana/provisioning"])
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (source,) = datasources["datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["uid"]
+    providers = yaml.safe_load((provisioning / "dashboards" / "recstack.yml").read_text())
+    dashboards_dir = providers["providers"][0]["options"]["path"]
+    host_dir = Path(mounts[dashboards_dir])
+    dashboards = sorted(host_dir.glob("*.json"))
+    assert dashboards, f"no dashboard in {host_dir}"
+
+    # Series names per family type (a labelled histogram has no samples until observed).
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"],
+                "gauge": [""], "summary": ["_count", "_sum", ""]}
+    exported = {family.name + suffix for family in ServingMetrics().registry.collect()
+                for suffix in suffixes.get(family.type, [""])}
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["panels"]
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == source["uid"], panel["title"]
+                for metric in re.findall(r"\b(recstack_[a-z0-9_]+)\b", target["expr"]):
+                    assert metric in exported, f"{panel['title']}: serving exports no {metric}"
+
+
+# ---- image ------------------------------------------------------------------------------------
+
+def test_dockerfile_builds_a_non_root_api_image(
+    dockerfile: Dockerfile, services: dict[str, dict[str, Any]]
+) -> None:
+    assert dockerfile.base_image() == "python:3.11-slim"
+    user = dockerfile.final("USER")[-1].split(":")[0]
+    assert user not in ("", "0", "root")
+    assert "8000" in dockerfile.final("EXPOSE")[-1].split()
+    assert dockerfile.final_env()["RECSTACK_HOME"] == "/var/recstack"
+    installs = [r for s in dockerfile.stages for ins, r in s if ins == "RUN" and "pip install" in r]
+    assert any("-c constraints.txt" in r and '".[postgres]"' in r for r in installs)
+    # The api service overrides nothing the image's default would get wrong.
+    assert _argv(services["api"]["command"])[:6] == dockerfile.cmd()[:6]
+
+
+def test_dockerfile_copies_every_package_and_the_files_outside_the_wheel(
+    dockerfile: Dockerfile,
+) -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {p.split(".")[0] for p in pyproject["tool"]["setuptools"]["packages"]}
+    copied = {src.strip("/") for _, sources, _ in dockerfile.copies() for src in sources}
+    assert packages <= copied, f"not copied: {packages - copied}"
+    assert {"pyproject.toml", "constraints.txt", "README.md"} <= copied
+    workdir = dockerfile.final("WORKDIR")[-1]
+    final = str(len(dockerfile.stages) - 1)
+    final_dests = {dest.strip("/"): src for stage, srcs, dest in dockerfile.copies()
+                   if stage == final for src in srcs}
+    repo_path = dockerfile.final_env()["RECSTACK_FEAST__REPO_PATH"]
+    assert repo_path == f"{workdir}/feature_repo" and "feature_repo" in final_dests
+    assert "loadtests" in final_dests
+
+
+def test_dockerignore_keeps_the_sources_and_drops_secrets_and_state(
+    dockerfile: Dockerfile,
+) -> None:
+    patterns = _dockerignore_patterns()
+    for _, sources, _ in dockerfile.copies():
+        for src in sources:
+            assert not _dockerignored(src.strip("/"), patterns), f"{src} is excluded"
+            probe = f"{src.strip('/')}/__init__.py"
+            if (REPO / src).is_dir():
+                assert not _dockerignored(probe, patterns), f"{probe} is excluded"
+    for path in (".env", ".git/HEAD", ".venv/bin/python", "var/lake/x.parquet", "tests/conftest.py",
+                 "recstack/__pycache__/cli.cpython-311.pyc", "docker-compose.yml"):
+        assert _dockerignored(path, patterns), f"{path} would be sent to the build"
+
+
+def test_dockerignore_matcher() -> None:
+    # The helper above decides what the image tests trust; pin its semantics.
+    patterns = ["*", "!src/", "**/__pycache__", "**/*.py[cod]"]
+    assert _dockerignored("README.md", patterns)
+    assert not _dockerignored("src/a.py", patterns)
+    assert _dockerignored("src/__pycache__/a.cpython-311.pyc", patterns)
+    assert _dockerignored("src/a.pyc", patterns)
+    assert not _dockerignored("src/a.py", [*patterns, "!src/a.py"])
