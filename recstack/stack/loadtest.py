@@ -1,0 +1,151 @@
+"""Headless Locust runs of ``loadtests/locustfile.py`` in a subprocess, and parsing of their CSV.
+
+Locust is never imported here: its gevent monkey-patching breaks ssl in a process that already
+imported urllib3/httpx (FIELD-NOTES), so it always runs as ``python -m locust``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recstack.settings import REPO_ROOT, Settings
+
+logger = logging.getLogger(__name__)
+
+LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
+
+
+class LoadTestError(RuntimeError):
+    """Locust did not run or left no usable statistics."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """The "Aggregated" row of a Locust run: counts, throughput and latency percentiles (ms)."""
+
+    requests: int
+    failures: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    csv_path: Path
+    top_failures: list[str] = field(default_factory=list)
+
+    @property
+    def failure_ratio(self) -> float:
+        return self.failures / self.requests if self.requests else 0.0
+
+
+def _number(value: str) -> float:
+    """A Locust CSV cell as a float; "N/A" (no requests) becomes NaN."""
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
+def parse_stats_csv(stats_csv: Path, failures_csv: Path | None = None) -> LoadResult:
+    """Read the "Aggregated" row of a Locust ``<prefix>_stats.csv`` (and top failures if given)."""
+    if not stats_csv.exists():
+        raise LoadTestError(f"Locust wrote no statistics at {stats_csv}")
+    with stats_csv.open(newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("Name") == "Aggregated"]
+    if not rows:
+        raise LoadTestError(f"no 'Aggregated' row in {stats_csv}")
+    row = rows[-1]
+    try:
+        result = LoadResult(
+            requests=int(row["Request Count"]),
+            failures=int(row["Failure Count"]),
+            rps=_number(row["Requests/s"]),
+            p50_ms=_number(row["50%"]),
+            p95_ms=_number(row["95%"]),
+            p99_ms=_number(row["99%"]),
+            csv_path=stats_csv,
+            top_failures=_top_failures(failures_csv) if failures_csv else [],
+        )
+    except (KeyError, ValueError) as exc:
+        raise LoadTestError(f"unexpected Locust stats format in {stats_csv}: {exc}") from exc
+    return result
+
+
+def _top_failures(failures_csv: Path, n: int = 5) -> list[str]:
+    if not failures_csv.exists():
+        return []
+    with failures_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows.sort(key=lambda r: -int(r.get("Occurrences") or 0))
+    return [f"{r.get('Occurrences')}x {r.get('Method')} {r.get('Name')}: {r.get('Error')}" for r in rows[:n]]
+
+
+def locust_command(
+    host: str, users: int, spawn_rate: float, duration_s: int, prefix: Path
+) -> list[str]:
+    """The headless Locust command line (its own process; see the module docstring)."""
+    return [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "-u", str(users), "-r", str(spawn_rate), "-t", f"{duration_s}s",
+        "--host", host, "--csv", str(prefix), "--only-summary",
+        # Failures are a result to report, not a reason to lose the CSV.
+        "--exit-code-on-error", "0",
+        "--stop-timeout", "5",
+        "--loglevel", "WARNING",
+    ]
+
+
+def run_locust(
+    settings: Settings,
+    host: str,
+    users: int,
+    spawn_rate: float,
+    duration_s: int,
+    out_dir: Path,
+) -> LoadResult:
+    """Run the locustfile headless against ``host`` for ``duration_s``; returns its aggregate.
+
+    Writes ``<out_dir>/locust_stats.csv`` (+ failures, history, and ``locust.log``). Raises
+    ``LoadTestError`` if Locust fails, hangs past a hard timeout or writes no statistics.
+    """
+    if users < 1 or spawn_rate <= 0 or duration_s < 1:
+        raise LoadTestError(
+            f"need users >= 1, spawn_rate > 0, duration_s >= 1 (got {users}, {spawn_rate}, {duration_s})"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = out_dir / "locust"
+    for stale in out_dir.glob("locust_*.csv"):
+        stale.unlink()
+    env = {
+        **os.environ,
+        # The locustfile reads the user-id range from here (it imports nothing of the project).
+        "RECSTACK_SIM__N_USERS": str(settings.sim.n_users),
+        "RECSTACK_LOADTEST_K": str(settings.serving.k_default),
+    }
+    cmd = locust_command(host, users, spawn_rate, duration_s, prefix)
+    timeout_s = duration_s + 60  # start-up, spawn, stop-timeout and CSV writing
+    log_path = out_dir / "locust.log"
+    logger.info("locust: %d users for %ds against %s", users, duration_s, host)
+    with log_path.open("wb") as log:
+        try:
+            proc = subprocess.run(
+                cmd, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, timeout=timeout_s, check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise LoadTestError(f"locust did not finish within {timeout_s}s; see {log_path}") from exc
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-1500:]
+        raise LoadTestError(f"locust exited with {proc.returncode}:\n{tail}")
+    result = parse_stats_csv(Path(f"{prefix}_stats.csv"), Path(f"{prefix}_failures.csv"))
+    logger.info(
+        "locust: %d requests, %d failures, %.1f rps, p99 %.0f ms",
+        result.requests, result.failures, result.rps, result.p99_ms,
+    )
+    return result

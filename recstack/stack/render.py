@@ -1,0 +1,265 @@
+"""Config files of the native stack, rendered from ``Settings`` and the program list.
+
+Pure functions from settings to text, so unit tests can validate them with ``nginx -t``,
+``promtool check config`` and supervisor's own parser; ``write_configs`` puts them on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+from dataclasses import dataclass
+
+import yaml
+
+from recstack.settings import Settings
+from recstack.stack.paths import StackPaths, write_if_changed
+from recstack.stack.services import Program, StackConfigError, api_ports
+
+SUPERVISOR_USER = "recstack"
+
+
+def supervisor_secret(paths: StackPaths) -> str:
+    """The password of supervisord's loopback XML-RPC port, created once (mode 0600)."""
+    if paths.secret.exists():
+        return paths.secret.read_text().strip()
+    value = secrets.token_urlsafe(18)
+    write_if_changed(paths.secret, value, mode=0o600)
+    return value
+
+
+def _sv(value: str) -> str:
+    """Escape a value for supervisor's ini: it expands ``%(name)s``, so ``%`` must be doubled."""
+    return value.replace("%", "%%")
+
+
+def _env_line(env: dict[str, str]) -> str:
+    for key, value in env.items():
+        if '"' in value or "\n" in value:
+            raise StackConfigError(f"{key} contains a quote or newline; supervisor cannot pass it")
+    return ",".join(f'{key}="{_sv(value)}"' for key, value in sorted(env.items()))
+
+
+def render_supervisord(settings: Settings, programs: list[Program], password: str) -> str:
+    """supervisord.conf: an authenticated loopback XML-RPC port and one [program:x] per process.
+
+    No ``[group:api]``: supervisor restarts every member of a group whose membership changes, so
+    ``scale`` would restart all replicas; each replica is its own program and ``Program.group``
+    names the service instead.
+    """
+    p = StackPaths.of(settings)
+    port = settings.stack.supervisor_port
+    lines = [
+        "; rendered by recstack.stack; edits are overwritten",
+        "[supervisord]",
+        f"logfile={_sv(str(p.supervisord_log))}",
+        "logfile_maxbytes=10MB",
+        "logfile_backups=2",
+        f"pidfile={_sv(str(p.supervisord_pid))}",
+        f"childlogdir={_sv(str(p.logs_dir))}",
+        f"directory={_sv(str(p.run_dir))}",
+        f"identifier=recstack:{_sv(str(settings.root))}",
+        "nodaemon=false",
+        "minfds=4096",
+        "loglevel=info",
+        "",
+        "[inet_http_server]",
+        f"port=127.0.0.1:{port}",
+        f"username={SUPERVISOR_USER}",
+        f"password={_sv(password)}",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=http://127.0.0.1:{port}",
+        f"username={SUPERVISOR_USER}",
+        f"password={_sv(password)}",
+        "",
+    ]
+    for program in programs:
+        log = p.program_log(program.name)
+        lines += [
+            f"[program:{program.name}]",
+            f"command={_sv(shlex.join(program.argv))}",
+            f"directory={_sv(str(program.directory))}",
+            f"environment={_env_line(program.env)}",
+            "autostart=false",  # `up` starts the services it is asked for
+            "autorestart=true",
+            f"startsecs={program.startsecs}",
+            "startretries=3",
+            f"stopsignal={program.stopsignal}",
+            f"stopwaitsecs={program.stopwaitsecs}",
+            # Kill the whole process group: uvicorn/mlflow workers and nginx workers included.
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={_sv(str(log))}",
+            "stdout_logfile_maxbytes=10MB",
+            "stdout_logfile_backups=2",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def render_redis(settings: Settings) -> str:
+    """redis.conf: loopback only, no persistence (the lake and Feast can rebuild it)."""
+    p = StackPaths.of(settings)
+    lines = [
+        f"port {settings.redis.port}",
+        "bind 127.0.0.1",
+        "protected-mode yes",
+        "daemonize no",
+        f'dir "{p.redis_data}"',
+        'save ""',
+        "appendonly no",
+        'logfile ""',
+    ]
+    if settings.redis.password is not None:
+        # In the config file (0600), not argv, so `ps` does not show it.
+        secret = settings.redis.password.get_secret_value()
+        lines.append('requirepass "{}"'.format(secret.replace("\\", "\\\\").replace('"', '\\"')))
+    return "\n".join(lines) + "\n"
+
+
+def render_nginx(settings: Settings, replicas: int) -> str:
+    """nginx.conf: the api replicas behind ``least_conn`` with passive health checks and one retry.
+
+    Idempotent requests that hit a dead or unready replica (connect error, timeout, 502/503) are
+    retried once on another; nginx never retries a POST that reached a replica.
+    """
+    p = StackPaths.of(settings)
+    nd = p.nginx_dir
+    user = "user root;" if os.geteuid() == 0 else ""  # as root, workers need root for run_dir
+    servers = "\n".join(
+        f"        server 127.0.0.1:{port} max_fails=2 fail_timeout=5s;"
+        for port in api_ports(settings, replicas)
+    )
+    return f"""# rendered by recstack.stack; edits are overwritten
+{user}
+worker_processes 1;
+daemon off;
+pid {nd}/nginx.pid;
+error_log stderr warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    server_tokens off;
+    client_body_temp_path {nd}/client_body_temp;
+    proxy_temp_path {nd}/proxy_temp;
+    fastcgi_temp_path {nd}/fastcgi_temp;
+    uwsgi_temp_path {nd}/uwsgi_temp;
+    scgi_temp_path {nd}/scgi_temp;
+    keepalive_timeout 65s;
+
+    upstream api {{
+        least_conn;
+{servers}
+        keepalive 64;
+        keepalive_timeout 60s;
+    }}
+
+    server {{
+        listen 127.0.0.1:{settings.stack.lb_port};
+
+        location = /lb/healthz {{
+            default_type text/plain;
+            return 200 "ok\\n";
+        }}
+
+        location / {{
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Request-ID $request_id;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_connect_timeout 1s;
+            proxy_read_timeout 10s;
+            proxy_next_upstream error timeout http_502 http_503;
+            proxy_next_upstream_tries 2;
+            proxy_next_upstream_timeout 5s;
+        }}
+    }}
+}}
+"""
+
+
+def render_prometheus(settings: Settings) -> str:
+    """prometheus.yml: 5 s scrapes of itself and of the api replicas listed in a file_sd file."""
+    p = StackPaths.of(settings)
+    config = {
+        "global": {
+            "scrape_interval": "5s",
+            "evaluation_interval": "5s",
+            "external_labels": {"stack": "native"},
+        },
+        "rule_files": [str(p.prometheus_rules)],
+        "scrape_configs": [
+            {
+                "job_name": "prometheus",
+                "static_configs": [{"targets": [f"127.0.0.1:{settings.stack.prometheus_port}"]}],
+            },
+            {
+                # file_sd: `scale` rewrites the targets file and Prometheus follows without reload.
+                "job_name": "api",
+                "metrics_path": "/metrics",
+                "file_sd_configs": [{"files": [str(p.prometheus_targets)], "refresh_interval": "5s"}],
+            },
+        ],
+    }
+    return "# rendered by recstack.stack; edits are overwritten\n" + yaml.safe_dump(
+        config, sort_keys=False
+    )
+
+
+def render_api_targets(settings: Settings, replicas: int) -> str:
+    """The file_sd targets of the api job: one entry per replica, labelled with its program name."""
+    entries = [
+        {"targets": [f"127.0.0.1:{port}"], "labels": {"service": "api", "replica": f"api-{i}"}}
+        for i, port in enumerate(api_ports(settings, replicas))
+    ]
+    return json.dumps(entries, indent=2) + "\n"
+
+
+@dataclass(frozen=True)
+class Changed:
+    """Which rendered files differ from what was on disk (so the caller reloads only those)."""
+
+    supervisord: bool
+    nginx: bool
+    prometheus: bool
+    targets: bool
+    redis: bool
+
+
+def write_configs(
+    settings: Settings,
+    programs: list[Program],
+    replicas: int,
+    *,
+    supervisord: bool = True,
+    nginx: bool = True,
+    targets: bool = True,
+) -> Changed:
+    """Render every config file under ``run_dir``; flags let ``scale`` order the writes."""
+    p = StackPaths.of(settings)
+    p.make_dirs()
+    password = supervisor_secret(p)
+    return Changed(
+        supervisord=supervisord
+        and write_if_changed(
+            p.supervisord_conf, render_supervisord(settings, programs, password), 0o600
+        ),
+        nginx=nginx and write_if_changed(p.nginx_conf, render_nginx(settings, replicas)),
+        prometheus=write_if_changed(p.prometheus_conf, render_prometheus(settings)),
+        targets=targets
+        and write_if_changed(p.prometheus_targets, render_api_targets(settings, replicas)),
+        redis=write_if_changed(p.redis_conf, render_redis(settings), 0o600),
+    )

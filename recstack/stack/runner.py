@@ -1,0 +1,424 @@
+"""The native stack's verbs: up, down, status, scale, stop/start one program, urls, wait_ready.
+
+supervisord owns the processes; this module renders its config, asks it (XML-RPC) to start and
+stop programs, and checks health itself (supervisor only knows "the process is alive").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psutil
+
+from recstack.settings import Settings
+from recstack.stack import health
+from recstack.stack import pids as pids_mod
+from recstack.stack.paths import StackPaths
+from recstack.stack.render import write_configs
+from recstack.stack.services import (
+    SERVICE_ORDER,
+    Program,
+    api_ports,
+    native_programs,
+)
+from recstack.stack.supervisor import ProcessInfo, StackError, Supervisor
+
+logger = logging.getLogger(__name__)
+
+_FAILED_STATES = {"FATAL"}
+_ALIVE_STATES = {"RUNNING", "STARTING", "BACKOFF"}
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One row of ``status``: a supervised program (or supervisord itself)."""
+
+    name: str
+    state: str
+    pid: int | None
+    port: int | None
+    uptime_s: float | None
+    service: str = ""
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _replicas(settings: Settings) -> int:
+    """Current api replica count: what `scale` last set while the stack is up, else settings."""
+    scale_file = StackPaths.of(settings).scale_file
+    if scale_file.exists():
+        try:
+            return int(json.loads(scale_file.read_text())["api"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring unreadable %s", scale_file)
+    return settings.stack.api_replicas
+
+
+def _service_of(program: str) -> str:
+    return program.split("-", 1)[0]
+
+
+def _ports(settings: Settings, replicas: int) -> dict[str, int]:
+    ports = {
+        "supervisord": settings.stack.supervisor_port,
+        "redis": settings.redis.port,
+        "mlflow": settings.mlflow.port,
+        "prometheus": settings.stack.prometheus_port,
+        "nginx": settings.stack.lb_port,
+    }
+    ports.update({f"api-{i}": p for i, p in enumerate(api_ports(settings, replicas))})
+    return ports
+
+
+def log_tail(settings: Settings, program: str, lines: int = 25) -> str:
+    """The last ``lines`` lines of a program's log (or a note that there is none)."""
+    path = StackPaths.of(settings).program_log(program)
+    if not path.exists():
+        return f"(no log at {path})"
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64_000))
+        text = f.read().decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _check_services(names: Sequence[str]) -> list[str]:
+    unknown = [n for n in names if n not in SERVICE_ORDER]
+    if unknown:
+        raise StackError(f"unknown service(s) {unknown}; known: {', '.join(SERVICE_ORDER)}")
+    return [s for s in SERVICE_ORDER if s in names]
+
+
+def _running_supervisor(settings: Settings) -> Supervisor:
+    sup = Supervisor(settings)
+    if not sup.is_running():
+        raise StackError("the native stack is not running; start it with `recstack up`")
+    return sup
+
+
+def _apply_config(sup: Supervisor) -> tuple[list[str], list[str]]:
+    """Make supervisord's programs match supervisord.conf; returns (added, removed).
+
+    A changed program that was running is restarted with its new command/environment.
+    """
+    added, changed, removed = sup.reload_config()
+    for name in removed:
+        sup.remove(name)
+    for name in changed:
+        was_alive = sup.info(name).state in _ALIVE_STATES
+        sup.remove(name)
+        sup.add(name)
+        if was_alive:
+            sup.start(name)
+    for name in added:
+        sup.add(name)
+    if added or changed or removed:
+        logger.info("supervisord config: added %s, changed %s, removed %s", added, changed, removed)
+    return added, removed
+
+
+def _nginx_test(settings: Settings, programs: list[Program]) -> None:
+    """``nginx -t`` on the rendered config, so a bad config never reaches the running balancer."""
+    argv = next(p.argv for p in programs if p.name == "nginx")
+    proc = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        raise StackError(f"rendered nginx config is invalid: {proc.stderr.strip()[-800:]}")
+
+
+def _reload_nginx(sup: Supervisor, settings: Settings, programs: list[Program]) -> None:
+    if sup.info("nginx").state != "RUNNING":
+        return
+    _nginx_test(settings, programs)
+    sup.signal("nginx", "HUP")  # graceful: old workers finish their requests
+    logger.info("nginx reloaded")
+
+
+def _reload_prometheus(sup: Supervisor, settings: Settings) -> None:
+    if sup.info("prometheus").state != "RUNNING":
+        return
+    code = health.http_post(settings.stack.prometheus_port, "/-/reload")
+    if code != 200:
+        raise StackError(f"prometheus refused its new config (reload -> {code}); see its log")
+    logger.info("prometheus reloaded")
+
+
+def _wait_healthy(
+    settings: Settings, sup: Supervisor, programs: list[Program], timeout_s: float
+) -> None:
+    """Wait until every program is RUNNING and passes its health check, or raise naming it."""
+    deadline = time.monotonic() + timeout_s
+    pending = {p.name: p for p in programs}
+    seen: dict[str, str] = {}
+    states: dict[str, str] = {}
+    while pending:
+        for name, program in list(pending.items()):
+            info = sup.info(name)
+            states[name] = info.state
+            if info.state in _FAILED_STATES:
+                raise StackError(
+                    f"{name} failed to start (supervisor state {info.state}: {info.description})."
+                    f" Last lines of {StackPaths.of(settings).program_log(name)}:\n"
+                    f"{log_tail(settings, name)}"
+                )
+            ok, seen[name] = health.probe(program.health, settings)
+            if ok and info.state == "RUNNING":
+                logger.info("%s is healthy (pid %s)", name, info.pid)
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            name = next(iter(pending))
+            raise StackError(
+                f"{name} not healthy after {timeout_s:.0f}s (supervisor state {states[name]}; "
+                f"last probe: {seen[name]}). Last lines of "
+                f"{StackPaths.of(settings).program_log(name)}:\n{log_tail(settings, name)}"
+            )
+        time.sleep(0.25)
+
+
+def _check_free(settings: Settings, sup: Supervisor, programs: list[Program]) -> None:
+    """Fail fast when a port we are about to bind is held by some other process."""
+    states = {p.name: p.state for p in sup.processes()}
+    for program in programs:
+        if states.get(program.name) not in _ALIVE_STATES and health.port_open(program.port, 0.2):
+            raise StackError(
+                f"port {program.port} for {program.name} is already in use by another process; "
+                "free it or change the port in the settings"
+            )
+
+
+# ------------------------------------------------------------------------------------------ verbs
+
+
+def up(settings: Settings, services: Sequence[str] | None = None, wait: bool = True) -> None:
+    """Render configs, start supervisord if needed, start ``services`` (default all) and wait.
+
+    Idempotent: running programs stay as they are unless their rendered config changed. Raises
+    ``StackError`` naming the service and the tail of its log if one is not healthy within
+    ``settings.stack.start_timeout_s``.
+    """
+    wanted = _check_services(list(services) if services is not None else list(SERVICE_ORDER))
+    replicas = _replicas(settings)
+    programs = native_programs(settings, replicas)
+    changed = write_configs(settings, programs, replicas)
+    sup = Supervisor(settings)
+    if sup.is_running():
+        _apply_config(sup)
+        if changed.nginx:
+            _reload_nginx(sup, settings, programs)
+        if changed.prometheus:
+            _reload_prometheus(sup, settings)
+        if changed.redis and sup.info("redis").state == "RUNNING":
+            logger.warning("redis.conf changed; `recstack stop redis` + `recstack up` applies it")
+    else:
+        port = settings.stack.supervisor_port
+        if health.port_open(port, 0.2):
+            raise StackError(f"supervisor port {port} is in use by another process")
+        sup.start_daemon()
+    targets = [p for p in programs if p.group in wanted]
+    _check_free(settings, sup, targets)
+    for program in targets:
+        sup.start(program.name)
+    if wait:
+        _wait_healthy(settings, sup, targets, settings.stack.start_timeout_s)
+    pids_mod.record_pids(settings, sup)
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    """One row per program plus supervisord itself; empty when the stack is down."""
+    sup = Supervisor(settings)
+    if not sup.is_running():
+        return []
+    replicas = _replicas(settings)
+    ports = _ports(settings, replicas)
+    infos = sup.processes()
+    order = {name: i for i, name in enumerate(SERVICE_ORDER)}
+
+    def key(info: ProcessInfo) -> tuple[int, int, str]:
+        service = _service_of(info.name)
+        index = int(info.name.rsplit("-", 1)[1]) if service == "api" and "-" in info.name else 0
+        return order.get(service, 99), index, info.name
+
+    pids_mod.record_pids(settings, sup, infos)
+    sup_pid = sup.pid()
+    try:
+        sup_uptime: float | None = time.time() - psutil.Process(sup_pid).create_time()
+    except psutil.Error:
+        sup_uptime = None
+    rows = [
+        ServiceStatus(
+            name="supervisord", state="RUNNING", pid=sup_pid, port=ports["supervisord"],
+            uptime_s=sup_uptime, service="supervisord",
+        )
+    ]
+    for info in sorted(infos, key=key):
+        port = ports.get(info.name)
+        if port is None and _service_of(info.name) == "api":
+            port = settings.stack.api_base_port + int(info.name.rsplit("-", 1)[1])
+        rows.append(
+            ServiceStatus(
+                name=info.name, state=info.state, pid=info.pid, port=port,
+                uptime_s=info.uptime_s, service=_service_of(info.name),
+            )
+        )
+    return rows
+
+
+def scale(settings: Settings, service: str, replicas: int) -> None:
+    """Set the number of api replicas: supervisord programs, nginx upstreams, Prometheus targets.
+
+    New replicas start (and must pass /healthz) only if the api is running; scaling down first
+    takes replicas out of nginx, then stops them, so in-flight requests finish. The count sticks
+    until ``down``.
+    """
+    if service != "api":
+        raise StackError(f"only the api scales in the native stack, not {service!r}")
+    if not 1 <= replicas <= 16:
+        raise StackError(f"api replicas must be between 1 and 16, got {replicas}")
+    sup = _running_supervisor(settings)
+    old = _replicas(settings)
+    paths = StackPaths.of(settings)
+    paths.scale_file.write_text(json.dumps({"api": replicas}))
+    settings.stack.api_replicas = replicas
+    programs = native_programs(settings, replicas)
+    api_running = any(
+        i.name.startswith("api-") and i.state in _ALIVE_STATES for i in sup.processes()
+    )
+    if replicas >= old:
+        write_configs(settings, programs, replicas, nginx=False, targets=False)
+        added, _ = _apply_config(sup)
+        if api_running:
+            new = [p for p in programs if p.name in added]
+            _check_free(settings, sup, new)
+            for program in new:
+                sup.start(program.name)
+            _wait_healthy(settings, sup, new, settings.stack.start_timeout_s)
+        write_configs(settings, programs, replicas)
+        _reload_nginx(sup, settings, programs)
+    else:
+        write_configs(settings, programs, replicas, supervisord=False)
+        _reload_nginx(sup, settings, programs)
+        write_configs(settings, programs, replicas)
+        _apply_config(sup)
+    pids_mod.record_pids(settings, sup)
+    logger.info("api scaled from %d to %d replicas", old, replicas)
+
+
+def _resolve(sup: Supervisor, name: str) -> list[str]:
+    known = [i.name for i in sup.processes()]
+    if name in known:
+        return [name]
+    members = [n for n in known if _service_of(n) == name]
+    if not members:
+        raise StackError(f"no program or service {name!r}; known: {', '.join(known)}")
+    return members
+
+
+def stop_service(settings: Settings, program: str) -> None:
+    """Stop one program (``api-1``) or every program of a service (``api``); waits for exit."""
+    sup = _running_supervisor(settings)
+    for name in reversed(_resolve(sup, program)):
+        sup.stop(name)
+        logger.info("stopped %s", name)
+
+
+def start_service(settings: Settings, program: str, wait: bool = True) -> None:
+    """Start one program (``api-1``) or a whole service (``api``); waits for its health check."""
+    sup = _running_supervisor(settings)
+    names = _resolve(sup, program)
+    by_name = {p.name: p for p in native_programs(settings, _replicas(settings))}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise StackError(f"{unknown} are not in the rendered stack; run `recstack up` first")
+    targets = [by_name[n] for n in names]
+    _check_free(settings, sup, targets)
+    for program_ in targets:
+        sup.start(program_.name)
+    if wait:
+        _wait_healthy(settings, sup, targets, settings.stack.start_timeout_s)
+    pids_mod.record_pids(settings, sup)
+
+
+def urls(settings: Settings) -> dict[str, str]:
+    """Where a user points a browser or a client: the api (via nginx), its docs, Prometheus, MLflow."""
+    lb = f"http://127.0.0.1:{settings.stack.lb_port}"
+    return {
+        "api": lb,
+        "docs": f"{lb}/docs",
+        "prometheus": f"http://127.0.0.1:{settings.stack.prometheus_port}",
+        "mlflow": f"http://127.0.0.1:{settings.mlflow.port}",
+    }
+
+
+def wait_ready(settings: Settings, timeout_s: float) -> None:
+    """Wait until every api replica's /readyz and nginx's /readyz answer 200, else raise."""
+    replicas = _replicas(settings)
+    checks = {f"api-{i}": port for i, port in enumerate(api_ports(settings, replicas))}
+    checks["nginx"] = settings.stack.lb_port
+    deadline = time.monotonic() + timeout_s
+    seen: dict[str, str] = {}
+    while checks:
+        for name, port in list(checks.items()):
+            code, body = health.http_status(port, "/readyz")
+            seen[name] = f"{code}: {body[:200]}"
+            if code == 200:
+                del checks[name]
+        if not checks:
+            return
+        if time.monotonic() > deadline:
+            details = "; ".join(f"{n} /readyz -> {seen[n]}" for n in checks)
+            name = next(iter(checks))
+            raise StackError(
+                f"not ready after {timeout_s:.0f}s: {details}. Last lines of {name}'s log:\n"
+                f"{log_tail(settings, name)}"
+            )
+        time.sleep(0.5)
+
+
+# ------------------------------------------------------------------------------------------- down
+
+
+def down(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Stop every program and supervisord; afterwards no process of this stack remains.
+
+    Idempotent. Also reaps what a supervisord that died hard left behind: processes carrying this
+    stack's ``RECSTACK_STACK_RUN`` marker, and a supervisord still named in the pid file.
+    """
+    paths = StackPaths.of(settings)
+    sup = Supervisor(settings)
+    pids: list[int] = []
+    try:
+        ours = sup.is_running()
+    except StackError as exc:  # the port is someone else's: only our own leftovers to clean
+        logger.warning("%s", exc)
+        ours = False
+    if ours:
+        infos = sup.processes()
+        pids = [i.pid for i in infos if i.pid]
+        sup_pid = sup.pid()
+        # Front to back: nginx first (clients get "connection refused", not 502s), then the api
+        # (it holds connections to MLflow and Redis, which then stop fast), then the rest.
+        alive = {i.name for i in infos if i.state in _ALIVE_STATES}
+        if "nginx" in alive:
+            sup.stop("nginx")
+        sup.stop_many(sorted(n for n in alive if _service_of(n) == "api"))
+        sup.shutdown()
+        pids.append(sup_pid)
+    else:
+        stale = pids_mod.stale_supervisord(paths)
+        if stale is not None:
+            logger.warning("supervisord %d does not answer; terminating it", stale)
+            os.kill(stale, signal.SIGTERM)  # supervisord stops its children on TERM
+            pids.append(stale)
+    pids_mod.wait_gone(pids, timeout_s)
+    pids_mod.reap_orphans(settings, timeout_s=10.0)
+    for leftover in (paths.scale_file, paths.supervisord_pid, paths.pids_file):
+        leftover.unlink(missing_ok=True)

@@ -1,0 +1,240 @@
+"""What the native stack runs: one ``Program`` per supervised process, derived from ``Settings``.
+
+``SERVICE_COMMANDS`` is the identity of each service's command, shared with docker-compose.yml (a
+test checks both against it): a native program's argv starts with it, argv[0] compared by basename.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import SecretStr
+
+from recstack.settings import REPO_ROOT, Settings
+
+SERVICE_COMMANDS: dict[str, list[str]] = {
+    "redis": ["redis-server"],
+    "mlflow": ["mlflow", "server"],
+    "api": ["uvicorn", "serving.app:create_app", "--factory"],
+    "nginx": ["nginx"],
+    "prometheus": ["prometheus"],
+}
+
+# Start order: dependencies first (api reads Redis and MLflow; nginx fronts the api).
+SERVICE_ORDER: tuple[str, ...] = ("redis", "mlflow", "prometheus", "api", "nginx")
+
+# Every supervised process carries this variable (value: the stack's run_dir), so `down` can find
+# orphans of a supervisord that died hard, and never touch anything else.
+STACK_MARKER_ENV = "RECSTACK_STACK_RUN"
+
+# Settings that must not reach the api processes' environment: a change would make supervisord see
+# every api program as "changed" and restart all replicas (on `scale`, or on a demo run with other
+# Locust settings), and the api has no use for them.
+_ENV_EXCLUDE = {"RECSTACK_STACK__API_REPLICAS", "RECSTACK_STACK__START_TIMEOUT_S"}
+_ENV_EXCLUDE_PREFIXES = ("RECSTACK_LOAD__",)
+
+HealthKind = Literal["redis", "http", "tcp"]
+
+
+class StackConfigError(ValueError):
+    """The settings describe a stack that cannot run (port clash, missing binary...)."""
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How to tell a started process is serving: a Redis PING, an HTTP 200 on ``path``, or a port."""
+
+    kind: HealthKind
+    port: int
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Program:
+    """One supervised process: ``name`` (supervisor program), ``group`` (the service it belongs to)."""
+
+    name: str
+    group: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    health: HealthCheck
+    startsecs: int = 1
+    stopsignal: str = "TERM"
+    stopwaitsecs: int = 10
+    directory: Path = REPO_ROOT
+
+
+def api_ports(settings: Settings, replicas: int | None = None) -> list[int]:
+    """Loopback ports of the api replicas: ``api_base_port + i``."""
+    n = settings.stack.api_replicas if replicas is None else replicas
+    return [settings.stack.api_base_port + i for i in range(n)]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` flattened into ``RECSTACK_*`` variables, so every process sees the same stack.
+
+    ``home`` is made absolute (processes run in another directory); unset optionals are left out.
+    """
+    env: dict[str, str] = {"RECSTACK_HOME": str(settings.root)}
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, sub in value.items():
+                flatten(f"{prefix}__{key.upper()}", sub)
+        elif value is None:
+            return
+        elif isinstance(value, SecretStr):
+            env[prefix] = value.get_secret_value()
+        elif isinstance(value, bool):
+            env[prefix] = "true" if value else "false"
+        elif isinstance(value, (dt.date, dt.datetime)):
+            env[prefix] = value.isoformat()
+        else:
+            env[prefix] = str(value)
+
+    # model_dump keeps SecretStr objects; flatten unwraps them (the file holding them is 0600).
+    for key, value in settings.model_dump(exclude={"home"}).items():
+        flatten(f"RECSTACK_{key.upper()}", value)
+    return {
+        k: v for k, v in env.items()
+        if k not in _ENV_EXCLUDE and not k.startswith(_ENV_EXCLUDE_PREFIXES)
+    }
+
+
+def _binary(name: str, venv: bool = False) -> str:
+    """Absolute path of ``name``: the venv's own script when ``venv``, else the system's."""
+    if venv:
+        candidate = Path(sys.executable).parent / name
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
+    )
+    if found is None:
+        raise StackConfigError(
+            f"{name} is not installed: `make system-deps` installs the Debian packages"
+        )
+    return found
+
+
+def native_programs(settings: Settings, replicas: int | None = None) -> list[Program]:
+    """Every program of the native stack, in start order, with ``replicas`` api replicas.
+
+    Raises ``StackConfigError`` if two services would share a port or a binary is missing.
+    """
+    from recstack.stack import paths as stack_paths  # local: paths imports this module
+
+    p = stack_paths.StackPaths.of(settings)
+    marker = {STACK_MARKER_ENV: str(settings.run_dir)}
+    host = "127.0.0.1"
+    programs: list[Program] = [
+        Program(
+            name="redis",
+            group="redis",
+            argv=[_binary("redis-server"), str(p.redis_conf)],
+            env=marker,
+            port=settings.redis.port,
+            health=HealthCheck("redis", settings.redis.port),
+        ),
+        Program(
+            name="mlflow",
+            group="mlflow",
+            argv=[
+                _binary("mlflow", venv=True), "server",
+                "--host", host, "--port", str(settings.mlflow.port), "--workers", "1",
+                "--backend-store-uri", f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}",
+                "--artifacts-destination", str(settings.mlflow_dir / "artifacts"),
+            ],
+            # No job runner: it forks 7 huey consumers (~100 MB each) for features recstack
+            # does not use, and made `down` wait for them.
+            env={**marker, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            port=settings.mlflow.port,
+            health=HealthCheck("http", settings.mlflow.port, "/health"),
+            startsecs=3,
+            stopwaitsecs=15,
+        ),
+        Program(
+            name="prometheus",
+            group="prometheus",
+            argv=[
+                _binary("prometheus"),
+                f"--config.file={p.prometheus_conf}",
+                f"--storage.tsdb.path={p.prometheus_data}",
+                "--storage.tsdb.retention.time=7d",
+                f"--web.listen-address={host}:{settings.stack.prometheus_port}",
+                "--web.enable-lifecycle",
+            ],
+            env=marker,
+            port=settings.stack.prometheus_port,
+            health=HealthCheck("http", settings.stack.prometheus_port, "/-/ready"),
+        ),
+    ]
+    api_env = {**settings_env(settings), **marker}
+    for i, port in enumerate(api_ports(settings, replicas)):
+        programs.append(
+            Program(
+                name=f"api-{i}",
+                group="api",
+                argv=[
+                    _binary("uvicorn", venv=True), "serving.app:create_app", "--factory",
+                    "--host", host, "--port", str(port),
+                    # Longer than nginx's upstream keepalive_timeout, so the balancer never
+                    # reuses a connection the replica is closing (a spurious 502).
+                    "--timeout-keep-alive", "75",
+                    "--timeout-graceful-shutdown", "5",
+                    "--no-access-log",
+                ],
+                env={**api_env, "RECSTACK_REPLICA": f"api-{i}"},
+                port=port,
+                health=HealthCheck("http", port, "/healthz"),
+                startsecs=2,
+                stopwaitsecs=10,
+            )
+        )
+    programs.append(
+        Program(
+            name="nginx",
+            group="nginx",
+            argv=[
+                _binary("nginx"), "-p", str(p.nginx_dir), "-c", str(p.nginx_conf), "-e", "stderr",
+            ],
+            env=marker,
+            port=settings.stack.lb_port,
+            health=HealthCheck("tcp", settings.stack.lb_port),
+            stopsignal="QUIT",  # graceful: finish in-flight requests
+        )
+    )
+    _check_ports(settings, programs)
+    return programs
+
+
+def _check_ports(settings: Settings, programs: list[Program]) -> None:
+    owners: dict[int, str] = {settings.stack.supervisor_port: "supervisord"}
+    for program in programs:
+        other = owners.setdefault(program.port, program.name)
+        if other != program.name:
+            raise StackConfigError(
+                f"port {program.port} is configured for both {other} and {program.name}; "
+                "change RECSTACK_STACK__* / RECSTACK_REDIS__PORT / RECSTACK_MLFLOW__PORT"
+            )
+
+
+def programs_by_service(programs: list[Program]) -> dict[str, list[Program]]:
+    """Programs grouped by service, in start order."""
+    out: dict[str, list[Program]] = {}
+    for program in programs:
+        out.setdefault(program.group, []).append(program)
+    return out
+
+
+def base_env() -> dict[str, str]:
+    """Environment supervisord itself is started with: the caller's, minus stale stack settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RECSTACK_")}

@@ -1,0 +1,75 @@
+"""Parsing Locust's CSV output and building its command line (Locust itself never imported)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from recstack.stack.loadtest import (
+    LOCUSTFILE,
+    LoadTestError,
+    locust_command,
+    parse_stats_csv,
+)
+
+HEADER = (
+    "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
+    "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"
+    "50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%"
+)
+
+
+def _write(path: Path, *rows: str) -> Path:
+    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    return path
+
+
+def test_parses_the_aggregated_row(tmp_path: Path) -> None:
+    stats = _write(
+        tmp_path / "run_stats.csv",
+        "GET,/recommendations/[user],900,3,12,14.2,3,210,1800,45.1,0.15,12,14,15,16,20,31,44,58,190,210,210",
+        ",Aggregated,1000,4,12,14.5,3,230,1810,50.2,0.2,13,15,16,17,21,33,47,61,200,230,230",
+    )
+    failures = tmp_path / "run_failures.csv"
+    failures.write_text(
+        "Method,Name,Error,Occurrences\n"
+        "GET,/recommendations/[user],expected 20 items got 5,1\n"
+        "GET,/recommendations/[user],status 503,3\n"
+    )
+    result = parse_stats_csv(stats, failures)
+    assert (result.requests, result.failures) == (1000, 4)
+    assert result.rps == pytest.approx(50.2)
+    assert (result.p50_ms, result.p95_ms, result.p99_ms) == (13, 33, 61)
+    assert result.failure_ratio == pytest.approx(0.004)
+    assert result.csv_path == stats
+    assert result.top_failures[0].startswith("3x GET /recommendations/[user]: status 503")
+
+
+def test_no_requests_gives_nan_percentiles(tmp_path: Path) -> None:
+    na = ",".join(["N/A"] * 11)
+    stats = _write(tmp_path / "s.csv", f",Aggregated,0,0,0,0,0,0,0,0,0,{na}")
+    result = parse_stats_csv(stats)
+    assert result.requests == 0 and result.failure_ratio == 0.0
+    assert math.isnan(result.p99_ms)
+
+
+def test_missing_file_or_row_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(LoadTestError, match="no statistics"):
+        parse_stats_csv(tmp_path / "absent.csv")
+    stats = _write(tmp_path / "s.csv", "GET,/x,1,0,1,1,1,1,1,1,0,1,1,1,1,1,1,1,1,1,1,1")
+    with pytest.raises(LoadTestError, match="Aggregated"):
+        parse_stats_csv(stats)
+
+
+def test_command_runs_locust_headless_in_its_own_interpreter(tmp_path: Path) -> None:
+    cmd = locust_command("http://127.0.0.1:1", users=7, spawn_rate=2.5, duration_s=9, prefix=tmp_path / "p")
+    assert cmd[:5] == [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+    joined = " ".join(cmd)
+    for part in ("--headless", "-u 7", "-r 2.5", "-t 9s", "--host http://127.0.0.1:1",
+                 f"--csv {tmp_path / 'p'}", "--only-summary"):
+        assert part in joined
+    assert LOCUSTFILE.exists()
+    assert "locust" not in sys.modules  # never imported in-process
