@@ -1,0 +1,48 @@
+"""``Annotated`` dependencies of the routes. All are ``async def`` so they run on the event loop
+and do not cost a threadpool hop each (only the sync recommendation endpoint does)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from recstack.settings import Settings
+from serving.errors import NotReady
+from serving.metrics import ServingMetrics
+from serving.protocols import EventSink
+from serving.recommender import Recommender
+from serving.resources import Resources
+
+
+async def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_resources(request: Request) -> Resources:
+    return request.app.state.resources
+
+
+async def get_metrics(request: Request) -> ServingMetrics:
+    return request.app.state.metrics
+
+
+async def get_recommender(request: Request) -> Recommender:
+    recommender = request.app.state.resources.recommender
+    if recommender is None:
+        raise NotReady("models are not loaded yet")
+    return recommender
+
+
+async def get_event_sink(request: Request) -> EventSink:
+    sink = request.app.state.resources.events
+    if sink is None:
+        raise NotReady("the event stream is not connected yet")
+    return sink
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
+RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
+EventSinkDep = Annotated[EventSink, Depends(get_event_sink)]

@@ -1,0 +1,49 @@
+"""Domain errors that know their HTTP status; one exception handler in ``app`` maps them."""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of the errors a client may see: a status, a short code and a readable detail."""
+
+    status_code = 500
+    code = "internal_error"
+    retry_after_s: int | None = None
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status_code}, detail={self.detail!r})"
+
+
+class InvalidRequest(ServingError):
+    """The request is well-formed HTTP but its parameters are out of bounds."""
+
+    status_code = 422
+    code = "invalid_request"
+
+
+class NotReady(ServingError):
+    """Models or features are not loaded yet; the balancer should try another replica."""
+
+    status_code = 503
+    code = "not_ready"
+    retry_after_s = 1
+
+
+class StreamUnavailable(ServingError):
+    """The event stream (Redis) did not store the events; nothing was accepted."""
+
+    status_code = 503
+    code = "stream_unavailable"
+    retry_after_s = 1
+
+
+class FeatureUnavailable(Exception):
+    """The online store did not answer; the recommender degrades instead of failing."""
+
+
+class ArtifactError(ValueError):
+    """A model artifact is missing, corrupt or inconsistent; it must never be served."""

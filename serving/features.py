@@ -1,0 +1,126 @@
+"""Online features: one Feast call per request for the user, an in-process table for items.
+
+Item features change only when the pipelines materialize, so they are read for every item in
+one batch call at start-up and refreshed in the background (DESIGN.md section 7: never 500
+Feast look-ups per request). The user read sits behind a small circuit breaker so a dead Redis
+costs one fast failure per ``cooldown_s``, not a timeout per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from recstack.schemas import ITEM_FEATURE_VIEW, ITEM_FEATURES, USER_FEATURE_VIEW, USER_FEATURES
+from serving.errors import FeatureUnavailable
+
+logger = logging.getLogger(__name__)
+
+# Entity join keys of the Feast views (feature_repo/).
+USER_KEY = "user_id"
+ITEM_KEY = "item_id"
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+
+
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive failures; lets one trial call through per cooldown."""
+
+    def __init__(self, threshold: int = 3, cooldown_s: float = 1.0) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self._failures = 0
+        self._opened_at = 0.0
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._failures < self.threshold:
+                return True
+            if time.monotonic() - self._opened_at >= self.cooldown_s:
+                self._opened_at = time.monotonic()  # one trial call; others keep failing fast
+                return True
+            return False
+
+    def record(self, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self._failures = 0
+            else:
+                self._failures += 1
+                if self._failures >= self.threshold:
+                    self._opened_at = time.monotonic()
+
+    @property
+    def open(self) -> bool:
+        return self._failures >= self.threshold
+
+
+class FeastUserFeatures:
+    """``UserFeatureReader`` over a ``feast.FeatureStore`` (one ``get_online_features`` call)."""
+
+    def __init__(self, store: Any, breaker: CircuitBreaker | None = None) -> None:
+        self.store = store
+        self.breaker = breaker or CircuitBreaker()
+        self._refs = [f"{USER_FEATURE_VIEW}:{name}" for name in USER_FEATURES]
+
+    def read(self, user_id: int) -> np.ndarray:
+        if not self.breaker.allow():
+            raise FeatureUnavailable("user features: circuit open")
+        try:
+            rows = self.store.get_online_features(
+                features=self._refs, entity_rows=[{USER_KEY: user_id}]
+            ).to_dict()
+        except Exception as exc:  # any store failure degrades the request, never fails it
+            self.breaker.record(ok=False)
+            raise FeatureUnavailable(f"user features: {type(exc).__name__}: {exc}") from exc
+        self.breaker.record(ok=True)
+        return np.array([_column(rows[name])[0] for name in USER_FEATURES], dtype=np.float32)
+
+
+class ItemFeatureTable:
+    """``ItemFeatureSource`` held in memory: sorted item ids and an aligned float32 matrix."""
+
+    def __init__(self, item_ids: np.ndarray, values: np.ndarray, loaded_at: float | None = None):
+        order = np.argsort(item_ids, kind="stable")
+        self.item_ids = np.asarray(item_ids, dtype=np.int64)[order]
+        self.values = np.asarray(values, dtype=np.float32)[order]
+        if self.values.shape != (len(self.item_ids), len(ITEM_FEATURES)):
+            raise ValueError(
+                f"item feature table shape {self.values.shape} does not match "
+                f"{len(self.item_ids)} items x {len(ITEM_FEATURES)} features"
+            )
+        self.loaded_at = time.time() if loaded_at is None else loaded_at
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def lookup(self, item_ids: np.ndarray) -> np.ndarray:
+        out = np.full((len(item_ids), len(ITEM_FEATURES)), np.nan, dtype=np.float32)
+        if len(self.item_ids) == 0:
+            return out
+        pos = np.searchsorted(self.item_ids, item_ids)
+        pos = np.minimum(pos, len(self.item_ids) - 1)
+        hit = self.item_ids[pos] == item_ids
+        out[hit] = self.values[pos[hit]]
+        return out
+
+
+def fetch_item_features(store: Any, item_ids: np.ndarray) -> ItemFeatureTable:
+    """Read ITEM_FEATURES for ``item_ids`` from the Feast online store in one batch call."""
+    ids = [int(i) for i in item_ids]
+    refs = [f"{ITEM_FEATURE_VIEW}:{name}" for name in ITEM_FEATURES]
+    rows = store.get_online_features(
+        features=refs, entity_rows=[{ITEM_KEY: i} for i in ids]
+    ).to_dict()
+    values = np.stack([_column(rows[name]) for name in ITEM_FEATURES], axis=1)
+    table = ItemFeatureTable(np.array(ids, dtype=np.int64), values)
+    found = int(np.isfinite(values).any(axis=1).sum())
+    logger.info("item features loaded: %d items, %d with values", len(ids), found)
+    return table

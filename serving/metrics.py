@@ -1,0 +1,67 @@
+"""Prometheus metrics of one app instance, on its own registry (so tests can build many apps).
+
+Names follow STYLE.md: ``recstack_`` prefix, seconds, ``_total`` counters; histogram buckets put
+the per-stage budgets (DESIGN.md section 7) and the 100 ms deadline on bucket edges. No user or
+item id is ever a label.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# 1, 2, 3, 5, 8 ms are stage budgets; 100 ms is the request deadline.
+STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.008, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+STAGES = ("candidates", "user_features", "item_features", "ranking", "serialize")
+
+
+class ServingMetrics:
+    """The serving metrics, registered on ``registry`` (a fresh one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.request_duration = Histogram(
+            "recstack_request_duration_seconds", "HTTP request latency by route template.",
+            ["route"], buckets=REQUEST_BUCKETS, registry=r,
+        )
+        self.stage_duration = Histogram(
+            "recstack_stage_duration_seconds", "Time spent in one stage of a recommendation.",
+            ["stage"], buckets=STAGE_BUCKETS, registry=r,
+        )
+        self.requests = Counter(
+            "recstack_requests", "HTTP requests by route template and status code.",
+            ["route", "code"], registry=r,
+        )
+        self.degraded = Counter(
+            "recstack_degraded", "Recommendations served in a degraded mode, by reason.",
+            ["reason"], registry=r,
+        )
+        self.events_accepted = Counter(
+            "recstack_events_accepted", "Events appended to the event stream.", registry=r,
+        )
+        self.model_info = Gauge(
+            "recstack_model_info", "Model versions this replica serves (value 1).",
+            ["model", "version"], registry=r,
+        )
+        self.cold_start = Counter(
+            "recstack_cold_start", "Recommendations for users without an embedding.", registry=r,
+        )
+        for stage in STAGES:  # export zeroed series so dashboards see every stage from start
+            self.stage_duration.labels(stage=stage)
+
+    def set_models(self, versions: dict[str, str]) -> None:
+        """Replace the model-info series with ``{model: version}``."""
+        with warnings.catch_warnings():
+            # Importing feast.metrics sets PROMETHEUS_MULTIPROC_DIR process-wide, which makes
+            # clear() warn; this registry is not multi-process (values were bound at import).
+            warnings.simplefilter("ignore", UserWarning)
+            self.model_info.clear()
+        for model, version in versions.items():
+            self.model_info.labels(model=model, version=version).set(1)
+
+    def render(self) -> bytes:
+        """The text exposition format of this registry."""
+        return generate_latest(self.registry)
