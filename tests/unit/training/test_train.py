@@ -1,0 +1,48 @@
+"""The training job's pieces that need no MLflow: leakage-free candidate scores, inputs."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recstack.schemas import CANDIDATE_SCORE_FEATURE, POPULAR_FILE
+from training.candidates import fit_candidate_model
+from training.datasets import TrainingDataError
+from training.train import add_candidate_scores, load_events, read_popular
+from tests.unit.training.synthetic import make_events
+
+
+def test_candidate_scores_only_use_earlier_days() -> None:
+    events = make_events(n_users=12, n_items=12, days=3)
+    events["day"] = pd.to_datetime(events["ts"], utc=True).dt.date
+    days = sorted(events["day"].unique())
+    rows = events[events["event_type"] == "impression"][["user_id", "item_id", "day"]]
+    scored, models = add_candidate_scores(rows, events, np.arange(12), dim=3, seed=0)
+    assert list(models) == days
+    # Day 1 has no past: every score is 0, like a user the served model never saw.
+    assert (scored.loc[scored["day"] == days[0], CANDIDATE_SCORE_FEATURE] == 0).all()
+    # Day 3 is scored by a model fit on days 1-2 only: changing day 3's clicks changes nothing.
+    last = scored["day"] == days[2]
+    expected = fit_candidate_model(events[events["day"] < days[2]], np.arange(12), 3, 0).score(
+        scored.loc[last, "user_id"].to_numpy(), scored.loc[last, "item_id"].to_numpy())
+    np.testing.assert_allclose(scored.loc[last, CANDIDATE_SCORE_FEATURE], expected, rtol=1e-6)
+    tampered = events.copy()
+    tampered.loc[tampered["day"] == days[2], "event_type"] = "click"
+    again, _ = add_candidate_scores(rows, tampered, np.arange(12), dim=3, seed=0)
+    np.testing.assert_allclose(again[CANDIDATE_SCORE_FEATURE], scored[CANDIDATE_SCORE_FEATURE])
+
+
+def test_read_popular_most_popular_first(settings) -> None:
+    settings.features_dir.mkdir(parents=True)
+    pd.DataFrame({"item_id": [5, 9, 7], "clicks": [3, 10, 6], "rank": [3, 1, 2]}).to_parquet(
+        settings.features_dir / POPULAR_FILE)
+    assert read_popular(settings) == [9, 7, 5]
+
+
+def test_missing_inputs_are_clear_errors(settings) -> None:
+    with pytest.raises(TrainingDataError, match="recstack simulate"):
+        load_events(settings)
+    with pytest.raises(TrainingDataError, match="recstack pipeline"):
+        read_popular(settings)
