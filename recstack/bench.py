@@ -1,13 +1,15 @@
-"""``make bench``: run the main job once, measured, and write its figures.
+"""``make bench``: run the benchmark suites and write their figures.
 
-Writes ``$RECSTACK_HOME/bench/skeleton.json`` (every figure, units in the key names) and
-``skeleton.md`` (a table), both stating the machine and the versions that produced them. The
-figures of a single run on a shared 2-core machine are noisy: compare ratios measured in one run.
+Each suite is a function ``(settings, console) -> dict`` of figures (units in the key names).
+For each suite this writes ``$RECSTACK_HOME/bench/<suite>.json`` and ``<suite>.md``, both stating
+the machine and the versions that produced them. Single runs on a shared 2-core machine are
+noisy: suites report medians and p99s, and ratios measured side by side in one run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import os
 import platform
@@ -87,48 +89,69 @@ def summarize(result: DemoResult, settings: Settings) -> dict[str, object]:
     return figures
 
 
-def run_bench(settings: Settings, console: Console | None = None) -> Path:
-    """Run the demo measured; returns the JSON path (a Markdown summary is written beside it)."""
-    result = run_demo(settings, console=console, run_load=True)
-    report = {
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "figures": summarize(result, settings),
-    }
+# suite name -> "module:function"; stage suites live with their stage.
+SUITES: dict[str, str] = {
+    "demo": "recstack.bench:bench_demo",
+}
+
+
+def bench_demo(settings: Settings, console: Console | None = None) -> dict[str, object]:
+    """The main job once, measured: per-step seconds, offline metrics, Locust through nginx."""
+    return summarize(run_demo(settings, console=console, run_load=True), settings)
+
+
+def run_bench(
+    settings: Settings, suites: list[str] | None = None, console: Console | None = None
+) -> list[Path]:
+    """Run the named suites (default: all); returns the JSON paths written."""
+    names = suites or list(SUITES)
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown bench suite(s) {unknown}; known: {sorted(SUITES)}")
     out = settings.bench_dir
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "skeleton.json"
-    path.write_text(json.dumps(report, indent=2))
-    (out / "skeleton.md").write_text(_markdown(report))
-    return path
+    machine = machine_info()
+    written = []
+    for name in names:
+        module, _, func = SUITES[name].partition(":")
+        figures = getattr(importlib.import_module(module), func)(settings, console)
+        report = {
+            "suite": name,
+            "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine,
+            "figures": figures,
+        }
+        path = out / f"{name}.json"
+        path.write_text(json.dumps(report, indent=2, default=str))
+        path.with_suffix(".md").write_text(_markdown(report))
+        written.append(path)
+    return written
 
 
 def _markdown(report: dict) -> str:
-    m, f = report["machine"], report["figures"]
+    """A Markdown page: the machine, then every figure as a row (nested keys joined by '.')."""
+    m = report["machine"]
     lines = [
-        "# recstack bench: the main job, measured",
+        f"# recstack bench: {report['suite']}",
         "",
         f"Run at {report['when']} on `{m['hostname']}`: {m['cpu']}, {m['cores']} cores, "
-        f"{m['memory_gib']} GiB, Python {m['python']}. One run; the machine is shared and noisy.",
+        f"{m['memory_gib']} GiB, Python {m['python']}. The machine is shared and noisy: compare "
+        "figures measured side by side in one run.",
         "",
-        f"World: {f['n_users']:,} users, {f['n_items']:,} items, {f['n_days']} days, "
-        f"{f['n_events']:,} events.",
-        "",
-        "| step | seconds |",
+        "| figure | value |",
         "|---|---|",
     ]
-    lines += [f"| {k} | {v:.2f} |" for k, v in f["steps_s"].items()]
-    if "load" in f:
-        load = f["load"]
-        lines += [
-            "",
-            f"Locust through nginx, {load['users']} users for {load['duration_s']} s, "
-            f"{load['api_replicas']} API replicas:",
-            "",
-            "| requests | failures | RPS | p50 ms | p95 ms | p99 ms |",
-            "|---|---|---|---|---|---|",
-            f"| {load['requests']:,} | {load['failures']} | {load['rps']} | {load['p50_ms']} | "
-            f"{load['p95_ms']} | {load['p99_ms']} |",
-        ]
+    lines += [f"| {k} | {v} |" for k, v in _flatten(report["figures"])]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def _flatten(figures: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows: list[tuple[str, object]] = []
+    for key, value in figures.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += _flatten(value, name + ".")
+        else:
+            rows.append((name, value))
+    return rows

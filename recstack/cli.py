@@ -15,8 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines import cli as pipelines_cli
 from recstack.logs import configure_logging
 from recstack.settings import Settings, get_settings
+from simulator import cli as simulator_cli
+from training import cli as training_cli
 
 app = typer.Typer(
     name="recstack",
@@ -27,6 +30,12 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 logger = logging.getLogger(__name__)
+
+# Each stage's verbs live with the stage; the stage CLI modules import only typer, rich and the
+# kernel at import time, so `recstack --help` stays fast.
+app.add_typer(simulator_cli.app)
+app.add_typer(pipelines_cli.app)
+app.add_typer(training_cli.app)
 
 
 def _settings() -> Settings:
@@ -99,62 +108,18 @@ def scale(
 
 
 @app.command()
-def simulate(
-    days: Annotated[int | None, typer.Option(help="simulated days (default: settings)")] = None,
-    seed: Annotated[int | None, typer.Option(help="world seed (default: settings)")] = None,
+def bench(
+    suite: Annotated[
+        list[str] | None, typer.Option(help="suite(s) to run (default: all)")
+    ] = None,
 ) -> None:
-    """Generate the simulated world's events into the Parquet lake."""
-    from recstack.demo import simulate_with_progress
-
-    s = _settings()
-    if seed is not None:
-        s.sim.seed = seed
-    summary = simulate_with_progress(s, days=days, console=console)
-    console.print(
-        f"wrote {summary.n_impressions:,} impressions and {summary.n_clicks:,} clicks "
-        f"(CTR {summary.ctr:.2%}) for {summary.n_users:,} users x {summary.n_items:,} items "
-        f"over {summary.n_days} days into {s.lake_dir}"
-    )
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def pipeline(ctx: typer.Context) -> None:
-    """Beam feature pipelines, then feast apply + materialize. Extra flags go to the Beam runner."""
-    from pipelines import run_all
-
-    s = _settings()
-    with console.status("Beam pipelines + Feast materialization"):
-        result = run_all(s, beam_args=list(ctx.args))
-    console.print(result)
-
-
-@app.command()
-def train() -> None:
-    """Train the candidate model + ANN index and the ranker; register both in MLflow as champion."""
-    from training import train_and_register
-
-    s = _settings()
-    with console.status("training candidates + ranker, logging to MLflow"):
-        result = train_and_register(s)
-    table = Table("metric", "value", title="training")
-    for k, v in sorted(result.metrics.items()):
-        table.add_row(k, f"{v:.4f}")
-    Console().print(table)
-    console.print(
-        f"registered candidates v{result.candidates_version}, ranker v{result.ranker_version} "
-        f"as @{s.mlflow.serving_alias} (run {result.run_id})"
-    )
-
-
-@app.command()
-def bench() -> None:
-    """Run the main job measured; write $RECSTACK_HOME/bench/skeleton.{json,md}."""
+    """Run the benchmarks; figures go to $RECSTACK_HOME/bench/<suite>.{json,md}."""
     from recstack.bench import run_bench
 
     s = _settings()
-    path = run_bench(s, console=console)
-    Console().print(path.with_suffix(".md").read_text())
-    console.print(f"wrote {path}")
+    for path in run_bench(s, suites=suite, console=console):
+        Console().print(path.with_suffix(".md").read_text())
+        console.print(f"wrote {path}")
 
 
 def _print_status(s: Settings) -> None:

@@ -13,14 +13,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from recstack.settings import Settings
 
 if TYPE_CHECKING:
     from recstack.stack.loadtest import LoadResult
-    from simulator.generate import SimulationSummary
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +38,10 @@ class DemoResult:
     urls: dict[str, str] = field(default_factory=dict)
 
 
-def simulate_with_progress(
-    settings: Settings, days: int | None = None, console: Console | None = None
-) -> "SimulationSummary":
-    """Run the simulator with a per-day progress bar."""
-    from simulator.generate import simulate
-
-    n_days = days or settings.sim.days
-    with _progress(console) as progress:
-        task = progress.add_task("simulating days", total=n_days)
-        return simulate(
-            settings, days=n_days, on_day=lambda i, n: progress.update(task, completed=i + 1)
-        )
-
-
 def run_demo(settings: Settings, console: Console | None = None, run_load: bool = True) -> DemoResult:
     """Run every stage once; returns the figures. Raises with a clear message on any failure."""
     from pipelines import run_all
+    from simulator.cli import simulate_with_progress
     from recstack import stack
     from recstack.stack.loadtest import run_locust
     from training import train_and_register
@@ -133,10 +118,3 @@ def print_demo_result(result: DemoResult, console: Console) -> None:
     for name, url in result.urls.items():
         urls.add_row(name, url)
     console.print(urls)
-
-
-def _progress(console: Console | None) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console,
-    )
