@@ -1,30 +1,152 @@
-"""Simulated users asking for recommendations through the load balancer.
+"""Simulated users asking for recommendations through the load balancer, and clicking.
 
 Run by ``recstack.stack.loadtest.run_locust`` (``python -m locust -f loadtests/locustfile.py
---headless ...``); it imports nothing of the project, so Locust's gevent patching stays harmless.
-The user-id range comes from ``RECSTACK_SIM__N_USERS`` (the simulated world's size).
+--headless ...``): Locust is imported (and gevent patches the process) before anything else.
+
+Each request is made on behalf of a user of the simulated world (drawn by activity), saved by
+``recstack simulate`` under ``$RECSTACK_HOME/world``. The user reacts to the served list by
+the world's ground truth (``simulator.users.SimulatedUser``: taste, freshness, position bias,
+fatigue), and the impressions and clicks, carrying the response's ``request_id`` and model
+version, are posted in batches to ``POST /events`` — so the next training run learns from what
+the deployed model showed. ~10% of requests are for unknown users (cold start; not in the
+world, so they post nothing). When the run stops, the online CTR (realized, expected, and as a
+fraction of the oracle's) is written to ``$RECSTACK_LOADTEST_CTR_FILE`` (default
+``$RECSTACK_HOME/reports/online_ctr.json``).
+
+Without a saved world the users still send the same GET load but click nothing (a warning says
+how to get one); ``RECSTACK_SIM__N_USERS`` then gives the user-id range.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import logging
 import os
 import random
+from pathlib import Path
+from typing import Any
 
-from locust import FastHttpUser, between, task
+from locust import FastHttpUser, between, events, task
+
+# Imported after locust (gevent patching first); numpy and the world only, no pyarrow.
+try:
+    from simulator.users import SimulatedUser, model_version_of
+except ImportError as _exc:  # the project is not installed where Locust runs: GET load only
+    SimulatedUser = model_version_of = None  # type: ignore[assignment,misc]
+    _IMPORT_ERROR: ImportError | None = _exc
+else:
+    _IMPORT_ERROR = None
+
+logger = logging.getLogger("recstack.locustfile")
 
 # Same defaults as recstack.settings (SimSettings.n_users, ServingSettings.k_default).
 N_USERS = int(os.environ.get("RECSTACK_SIM__N_USERS", "3000"))
 K = int(os.environ.get("RECSTACK_LOADTEST_K", "20"))
+# Simulated seconds per wall second for event timestamps (which start where the run ended).
+SPEEDUP = float(os.environ.get("RECSTACK_LOADTEST_SPEEDUP", "1"))
+FLUSH_EVENTS = 200  # events buffered per Locust user before one POST /events (max 1000)
 # Ids far above the simulated world: unknown users, served the cold-start list.
 UNKNOWN_BASE = 10_000_000
 
 
+class _Feedback:
+    """Process-wide state: the world, its simulated users, the CTR tally (loaded on init)."""
+
+    def __init__(self) -> None:
+        self.world: Any = None
+        self.users: dict[int, Any] = {}
+        self.tally: Any = None
+        self.clock: Any = None
+        self.cum_weights: list[float] = []
+        self.home = Path(os.environ.get("RECSTACK_HOME", "var")).resolve()
+
+    def load(self) -> None:
+        """Load the saved world; on failure keep going without clicks, saying why once."""
+        path = self.home / "world"
+        if _IMPORT_ERROR is not None:
+            logger.warning("simulator not importable (%s): users will not click", _IMPORT_ERROR)
+            return
+        try:
+            import numpy as np
+
+            from recstack.clock import SimClock
+            from simulator.users import OnlineCtr
+            from simulator.world import World
+
+            world = World.load(path)
+        except (FileNotFoundError, ValueError, OSError, ImportError) as exc:
+            logger.warning(
+                "no simulated world (%s): users will request but not click or post events; "
+                "run `recstack simulate` with the same RECSTACK_HOME first", exc,
+            )
+            return
+        self.world = world
+        self.tally = OnlineCtr()
+        self.clock = SimClock(sim_start=world.end, speedup=SPEEDUP)
+        joined = world.active_users(world.end)
+        self.cum_weights = np.cumsum(world.user_activity * joined).tolist()
+        logger.info("simulated world from %s: %d users, %d items", path, world.n_users, world.n_items)
+
+    def pick_user(self) -> Any:
+        """A simulated user, drawn by activity; None without a world."""
+        if self.world is None:
+            return None
+
+        uid = random.choices(range(self.world.n_users), cum_weights=self.cum_weights)[0]
+        user = self.users.get(uid)
+        if user is None:
+            user = self.users[uid] = SimulatedUser(self.world, uid, clock=self.clock)
+        return user
+
+    def write_summary(self) -> None:
+        if self.tally is None:
+            return
+        default = self.home / "reports" / "online_ctr.json"
+        out = Path(os.environ.get("RECSTACK_LOADTEST_CTR_FILE", default))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        summary = {
+            "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "k": K,
+            **self.tally.summary(),
+        }
+        out.write_text(json.dumps(summary, indent=2))
+        logger.warning(
+            "online CTR %.4f (expected %.4f, %.1f%% of the oracle) over %d requests -> %s",
+            summary["ctr"], summary["expected_ctr"],
+            100 * (summary["fraction_of_oracle"] or 0.0), summary["requests"], out,
+        )
+
+
+FEEDBACK = _Feedback()
+
+
+@events.init.add_listener
+def _on_init(**_: Any) -> None:
+    FEEDBACK.load()
+
+
+@events.quitting.add_listener
+def _on_quitting(**_: Any) -> None:
+    FEEDBACK.write_summary()
+
+
 class RecommendationUser(FastHttpUser):
-    """~90% known users, ~10% unknown ones (cold start); checks the body, not just the status."""
+    """~90% known (simulated) users who click and post events, ~10% unknown ones (cold start).
+
+    Checks the body, not just the status, for both endpoints.
+    """
 
     wait_time = between(0.01, 0.05)
 
-    def _recommend(self, user_id: int) -> None:
+    def on_start(self) -> None:
+        self.pending: list[dict[str, Any]] = []
+
+    def on_stop(self) -> None:
+        self._flush()
+
+    def _recommend(self, user_id: int) -> dict[str, Any] | None:
+        """GET a list; the validated body, or None (the failure is recorded)."""
         with self.client.get(
             f"/recommendations/{user_id}?k={K}",
             name="/recommendations/[user]",
@@ -32,24 +154,61 @@ class RecommendationUser(FastHttpUser):
         ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"status {resp.status_code}: {(resp.text or '')[:120]}")
-                return
+                return None
             try:
-                items = resp.json().get("items")
+                body = resp.json()
+                items = body.get("items")
             except (ValueError, AttributeError):
                 resp.failure("body is not a JSON object")
-                return
+                return None
             if not isinstance(items, list):
                 resp.failure("body has no 'items' list")
             elif len(items) != K:
                 resp.failure(f"expected {K} items, got {len(items)}")
-            elif len({item.get("item_id") for item in items}) != K:
+            elif not all(isinstance(i, dict) and isinstance(i.get("item_id"), int) for i in items):
+                resp.failure("an item has no integer 'item_id'")
+            elif len({item["item_id"] for item in items}) != K:
                 resp.failure("duplicate item ids in the list")
+            elif not isinstance(body.get("request_id"), str):
+                resp.failure("body has no 'request_id'")
+            else:
+                resp.success()
+                return body
+        return None
+
+    def _flush(self) -> None:
+        """POST the buffered events (one batch); 202 with the right count or a failure."""
+        batch, self.pending = self.pending, []
+        if not batch:
+            return
+        with self.client.post(
+            "/events", json={"events": batch}, name="/events", catch_response=True
+        ) as resp:
+            if resp.status_code != 202:
+                resp.failure(f"status {resp.status_code}: {(resp.text or '')[:120]}")
+                return
+            try:
+                accepted = resp.json().get("accepted")
+            except (ValueError, AttributeError):
+                resp.failure("body is not a JSON object")
+                return
+            if accepted != len(batch):
+                resp.failure(f"posted {len(batch)} events, {accepted!r} accepted")
             else:
                 resp.success()
 
     @task(9)
     def known_user(self) -> None:
-        self._recommend(random.randrange(N_USERS))
+        user = FEEDBACK.pick_user()
+        body = self._recommend(user.user_id if user is not None else random.randrange(N_USERS))
+        if body is None or user is None:
+            return
+        oracle = user.oracle_expected_clicks(K)  # before reacting: what the best list could get
+        reaction = user.react(body)
+        FEEDBACK.tally.add(reaction, oracle, model_version_of(body))
+        self.pending.extend(reaction.events)
+        if len(self.pending) >= FLUSH_EVENTS:
+            self._flush()
 
     @task(1)
     def unknown_user(self) -> None:

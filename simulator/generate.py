@@ -1,30 +1,46 @@
 """Simulated traffic: sessions -> logging-policy lists -> impressions and clicks -> the lake.
 
-Everything for one day is built as numpy columns (no Python loop per event), so the same code
-writes ten million events. Each day draws from its own random stream (seed, day), and event ids
-are formatted from (seed, date, request number, position, type): re-running a seed rewrites
-identical files under the same batch key, which the lake treats as an idempotent write.
+A day is built as numpy columns in blocks of sessions (no Python loop per event) and streamed
+into its Parquet partition one row group per block, so memory stays bounded whatever the
+number of users: the same code writes ten million events. Each day draws from its own random
+stream (seed, day), and event ids are formatted from (seed, date, request number, position,
+type), so a run is reproducible.
+
+**A run replaces the lake.** ``simulate`` deletes every event partition and the catalogue
+before writing, so the lake holds exactly this run's days (no stale files from another seed, a
+longer run or collected feedback of another world, whose ids would not index this world).
+Re-running the same settings rewrites byte-identical files (idempotent).
+
+Fatigue: each user remembers the items shown to them in previous blocks (a bounded ring, see
+:mod:`simulator.fatigue`); an item already seen recently is less likely clicked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from recstack import lake
 from recstack.clock import day_start
 from recstack.schemas import EVENT_SCHEMA, ITEM_SCHEMA, EventType
 from recstack.settings import Settings
+from simulator.fatigue import RecentImpressions
 from simulator.policy import LoggingPolicy
 from simulator.world import STREAM_DAYS, World, epoch_us
+
+if TYPE_CHECKING:
+    from simulator.scenarios import Scenario
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +49,7 @@ _US = 1_000_000
 _MINUTES = 1440
 _LAST_SESSION_MINUTE = _MINUTES - 10  # clicks (<= 2 min later) stay inside the session's day
 _MAX_CLICK_DELAY_US = 120 * _US
-_SESSION_BLOCK = 50_000  # sessions per policy call, bounding the [sessions, 3k] draw matrices
+SESSION_BLOCK = 20_000  # sessions per block: bounds the [sessions, 3k] draws and a row group
 
 
 @dataclass
@@ -50,6 +66,9 @@ class SimulationSummary:
     last_day: dt.date
     files: list[Path] = field(default_factory=list)  # event partitions, then the catalogue
     world_dir: Path | None = None
+    scenario: str | None = None
+    removed_files: int = 0  # stale lake files deleted before writing
+    seconds: float = 0.0
 
 
 def world_dir(settings: Settings) -> Path:
@@ -57,47 +76,85 @@ def world_dir(settings: Settings) -> Path:
     return settings.root / WORLD_DIR
 
 
+def clear_lake(lake_dir: Path) -> int:
+    """Delete the lake's event partitions and catalogue; returns how many files were removed."""
+    lake_dir = Path(lake_dir)
+    events = lake_dir / lake.EVENTS
+    removed = sum(1 for p in events.rglob("*") if p.is_file()) if events.exists() else 0
+    if events.exists():
+        shutil.rmtree(events)
+    items = lake_dir / lake.ITEMS_FILE
+    if items.exists():
+        items.unlink()
+        removed += 1
+    return removed
+
+
 def simulate(
     settings: Settings,
     days: int | None = None,
     on_day: Callable[[int, int], None] | None = None,
+    scenario: Scenario | None = None,
+    session_block: int = SESSION_BLOCK,
 ) -> SimulationSummary:
     """Generate the world of ``settings.sim`` and write ``days`` days of traffic to the lake.
 
     In: ``settings.sim`` (seed, sizes, start date, sessions per user, list size); ``days``
-    defaults to ``settings.sim.days``. Out: ``settings.lake_dir`` gets one
+    defaults to ``settings.sim.days``; ``scenario`` (optional) drifts the world from its days
+    on. Out: the lake is replaced (see the module docstring): ``settings.lake_dir`` gets one
     ``events/date=.../part-sim-<seed>.parquet`` per day and ``items.parquet``;
-    ``settings.root/world`` gets the ground truth. ``on_day(day_index, n_events)`` is called
-    after each day is written.
+    ``settings.root/world`` gets the ground truth as of the end of the run (drifts applied).
+    ``on_day(day_index, n_events)`` is called after each day is written.
     """
     sim = settings.sim
     n_days = sim.days if days is None else int(days)
     if n_days < 1:
         raise ValueError(f"days must be >= 1, got {n_days}")
     started = time.perf_counter()
-    world = World.generate(sim)
-    saved_to = world.save(world_dir(settings))
-    policy = LoggingPolicy.from_world(world, sim.list_size, sim.seed)
+    base = World.generate(sim)
+    if scenario is not None:
+        scenario.check_fits(base, n_days)
+        base = scenario.prepare(base)
+    base.n_days = n_days
+    policy = LoggingPolicy.from_world(base, sim.list_size, sim.seed)
+    recent = RecentImpressions(base.n_users)
+    removed = clear_lake(settings.lake_dir)
+    if removed:
+        logger.info("replaced the lake: removed %d stale files", removed)
 
     files: list[Path] = []
     n_impressions = n_clicks = 0
+    world = base
     for index in range(n_days):
         day = sim.start_date + dt.timedelta(days=index)
         rng = np.random.default_rng([sim.seed, STREAM_DAYS, index])
-        table = simulate_day(world, policy, day, rng)
-        files.extend(lake.write_events(table, settings.lake_dir, batch_key=f"sim-{sim.seed}"))
-        clicks = int(pc.sum(pc.equal(table["event_type"], EventType.CLICK.value)).as_py() or 0)
+        world = scenario.world_on(base, index) if scenario is not None else base
+        day_policy = scenario.policy_on(policy, base, index) if scenario is not None else policy
+        path = lake.partition_dir(settings.lake_dir, day) / f"part-sim-{sim.seed}.parquet"
+        n_events = clicks = 0
+        with _PartitionWriter(path) as writer:
+            for table in iter_day(world, day_policy, day, rng, recent, session_block):
+                if scenario is not None:
+                    table = scenario.corrupt(table, index, sim.seed)
+                writer.write(table)
+                n_events += table.num_rows
+                clicks += int(
+                    pc.sum(pc.equal(table["event_type"], EventType.CLICK.value)).as_py() or 0
+                )
+        files.append(path)
         n_clicks += clicks
-        n_impressions += table.num_rows - clicks
-        logger.info("simulated %s: %d events (%d clicks)", day, table.num_rows, clicks)
+        n_impressions += n_events - clicks
+        logger.info("simulated %s: %d events (%d clicks)", day, n_events, clicks)
         if on_day is not None:
-            on_day(index, table.num_rows)
+            on_day(index, n_events)
 
     last_day = sim.start_date + dt.timedelta(days=n_days - 1)
+    saved_to = world.save(world_dir(settings))
     catalogue = item_table(world, day_start(last_day + dt.timedelta(days=1)))
     files.append(lake.write_items(catalogue, settings.lake_dir))
+    seconds = time.perf_counter() - started
     summary = SimulationSummary(
-        n_users=world.n_users,
+        n_users=int(world.active_users(day_start(last_day)).sum()),
         n_items=catalogue.num_rows,
         n_days=n_days,
         n_impressions=n_impressions,
@@ -107,12 +164,38 @@ def simulate(
         last_day=last_day,
         files=files,
         world_dir=saved_to,
+        scenario=scenario.name if scenario is not None else None,
+        removed_files=removed,
+        seconds=seconds,
     )
     logger.info(
         "simulation seed=%d: %d impressions, %d clicks (CTR %.4f) in %.1fs",
-        sim.seed, n_impressions, n_clicks, summary.ctr, time.perf_counter() - started,
+        sim.seed, n_impressions, n_clicks, summary.ctr, seconds,
     )
     return summary
+
+
+class _PartitionWriter:
+    """One day's Parquet file written block by block (a row group each), renamed when complete."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_suffix(".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(self.tmp, EVENT_SCHEMA, compression="zstd")
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA))
+
+    def __enter__(self) -> _PartitionWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.writer.close()
+        if exc_type is None:
+            self.tmp.replace(self.path)  # atomic: readers never see half a day
+        else:
+            self.tmp.unlink(missing_ok=True)
 
 
 def item_table(world: World, before: dt.datetime) -> pa.Table:
@@ -131,34 +214,77 @@ def item_table(world: World, before: dt.datetime) -> pa.Table:
 
 
 def simulate_day(
-    world: World, policy: LoggingPolicy, day: dt.date, rng: np.random.Generator
+    world: World,
+    policy: LoggingPolicy,
+    day: dt.date,
+    rng: np.random.Generator,
+    recent: RecentImpressions | None = None,
 ) -> pa.Table:
-    """One day of traffic as an EVENT_SCHEMA table sorted by time.
+    """One day of traffic as one EVENT_SCHEMA table (see :func:`iter_day`)."""
+    tables = list(iter_day(world, policy, day, rng, recent))
+    return pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
 
-    Users start Poisson(activity) sessions at diurnal times; each session is a request that
-    shows the logging policy's list (items released before the day starts); each impression
-    is clicked with the ground-truth probability, a few seconds later.
+
+def iter_day(
+    world: World,
+    policy: LoggingPolicy,
+    day: dt.date,
+    rng: np.random.Generator,
+    recent: RecentImpressions | None = None,
+    session_block: int = SESSION_BLOCK,
+) -> Iterator[pa.Table]:
+    """One day of traffic as EVENT_SCHEMA tables, one per block of ``session_block`` sessions.
+
+    Users who have joined start Poisson(activity) sessions at diurnal times; each session is a
+    request that shows the logging policy's list (items released before the day starts); each
+    impression is clicked with the ground-truth probability at its time (freshness) given how
+    often the user saw the item recently (``recent``, updated after each block), a few
+    seconds later. Blocks follow the clock; within a block rows are sorted by time.
     """
-    n_sessions = rng.poisson(world.user_activity.astype(np.float64))
+    if session_block < 1:
+        raise ValueError(f"session_block must be >= 1, got {session_block}")
+    start = day_start(day)
+    activity = world.user_activity.astype(np.float64) * world.active_users(start)
+    n_sessions = rng.poisson(activity)
     users = np.repeat(np.arange(world.n_users, dtype=np.int64), n_sessions)
-    session_us = epoch_us(day_start(day)) + _session_offsets_us(rng, users.shape[0])
+    session_us = epoch_us(start) + _session_offsets_us(rng, users.shape[0])
     by_time = np.argsort(session_us, kind="stable")  # request numbers follow the clock
     users, session_us = users[by_time], session_us[by_time]
+    available = world.available_items(start)
+    prefix = f"s{world.seed}-{day:%Y%m%d}-"
+    for lo in range(0, users.shape[0], session_block):
+        yield _block(
+            world, policy, rng, recent, available, prefix,
+            users[lo : lo + session_block], session_us[lo : lo + session_block], first_request=lo,
+        )
+
+
+def _block(
+    world: World,
+    policy: LoggingPolicy,
+    rng: np.random.Generator,
+    recent: RecentImpressions | None,
+    available: np.ndarray,
+    prefix: str,
+    users: np.ndarray,
+    session_us: np.ndarray,
+    first_request: int,
+) -> pa.Table:
+    """Events of one block of sessions (already in time order)."""
     n_req, k = users.shape[0], policy.list_size
-
-    available = world.available_items(day_start(day))
-    lists = np.empty((n_req, k), dtype=np.int64)
-    for lo in range(0, n_req, _SESSION_BLOCK):
-        block = users[lo : lo + _SESSION_BLOCK]
-        lists[lo : lo + _SESSION_BLOCK] = policy.recommend(rng, block, available)
-
-    request = np.repeat(np.arange(n_req, dtype=np.int64), k)
+    lists = policy.recommend(rng, users, available)
+    request = np.repeat(np.arange(first_request, first_request + n_req, dtype=np.int64), k)
     position = np.tile(np.arange(k, dtype=np.int32), n_req)
     user = np.repeat(users, k)
     item = lists.ravel()
     ts = np.repeat(session_us, k)
 
-    clicked = rng.random(item.shape[0]) < world.click_probability(user, item, position)
+    seen = recent.counts(user, item) if recent is not None else None
+    clicked = rng.random(item.shape[0]) < world.click_probability(
+        user, item, position, at_us=ts, seen=seen
+    )
+    if recent is not None:
+        recent.record(user, item)
     # Reading time: a couple of seconds, plus longer the further down the list.
     delay = 2 * _US + rng.exponential(6 * _US, size=int(clicked.sum()))
     delay += position[clicked] * 1.5 * _US
@@ -168,7 +294,7 @@ def simulate_day(
     all_ts = np.concatenate([ts, click_ts])
     order = np.lexsort((is_click, all_ts))  # by time; an impression before a click at a tie
     return _event_table(
-        prefix=f"s{world.seed}-{day:%Y%m%d}-",
+        prefix=prefix,
         request=np.concatenate([request, request[clicked]])[order],
         position=np.concatenate([position, position[clicked]])[order],
         is_click=is_click[order],

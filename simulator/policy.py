@@ -9,6 +9,7 @@ so online CTR can be reported as a fraction of the oracle's.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -173,13 +174,18 @@ def _gumbel_topk(
 
 
 def oracle_topk(
-    world: World, user_id: int, k: int, available: np.ndarray | None = None
+    world: World,
+    user_id: int,
+    k: int,
+    available: np.ndarray | None = None,
+    at: dt.datetime | None = None,
 ) -> np.ndarray:
     """The k items with the highest true click probability for ``user_id``, best first (int64).
 
     Sorting by the logit maximises expected clicks because the position bias only decreases.
+    ``at`` includes each item's freshness at that time.
     """
-    logits = world.user_item_logits(user_id)
+    logits = world.user_item_logits(user_id, at=at)
     if available is not None:
         logits = np.where(available, logits, -np.inf)
     k = _check_k(k, world.n_items if available is None else int(np.count_nonzero(available)))

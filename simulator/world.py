@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,9 @@ AFFINITY_SCALE = 4.0  # logits per unit of cosine(taste, item): the signal a mod
 POSITION_EXPONENT = 0.7  # examination probability (1 + position) ** -0.7
 TARGET_CTR = 0.05  # overall CTR of the logging policy that World.generate calibrates to
 NEW_ITEM_FRACTION = 0.1  # items released during the simulated days (cold start, freshness)
+FRESHNESS_BOOST = 1.0  # extra logit of a just-released item ...
+FRESHNESS_DAYS = 3.0  # ... decaying as exp(-age / FRESHNESS_DAYS): interest fades with age
+FATIGUE = 0.5  # logit lost per recent impression of the same item to the same user
 COUNTRIES = ("us", "in", "br", "de", "gb", "fr")
 COUNTRY_SHARE = (0.35, 0.2, 0.15, 0.1, 0.1, 0.1)
 DEVICES = ("mobile", "desktop", "tablet")
@@ -33,7 +36,7 @@ DEVICE_SHARE = (0.6, 0.3, 0.1)
 _US = 1_000_000
 _DAY_US = 86_400 * _US
 _CHUNK = 1 << 20  # rows per vectorised block in click_probability (bounds peak memory)
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: user_created_us, category_boost, lifecycle and fatigue knobs
 _ARRAYS_FILE = "world.npz"
 _META_FILE = "world.json"
 
@@ -43,6 +46,8 @@ STREAM_WORLD = 0
 STREAM_POLICY = 1
 STREAM_DAYS = 2
 STREAM_CALIBRATION = 3
+STREAM_SCENARIO = 4
+STREAM_REPLAY = 5
 
 
 def epoch_us(when: dt.datetime) -> int:
@@ -66,6 +71,8 @@ class World:
     start_date: dt.date
     n_days: int
     category_centroids: np.ndarray  # float32 [n_categories, dim], unit norm
+    category_share: np.ndarray  # float64 [n_categories], share of the catalogue, sums to 1
+    category_boost: np.ndarray  # float32 [n_categories], additive logit (seasonality drifts)
     item_category: np.ndarray  # int32 [n_items]
     item_quality: np.ndarray  # float32 [n_items], additive logit
     item_embedding: np.ndarray  # float32 [n_items, dim], unit norm
@@ -76,9 +83,13 @@ class World:
     user_country: np.ndarray  # int8 [n_users], index into COUNTRIES
     user_device: np.ndarray  # int8 [n_users], index into DEVICES
     user_bias: np.ndarray  # float32 [n_users], additive logit (some users click more)
+    user_created_us: np.ndarray  # int64 [n_users], when the user joined (no sessions before)
     bias: float = 0.0  # global logit offset, calibrated to TARGET_CTR
     affinity_scale: float = AFFINITY_SCALE
     position_exponent: float = POSITION_EXPONENT
+    freshness_boost: float = FRESHNESS_BOOST
+    freshness_days: float = FRESHNESS_DAYS
+    fatigue: float = FATIGUE
 
     @property
     def n_users(self) -> int:
@@ -101,6 +112,11 @@ class World:
         """Release times as ``datetime64[us]`` (UTC)."""
         return self.item_created_us.astype("datetime64[us]")
 
+    @property
+    def end(self) -> dt.datetime:
+        """Midnight after the last simulated day: "now" for a world loaded after a run."""
+        return day_start(self.start_date + dt.timedelta(days=self.n_days))
+
     # --- generation -----------------------------------------------------------------------
 
     @classmethod
@@ -108,10 +124,10 @@ class World:
         """A new world drawn from ``sim.seed`` (same seed -> same world).
 
         Items get a category, a latent quality and embedding, and a release time (most before
-        ``sim.start_date``, ``NEW_ITEM_FRACTION`` during the simulated days). Users get a taste
-        near 1-3 favourite categories, a lognormal activity around
-        ``sim.sessions_per_user_per_day`` and a segment (country, device). The global bias is
-        then calibrated so the logging policy's CTR is about ``target_ctr``.
+        ``sim.start_date``, ``NEW_ITEM_FRACTION`` spread over the simulated days, so new items
+        arrive every day). Users get a taste near 1-3 favourite categories, a lognormal activity
+        around ``sim.sessions_per_user_per_day`` and a segment (country, device). The global
+        bias is then calibrated so the logging policy's CTR is about ``target_ctr``.
         """
         if not 0.0 < target_ctr < 0.5:
             raise ValueError(f"target_ctr must be in (0, 0.5), got {target_ctr}")
@@ -123,44 +139,27 @@ class World:
         cat_share = 1.0 / np.arange(1, n_cat + 1) ** 0.6
         cat_share = rng.permutation(cat_share / cat_share.sum())
 
-        item_category = rng.choice(n_cat, size=sim.n_items, p=cat_share)
-        item_noise = rng.standard_normal((sim.n_items, dim)) * (0.7 / np.sqrt(dim))
-        item_embedding = _normalize(centroids[item_category] + item_noise)
-        item_quality = rng.normal(0.0, 0.6, size=sim.n_items)
+        items = _draw_items(rng, sim.n_items, centroids, cat_share)
         item_created_us = _release_times(rng, sim)
-
-        user_favourites = _favourite_categories(rng, sim.n_users, cat_share)
-        weights = rng.gamma(1.0, size=user_favourites.shape) * (user_favourites >= 0)
-        weights /= weights.sum(axis=1, keepdims=True)
-        fav_centroids = centroids[np.maximum(user_favourites, 0)]  # [n_users, 3, dim]
-        taste = np.einsum("uf,ufd->ud", weights, fav_centroids)
-        taste += rng.standard_normal((sim.n_users, dim)) * (0.5 / np.sqrt(dim))
-        user_taste = _normalize(taste)
-
-        sigma = 0.75  # lognormal spread; mean stays at sessions_per_user_per_day
-        user_activity = sim.sessions_per_user_per_day * np.exp(
-            sigma * rng.standard_normal(sim.n_users) - sigma**2 / 2
-        )
-        user_country = rng.choice(len(COUNTRIES), size=sim.n_users, p=COUNTRY_SHARE)
-        user_device = rng.choice(len(DEVICES), size=sim.n_users, p=DEVICE_SHARE)
+        users = _draw_users(rng, sim.n_users, centroids, cat_share, sim.sessions_per_user_per_day)
         country_offset = rng.normal(0.0, 0.15, size=len(COUNTRIES))
-        user_bias = country_offset[user_country] + rng.normal(0.0, 0.3, size=sim.n_users)
+        users["user_bias"] = (users["user_bias"] + country_offset[users["user_country"]]).astype(
+            np.float32
+        )
+        # Every initial user joined before the first simulated day.
+        joined = np.full(sim.n_users, epoch_us(day_start(sim.start_date)) - _DAY_US, np.int64)
 
         world = cls(
             seed=sim.seed,
             start_date=sim.start_date,
             n_days=sim.days,
             category_centroids=centroids.astype(np.float32),
-            item_category=item_category.astype(np.int32),
-            item_quality=item_quality.astype(np.float32),
-            item_embedding=item_embedding.astype(np.float32),
+            category_share=cat_share.astype(np.float64),
+            category_boost=np.zeros(n_cat, np.float32),
             item_created_us=item_created_us,
-            user_taste=user_taste.astype(np.float32),
-            user_favourites=user_favourites.astype(np.int32),
-            user_activity=user_activity.astype(np.float32),
-            user_country=user_country.astype(np.int8),
-            user_device=user_device.astype(np.int8),
-            user_bias=user_bias.astype(np.float32),
+            user_created_us=joined,
+            **items,
+            **users,
         )
         world.bias = world._calibrated_bias(sim, target_ctr)
         logger.info(
@@ -168,6 +167,58 @@ class World:
             sim.seed, world.n_users, world.n_items, world.n_categories, world.bias,
         )
         return world
+
+    def with_new_items(
+        self,
+        rng: np.random.Generator,
+        n: int,
+        released_us: np.ndarray,
+        categories: list[int] | None = None,
+    ) -> World:
+        """A copy with ``n`` more items (ids ``n_items..``), released at ``released_us``.
+
+        ``categories`` restricts the new items to those categories (shares kept proportional).
+        """
+        share = self.category_share
+        if categories:
+            self._check_categories(categories)
+            share = np.zeros_like(share)
+            share[categories] = self.category_share[categories]
+            share /= share.sum()
+        new = _draw_items(rng, n, self.category_centroids.astype(np.float64), share)
+        return replace(
+            self,
+            item_category=np.concatenate([self.item_category, new["item_category"]]),
+            item_quality=np.concatenate([self.item_quality, new["item_quality"]]),
+            item_embedding=np.concatenate([self.item_embedding, new["item_embedding"]]),
+            item_created_us=np.concatenate(
+                [self.item_created_us, np.asarray(released_us, np.int64)]
+            ),
+        )
+
+    def with_new_users(
+        self,
+        rng: np.random.Generator,
+        n: int,
+        joined_us: int,
+        country: str | None = None,
+        device: str | None = None,
+    ) -> World:
+        """A copy with ``n`` more users (ids ``n_users..``) who join at ``joined_us``."""
+        mean_activity = float(self.user_activity.mean()) if self.n_users else 1.0
+        new = _draw_users(
+            rng, n, self.category_centroids.astype(np.float64), self.category_share, mean_activity
+        )
+        if country is not None:
+            new["user_country"][:] = COUNTRIES.index(country)
+        if device is not None:
+            new["user_device"][:] = DEVICES.index(device)
+        joined = np.full(n, joined_us, np.int64)
+        return replace(
+            self,
+            **{k: np.concatenate([getattr(self, k), v]) for k, v in new.items()},
+            user_created_us=np.concatenate([self.user_created_us, joined]),
+        )
 
     def _calibrated_bias(self, sim: SimSettings, target_ctr: float) -> float:
         """The global bias at which the logging policy's expected CTR is ``target_ctr``."""
@@ -182,7 +233,8 @@ class World:
         users = rng.choice(self.n_users, size=n_sessions, p=weight)
         lists = policy.recommend(rng, users, self.available_items(day_start(self.start_date)))
         positions = np.broadcast_to(np.arange(lists.shape[1]), lists.shape)
-        # Without the current bias, so calibrating a world twice gives the same answer.
+        # Without the current bias, so calibrating a world twice gives the same answer. Without
+        # freshness and fatigue too: the target is the steady-state CTR of the back catalogue.
         logits = self.logits(np.repeat(users, lists.shape[1]), lists.ravel()) - self.bias
         examine = (1.0 + positions.ravel()) ** -self.position_exponent
 
@@ -195,34 +247,91 @@ class World:
                 hi = mid
         return (lo + hi) / 2
 
-    # --- ground truth ---------------------------------------------------------------------
+    # --- segments and lifecycle -----------------------------------------------------------
+
+    def segment_mask(self, country: str | None = None, device: str | None = None) -> np.ndarray:
+        """Boolean mask [n_users] of a segment (country and/or device; None = any)."""
+        mask = np.ones(self.n_users, dtype=bool)
+        if country is not None:
+            if country not in COUNTRIES:
+                raise ValueError(f"unknown country {country!r}; known: {', '.join(COUNTRIES)}")
+            mask &= self.user_country == COUNTRIES.index(country)
+        if device is not None:
+            if device not in DEVICES:
+                raise ValueError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+            mask &= self.user_device == DEVICES.index(device)
+        return mask
 
     def available_items(self, at: dt.datetime) -> np.ndarray:
         """Boolean mask [n_items]: items released strictly before ``at``."""
         return self.item_created_us < epoch_us(at)
 
-    def logits(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
-        """Click logit without the position effect, for aligned 1-d id arrays."""
+    def active_users(self, at: dt.datetime) -> np.ndarray:
+        """Boolean mask [n_users]: users who joined at or before ``at``."""
+        return self.user_created_us <= epoch_us(at)
+
+    def freshness(self, item_ids: np.ndarray, at_us: np.ndarray | int) -> np.ndarray:
+        """Logit bonus of items at time ``at_us``: ``freshness_boost * exp(-age / freshness_days)``."""
+        items = np.asarray(item_ids, dtype=np.int64)
+        age_days = (np.asarray(at_us, np.int64) - self.item_created_us[items]) / _DAY_US
+        return self.freshness_boost * np.exp(-np.maximum(age_days, 0.0) / self.freshness_days)
+
+    def _check_categories(self, categories: list[int]) -> None:
+        bad = [c for c in categories if not 0 <= int(c) < self.n_categories]
+        if bad:
+            raise ValueError(
+                f"categories {bad} do not exist (the world has categories 0..{self.n_categories - 1})"
+            )
+
+    # --- ground truth ---------------------------------------------------------------------
+
+    def logits(
+        self,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        at_us: np.ndarray | int | None = None,
+        seen: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Click logit without the position effect, for aligned 1-d id arrays.
+
+        ``at_us`` (epoch µs, scalar or aligned) adds the freshness of each item at that time;
+        ``seen`` (aligned counts of recent impressions of that item to that user) subtracts
+        ``fatigue`` per impression. Without them the logit is the timeless affinity.
+        """
         users, items = self._check_ids(user_ids, item_ids)
+        at = None if at_us is None else np.broadcast_to(np.asarray(at_us, np.int64), users.shape)
+        seen_ = None if seen is None else np.broadcast_to(np.asarray(seen), users.shape)
         out = np.empty(users.shape[0], dtype=np.float64)
         for lo in range(0, users.shape[0], _CHUNK):
-            u, i = users[lo : lo + _CHUNK], items[lo : lo + _CHUNK]
+            part = slice(lo, lo + _CHUNK)
+            u, i = users[part], items[part]
             affinity = np.einsum("nd,nd->n", self.user_taste[u], self.item_embedding[i])
-            out[lo : lo + _CHUNK] = self.affinity_scale * affinity + self.item_quality[i]
-            out[lo : lo + _CHUNK] += self.user_bias[u] + self.bias
+            out[part] = self.affinity_scale * affinity + self.item_quality[i]
+            out[part] += self.user_bias[u] + self.bias + self.category_boost[self.item_category[i]]
+            if at is not None:
+                out[part] += self.freshness(i, at[part])
+            if seen_ is not None:
+                out[part] -= self.fatigue * seen_[part]
         return out
 
-    def user_item_logits(self, user_id: int) -> np.ndarray:
-        """Click logits of one user for every item (position effect excluded), float64 [n_items]."""
+    def user_item_logits(self, user_id: int, at: dt.datetime | None = None) -> np.ndarray:
+        """Click logits of one user for every item (no position, no fatigue), float64 [n_items].
+
+        ``at`` adds each item's freshness at that time.
+        """
         if not 0 <= int(user_id) < self.n_users:
             raise ValueError(f"unknown user_id {user_id} (world has {self.n_users} users)")
         affinity = self.item_embedding @ self.user_taste[int(user_id)]
-        return (
+        out = (
             self.affinity_scale * affinity.astype(np.float64)
             + self.item_quality
+            + self.category_boost[self.item_category]
             + self.user_bias[int(user_id)]
             + self.bias
         )
+        if at is not None:
+            out += self.freshness(np.arange(self.n_items), epoch_us(at))
+        return out
 
     def position_bias(self, positions: np.ndarray) -> np.ndarray:
         """Probability that a user examines the slot at ``positions`` (0 = top)."""
@@ -232,16 +341,26 @@ class World:
         return (1.0 + positions) ** -self.position_exponent
 
     def click_probability(
-        self, user_ids: np.ndarray, item_ids: np.ndarray, positions: np.ndarray
+        self,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        positions: np.ndarray,
+        at_us: np.ndarray | int | None = None,
+        seen: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Ground-truth P(click) = sigmoid(affinity + quality + biases) x position bias.
+        """Ground-truth P(click) = sigmoid(affinity + quality + biases - fatigue) x position bias.
 
-        Arguments broadcast against each other; the result has their broadcast shape.
+        Arguments broadcast against each other; the result has their broadcast shape. See
+        :meth:`logits` for ``at_us`` (freshness) and ``seen`` (fatigue).
         """
-        u, i, p = np.broadcast_arrays(
-            np.asarray(user_ids), np.asarray(item_ids), np.asarray(positions)
+        extra = [np.asarray(x) for x in (at_us, seen) if x is not None]
+        u, i, p, *rest = np.broadcast_arrays(
+            np.asarray(user_ids), np.asarray(item_ids), np.asarray(positions), *extra
         )
-        prob = _sigmoid(self.logits(u.ravel(), i.ravel())) * self.position_bias(p.ravel())
+        at = rest.pop(0).ravel() if at_us is not None else None
+        seen_ = rest.pop(0).ravel() if seen is not None else None
+        logit = self.logits(u.ravel(), i.ravel(), at_us=at, seen=seen_)
+        prob = _sigmoid(logit) * self.position_bias(p.ravel())
         return prob.reshape(u.shape)
 
     def _check_ids(
@@ -294,7 +413,10 @@ class World:
             )
         meta = json.loads(meta_file.read_text())
         if meta.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"{meta_file}: unsupported world format {meta.get('format_version')}")
+            raise ValueError(
+                f"{meta_file}: world format {meta.get('format_version')}, this code reads "
+                f"{_FORMAT_VERSION}; re-run `recstack simulate`"
+            )
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in meta.items() if k in names}
         kwargs["start_date"] = dt.date.fromisoformat(meta["start_date"])
@@ -327,3 +449,44 @@ def _favourite_categories(
     n_fav = np.minimum(rng.integers(1, 4, size=n_users), n_cat)
     top[np.arange(3)[None, :] >= n_fav[:, None]] = -1
     return top
+
+
+def _draw_items(
+    rng: np.random.Generator, n: int, centroids: np.ndarray, cat_share: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``n`` items' category, embedding (near its category's centroid) and quality."""
+    dim = centroids.shape[1]
+    category = rng.choice(centroids.shape[0], size=n, p=cat_share)
+    noise = rng.standard_normal((n, dim)) * (0.7 / np.sqrt(dim))
+    return {
+        "item_category": category.astype(np.int32),
+        "item_embedding": _normalize(centroids[category] + noise).astype(np.float32),
+        "item_quality": rng.normal(0.0, 0.6, size=n).astype(np.float32),
+    }
+
+
+def _draw_users(
+    rng: np.random.Generator,
+    n: int,
+    centroids: np.ndarray,
+    cat_share: np.ndarray,
+    sessions_per_day: float,
+) -> dict[str, np.ndarray]:
+    """``n`` users' favourites, taste, activity, segment and click propensity."""
+    dim = centroids.shape[1]
+    favourites = _favourite_categories(rng, n, cat_share)
+    weights = rng.gamma(1.0, size=favourites.shape) * (favourites >= 0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    fav_centroids = centroids[np.maximum(favourites, 0)]  # [n, 3, dim]
+    taste = np.einsum("uf,ufd->ud", weights, fav_centroids)
+    taste += rng.standard_normal((n, dim)) * (0.5 / np.sqrt(dim))
+    sigma = 0.75  # lognormal spread; the mean stays at sessions_per_day
+    activity = sessions_per_day * np.exp(sigma * rng.standard_normal(n) - sigma**2 / 2)
+    return {
+        "user_taste": _normalize(taste).astype(np.float32),
+        "user_favourites": favourites.astype(np.int32),
+        "user_activity": activity.astype(np.float32),
+        "user_country": rng.choice(len(COUNTRIES), size=n, p=COUNTRY_SHARE).astype(np.int8),
+        "user_device": rng.choice(len(DEVICES), size=n, p=DEVICE_SHARE).astype(np.int8),
+        "user_bias": rng.normal(0.0, 0.3, size=n).astype(np.float32),
+    }
