@@ -15,8 +15,11 @@ from feast.types import Float64, Int64
 
 from recstack.schemas import (
     ITEM_FEATURE_VIEW,
+    ITEM_FEATURE_VIEW_V2,
     ITEM_FEATURES_FILE,
+    USER_CATEGORY_FEATURE_VIEW,
     USER_FEATURE_VIEW,
+    USER_FEATURE_VIEW_V2,
     USER_FEATURES_FILE,
 )
 
@@ -41,11 +44,18 @@ item = Entity(
     name="item", join_keys=["item_id"], value_type=ValueType.INT64, description="a catalogue item"
 )
 
+# An item category (simulator: 0..n_categories-1; importer: 0 = unknown).
+category = Entity(
+    name="category", join_keys=["category"], value_type=ValueType.INT64,
+    description="an item category",
+)
+
 # One row per (user, day): counts over the 7 days before event_timestamp (midnight UTC).
 user_features_source = FileSource(
     # Unique name of the source in the project.
     name="user_features_source",
-    # A single Parquet file (the file offline store reads one file per source).
+    # A directory of one Parquet file per snapshot day (pipelines/partitions.py); the file
+    # offline store reads it as one dataset, and a daily run adds a file, never rewrites history.
     path=str(FEATURES_DIR / USER_FEATURES_FILE),
     # The snapshot time T: a row aggregates only events with ts < T.
     timestamp_field="event_timestamp",
@@ -102,4 +112,80 @@ ranker_v1 = FeatureService(
     name="ranker_v1",
     features=[user_features, item_features],
     description="user and item features of the LightGBM ranker, version 1",
+)
+
+
+# ---- ranker_v2: new views over new tables; ranker_v1 above is unchanged. ----
+
+
+def _daily_source(view: str) -> FileSource:
+    """The day-partitioned table of ``view`` (same layout and timestamps as the v1 tables)."""
+    return FileSource(
+        name=f"{view}_source",
+        path=str(FEATURES_DIR / f"{view}.parquet"),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+    )
+
+
+user_features_v2 = FeatureView(
+    name=USER_FEATURE_VIEW_V2,
+    entities=[user],
+    ttl=timedelta(days=3),
+    schema=[
+        Field(name="user_impressions_1d", dtype=Int64, description="impressions, snapshot day"),
+        Field(name="user_clicks_1d", dtype=Int64, description="clicks, snapshot day"),
+        Field(name="user_ctr_1d", dtype=Float64, description="smoothed CTR, snapshot day"),
+        Field(name="user_impressions_28d", dtype=Int64, description="impressions, 28 days"),
+        Field(name="user_clicks_28d", dtype=Int64, description="clicks, 28 days"),
+        Field(name="user_ctr_28d", dtype=Float64, description="smoothed CTR, 28 days"),
+        Field(name="user_days_since_click", dtype=Int64,
+              description="days since the last click (0 = on the snapshot day; 29 = none in 28)"),
+    ],
+    online=True,
+    source=_daily_source(USER_FEATURE_VIEW_V2),
+    tags={"owner": "pipelines", "entity": "user", "version": "2"},
+)
+
+item_features_v2 = FeatureView(
+    name=ITEM_FEATURE_VIEW_V2,
+    entities=[item],
+    ttl=timedelta(days=3),
+    schema=[
+        Field(name="item_impressions_1d", dtype=Int64, description="impressions, snapshot day"),
+        Field(name="item_impressions_28d", dtype=Int64, description="impressions, 28 days"),
+        Field(name="item_clicks_28d", dtype=Int64, description="clicks (popularity), 28 days"),
+        Field(name="item_ctr_28d", dtype=Float64, description="smoothed CTR, 28 days"),
+        Field(name="item_trend_7d_28d", dtype=Float64,
+              description="clicks/day over 7 days over clicks/day over 28 days, smoothed"),
+        Field(name="item_age_days", dtype=Int64, description="days since created_at"),
+    ],
+    online=True,
+    source=_daily_source(ITEM_FEATURE_VIEW_V2),
+    tags={"owner": "pipelines", "entity": "item", "version": "2"},
+)
+
+# Keyed by user and category: the ranker reads the row of the candidate item's category.
+user_category_features = FeatureView(
+    name=USER_CATEGORY_FEATURE_VIEW,
+    entities=[user, category],
+    ttl=timedelta(days=3),
+    schema=[
+        Field(name="user_category_clicks_28d", dtype=Int64,
+              description="the user's clicks on items of the category, 28 days"),
+        Field(name="user_category_share_28d", dtype=Float64,
+              description="those clicks over all the user's clicks, 28 days (0 if none)"),
+    ],
+    online=True,
+    source=_daily_source(USER_CATEGORY_FEATURE_VIEW),
+    tags={"owner": "pipelines", "entity": "user,category", "version": "2"},
+)
+
+# ranker_v1's features plus the v2 views; training and serving switch with
+# RECSTACK_FEAST__FEATURE_SERVICE=ranker_v2 once they read the v2 views.
+ranker_v2 = FeatureService(
+    name="ranker_v2",
+    features=[user_features, item_features, user_features_v2, item_features_v2,
+              user_category_features],
+    description="ranker_v1 + 1/28-day windows, recency, item age and trend, category affinity",
 )

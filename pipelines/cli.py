@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,14 +15,53 @@ from recstack.settings import get_settings
 app = typer.Typer()
 console = Console(stderr=True)
 
+_SWING_HELP = ("fail (and materialize nothing) when a table's newest-day row count changes by "
+               "more than this fraction vs the last good run; 0 disables the check "
+               "[default: settings, else 0.5]")
+_BEAM = {"allow_extra_args": True, "ignore_unknown_options": True}
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def pipeline(ctx: typer.Context) -> None:
-    """Beam feature pipelines, then feast apply + materialize. Extra flags go to the Beam runner."""
+
+@app.command(context_settings=_BEAM)
+def pipeline(
+    ctx: typer.Context,
+    max_row_swing: Annotated[float | None, typer.Option(min=0.0, help=_SWING_HELP)] = None,
+) -> None:
+    """Incremental Beam feature pipeline (only new lake days), checks, then feast apply +
+    materialize_incremental. Extra flags go to the Beam runner (--runner=FlinkRunner, ...)."""
     from pipelines import run_all
 
     s = get_settings()
     configure_logging(s.log_level, s.log_json)
     with console.status("Beam pipelines + Feast materialization"):
-        result = run_all(s, beam_args=list(ctx.args))
+        result = run_all(s, beam_args=list(ctx.args), max_row_swing=_swing(max_row_swing))
     console.print_json(json.dumps(result, default=str))
+
+
+@app.command(context_settings=_BEAM)
+def backfill(
+    ctx: typer.Context,
+    start: Annotated[dt.datetime, typer.Argument(formats=["%Y-%m-%d"],
+                                                 help="first snapshot day to rebuild")],
+    end: Annotated[dt.datetime, typer.Argument(formats=["%Y-%m-%d"],
+                                               help="last snapshot day to rebuild")],
+    max_row_swing: Annotated[float | None, typer.Option(min=0.0, help=_SWING_HELP)] = None,
+) -> None:
+    """Rebuild the feature tables of the snapshot days START..END (inclusive) from the lake,
+    then bring the online store up to date. Extra flags go to the Beam runner."""
+    from pipelines import run_all
+
+    if start > end:
+        raise typer.BadParameter(f"START {start:%Y-%m-%d} is after END {end:%Y-%m-%d}")
+    s = get_settings()
+    configure_logging(s.log_level, s.log_json)
+    with console.status(f"backfill {start:%Y-%m-%d}..{end:%Y-%m-%d}"):
+        result = run_all(s, beam_args=list(ctx.args), backfill=(start.date(), end.date()),
+                         max_row_swing=_swing(max_row_swing))
+    console.print_json(json.dumps(result, default=str))
+
+
+def _swing(value: float | None) -> float | None | str:
+    """CLI value -> run_all's: not given = the settings' threshold, 0 = no check."""
+    if value is None:
+        return "settings"
+    return value or None

@@ -1,14 +1,21 @@
 """The feature pipeline (Apache Beam): event lake -> daily feature snapshots, popular list, labels.
 
-In: ``<lake>/events/date=YYYY-MM-DD/part-*.parquet`` (EVENT_SCHEMA). Out, under ``--out``, one
-Parquet file each (names from ``recstack.schemas``, columns in ``pipelines.tables``):
+In: ``<lake>/events/date=YYYY-MM-DD/part-*.parquet`` (EVENT_SCHEMA). Out, under ``--out`` (names
+from ``recstack.schemas``, columns in ``pipelines.tables``, layout in ``pipelines.partitions``):
 
-- ``user_features.parquet`` / ``item_features.parquet``: one row per (entity, lake day) with
-  ``event_timestamp`` = midnight UTC after the day, aggregating events in the ``--window-days``
-  before it (point-in-time correct: no row sees an event at or after its timestamp);
-- ``popular.parquet``: the most clicked items of the last lake day;
-- ``labels.parquet``: one row per impression, label 1 when the same request clicked the item;
+- ``user_features.parquet/`` / ``item_features.parquet/``: one file per snapshot day
+  (``part-YYYY-MM-DD.parquet``), one row per (entity, day) with ``event_timestamp`` = midnight
+  UTC after the day, aggregating events in the ``--window-days`` before it (point-in-time
+  correct: no row sees an event at or after its timestamp);
+- ``popular.parquet``: the most clicked items of the last snapshot day (one file);
+- ``labels.parquet/``: one file per impression day, one row per impression, label 1 when the
+  same request clicked the item;
 - ``dead_letter/events.jsonl``: rows that failed validation, with the reason.
+
+Only the snapshot days ``--first-day..--last-day`` (default: every lake day) are written, from
+the lake days they need (``--window-days`` before them), so a daily run touches one new day.
+Paths may be remote URIs (``gs://``, ``s3://``): files are listed, read and written through
+``apache_beam.io.filesystems``.
 
 Usage: ``python -m pipelines.features --lake var/lake --out var/features [beam flags]``.
 """
@@ -20,20 +27,34 @@ import datetime as dt
 import json
 import logging
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
+from pipelines import partitions
 from pipelines.tables import (
+    EVENT_TIMESTAMP,
+    FRESH_FILE,
+    FRESH_SCHEMA,
     ITEM_FEATURES_SCHEMA,
+    ITEM_FEATURES_V2_FILE,
+    ITEM_FEATURES_V2_SCHEMA,
     LABELS_SCHEMA,
     POPULAR_SCHEMA,
+    USER_CATEGORY_FEATURES_FILE,
+    USER_CATEGORY_FEATURES_SCHEMA,
     USER_FEATURES_SCHEMA,
+    USER_FEATURES_V2_FILE,
+    USER_FEATURES_V2_SCHEMA,
 )
 from pipelines.transforms import (
     DailyCounts,
@@ -45,6 +66,15 @@ from pipelines.transforms import (
     from_epoch_day,
 )
 from pipelines.validate import DEAD_LETTER, NAMESPACE, ArrowBatchToRows, ValidateEvent
+from pipelines.windows import (
+    LONG_DAYS,
+    EntitySnapshotsV2,
+    FreshItems,
+    ItemV2Rows,
+    UserCategorySnapshots,
+    UserV2Rows,
+    catalogue_entry,
+)
 from recstack import lake
 from recstack.schemas import (
     DEAD_LETTER_DIR,
@@ -65,18 +95,36 @@ class LakeError(ValueError):
     """The lake cannot be read: missing, empty, or a file that is not Parquet."""
 
 
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.features",
         description="Event lake -> daily user/item feature snapshots, popular items, labels. "
         "Unknown flags are passed to Beam (e.g. --runner, --direct_num_workers).",
     )
-    parser.add_argument("--lake", required=True, type=Path, help="lake directory (has events/)")
-    parser.add_argument("--out", required=True, type=Path, help="directory for the tables")
+    parser.add_argument("--lake", required=True, help="lake directory or URI (has events/)")
+    parser.add_argument("--out", required=True, help="directory or URI for the tables")
     parser.add_argument("--window-days", type=int, default=7,
                         help="aggregation window of the *_7d features, days (default 7)")
     parser.add_argument("--days", type=int, default=None,
                         help="snapshot (and label) only the last N lake days (default: all)")
+    parser.add_argument("--first-day", type=_date, default=None,
+                        help="first snapshot day, YYYY-MM-DD (default: the first lake day)")
+    parser.add_argument("--last-day", type=_date, default=None,
+                        help="last snapshot day, YYYY-MM-DD (default: the last lake day)")
+    parser.add_argument("--label-lookback-days", type=int, default=0,
+                        help="also relabel the impressions of N days before --first-day, so "
+                        "clicks that arrive after midnight reach them (default 0)")
+    parser.add_argument("--items", default=None,
+                        help="item catalogue (item_id, category, created_at) for the ranker_v2 "
+                        "tables and the fresh list (default: <lake>/items.parquet; skipped when "
+                        "it does not exist)")
     parser.add_argument("--popular-size", type=int, default=500,
                         help="items in the popular list (default 500)")
     parser.add_argument("--prior-ctr", type=float, default=0.05,
@@ -94,37 +142,75 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         parser.error(f"--window-days must be >= 1, got {args.window_days}")
     if args.days is not None and args.days < 1:
         parser.error(f"--days must be >= 1, got {args.days}")
+    if args.days is not None and args.first_day is not None:
+        parser.error("--days and --first-day exclude each other")
+    if args.first_day and args.last_day and args.first_day > args.last_day:
+        parser.error(f"--first-day {args.first_day} is after --last-day {args.last_day}")
+    if args.label_lookback_days < 0:
+        parser.error("--label-lookback-days must be >= 0")
     if args.popular_size < 1:
         parser.error(f"--popular-size must be >= 1, got {args.popular_size}")
     if not 0.0 <= args.prior_ctr <= 1.0 or args.prior_weight <= 0:
         parser.error("--prior-ctr must be in [0, 1] and --prior-weight > 0")
+    args.lake, args.out = str(args.lake), str(args.out)
+    if args.items is None:
+        default = partitions.join(args.lake, lake.ITEMS_FILE)
+        args.items = default if FileSystems.exists(default) else None
     return args, beam_args
 
 
-def plan_days(lake_dir: Path, window_days: int, days: int | None) -> tuple[list[dt.date], int, int]:
-    """(lake days to read, first snapshot epoch day, last snapshot epoch day).
+@dataclass(frozen=True)
+class Plan:
+    """What one run reads and writes: lake files, snapshot days and label days (epoch days)."""
 
-    Snapshots cover every calendar day from the first (or the N-th last) lake day to the last;
-    the days read reach ``window_days`` further back, for the windows and their expiries.
+    files: list[str]
+    first: int
+    last: int
+    label_first: int
+
+
+def plan_days(lake_dir: str, window_days: int, days: int | None = None,
+              first_day: dt.date | None = None, last_day: dt.date | None = None,
+              label_lookback_days: int = 0) -> Plan:
+    """The lake files to read and the days to write.
+
+    Snapshots cover every calendar day from the first (or the N-th last, or ``first_day``) lake
+    day to the last (or ``last_day``); labels start ``label_lookback_days`` earlier; the files
+    read reach ``window_days`` before the first snapshot (and label) day, for the windows and
+    their expiries, and one day past the last (only its clicks are used: they label the last
+    day's impressions clicked after midnight), so a rebuilt day sees exactly what it saw.
     """
-    lake_days = lake.list_days(lake_dir)
-    if not lake_days:
-        raise LakeError(f"no event partitions under {Path(lake_dir) / lake.EVENTS} "
+    parts = partitions.lake_partitions(lake_dir)
+    if not parts:
+        raise LakeError(f"no event partitions under {partitions.join(lake_dir, lake.EVENTS)} "
                         "(run `recstack simulate` first)")
-    last = epoch_day(lake_days[-1])
-    first = epoch_day(lake_days[0]) if days is None else max(epoch_day(lake_days[0]),
-                                                              last - days + 1)
-    read = [d for d in lake_days if epoch_day(d) >= first - window_days]
-    return read, first, last
+    lake_days = list(parts)
+    last = epoch_day(last_day or lake_days[-1])
+    if first_day is not None:
+        first = epoch_day(first_day)
+    elif days is not None:
+        first = max(epoch_day(lake_days[0]), last - days + 1)
+    else:
+        first = epoch_day(lake_days[0])
+    if first > last:
+        raise LakeError(f"no snapshot days: {from_epoch_day(first)} is after {from_epoch_day(last)}")
+    label_first = first - label_lookback_days
+    low = min(first - window_days, label_first)
+    files = [path for d, found in parts.items() if low <= epoch_day(d) <= last + 1
+             for path, _size in found]
+    if not files:
+        raise LakeError(f"no lake files between {from_epoch_day(low)} and {from_epoch_day(last)}")
+    return Plan(files=files, first=first, last=last, label_first=label_first)
 
 
-def check_files(files: list[Path]) -> None:
+def check_files(files: list[str]) -> None:
     """Fail with the file's name (not a Beam stack trace) when a part file is not Parquet."""
     if not files:
         raise LakeError("the lake has day partitions but no part-*.parquet files")
     for path in files:
         try:
-            pq.read_metadata(path)
+            with FileSystems.open(path) as f:
+                pq.read_metadata(f)
         except Exception as exc:  # noqa: BLE001 - any reader error means the same thing here
             raise LakeError(f"{path} is not a readable Parquet file: {exc}") from exc
 
@@ -132,7 +218,7 @@ def check_files(files: list[Path]) -> None:
 class ReadLakeEvents(beam.PTransform):
     """Parquet part files -> raw row dicts (one per event, every EVENT column)."""
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[str]) -> None:
         super().__init__()
         self.files = [str(f) for f in files]
 
@@ -146,9 +232,9 @@ class ReadLakeEvents(beam.PTransform):
 
 
 class WriteTable(beam.PTransform):
-    """Rows -> exactly one Parquet file at ``path`` (Feast's FileSource reads a single file)."""
+    """Rows -> exactly one Parquet file at ``path`` (the small, latest-only popular list)."""
 
-    def __init__(self, path: Path, schema, counter: str) -> None:
+    def __init__(self, path: str, schema, counter: str) -> None:
         super().__init__()
         self.path = path
         self.schema = schema
@@ -170,53 +256,161 @@ def _inc(element, counter):
     return element
 
 
-def build(pipeline: beam.Pipeline, args: argparse.Namespace, created: dt.datetime) -> None:
+def _partition_day(row: dict[str, Any], offset_days: int) -> tuple[str, dict[str, Any]]:
+    """(ISO day of the row's partition, row): the event_timestamp's day minus ``offset_days``."""
+    ts: dt.datetime = row[EVENT_TIMESTAMP]
+    return (ts.date() - dt.timedelta(days=offset_days)).isoformat(), row
+
+
+class WritePartitionFile(beam.DoFn):
+    """(ISO day, rows) -> ``<table_dir>/part-<day>.parquet``, rows sorted, written atomically.
+
+    Sorting makes a rerun byte-for-byte comparable; a partition is one day of one table (a few
+    entities' rows), small enough for one worker.
+    """
+
+    def __init__(self, table_dir: str, schema: pa.Schema, sort_by: list[str], counter: str):
+        self.table_dir = table_dir
+        self.schema = schema
+        self.sort_by = list(sort_by)
+        self.counter = Metrics.counter(NAMESPACE, counter)
+
+    def process(self, element: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[str]:
+        day, rows = element
+        table = pa.Table.from_pylist(list(rows), schema=self.schema)
+        table = table.sort_by([(c, "ascending") for c in self.sort_by])
+        path = partitions.partition_path(self.table_dir, dt.date.fromisoformat(day))
+        partitions.write_table_atomic(table, path)
+        self.counter.inc(table.num_rows)
+        yield path
+
+
+class WritePartitions(beam.PTransform):
+    """Rows -> one Parquet file per day under ``table_dir`` (see :mod:`pipelines.partitions`).
+
+    ``offset_days`` = 1 for snapshots (T is midnight *after* the snapshot day), 0 for labels.
+    """
+
+    def __init__(self, table_dir: str, schema: pa.Schema, sort_by: list[str], counter: str,
+                 offset_days: int) -> None:
+        super().__init__()
+        self.table_dir, self.schema, self.sort_by = table_dir, schema, list(sort_by)
+        self.counter, self.offset_days = counter, offset_days
+
+    def expand(self, rows):
+        return (
+            rows
+            | "KeyByDay" >> beam.Map(_partition_day, self.offset_days)
+            | "GroupByDay" >> beam.GroupByKey()
+            | "WriteDay" >> beam.ParDo(WritePartitionFile(
+                self.table_dir, self.schema, self.sort_by, self.counter))
+        )
+
+
+def build(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan | None = None) -> Plan:
     """Add every step of the feature pipeline to ``pipeline`` (see the module docstring)."""
-    read_days, first, last = plan_days(args.lake, args.window_days, args.days)
-    files = lake.partition_files(args.lake, read_days)
-    check_files(files)
-    out: Path = args.out
-    logger.info("features: %d files, %s..%s, snapshots %s..%s", len(files), read_days[0],
-                read_days[-1], from_epoch_day(first), from_epoch_day(last))
+    # The v2 tables' longest window (28 days) sets how far back a run reads.
+    read_back = max(args.window_days, LONG_DAYS) if args.items else args.window_days
+    plan = plan or plan_days(args.lake, read_back, args.days, args.first_day,
+                             args.last_day, args.label_lookback_days)
+    check_files(plan.files)
+    out: str = args.out
+    first, last = plan.first, plan.last
+    logger.info("features: %d files, snapshots %s..%s, labels from %s", len(plan.files),
+                from_epoch_day(first), from_epoch_day(last), from_epoch_day(plan.label_first))
 
     validated = (
         pipeline
-        | "ReadLake" >> ReadLakeEvents(files)
+        | "ReadLake" >> ReadLakeEvents(plan.files)
         | "Validate" >> beam.ParDo(ValidateEvent()).with_outputs(DEAD_LETTER, main="events")
     )
     (
         validated[DEAD_LETTER]
         | "DeadLetterJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
         | "WriteDeadLetter" >> beam.io.WriteToText(
-            str(out / DEAD_LETTER_DIR / DEAD_LETTER_FILE), num_shards=1, shard_name_template="")
+            partitions.join(out, DEAD_LETTER_DIR, DEAD_LETTER_FILE), num_shards=1,
+            shard_name_template="")
     )
     events = validated.events | "Dedupe" >> DedupeEvents()
 
+    # created = T: the rows are a pure function of the lake, so a rerun writes equal tables
+    # (Feast only uses `created` to break ties between rows of one entity and T, and a day's
+    # partition is replaced as a whole, so there are none).
     snapshot_args = dict(window_days=args.window_days, first=first, last=last,
-                         prior_ctr=args.prior_ctr, prior_weight=args.prior_weight, created=created)
+                         prior_ctr=args.prior_ctr, prior_weight=args.prior_weight, created=None)
     user_days = events | "UserDailyCounts" >> DailyCounts("user_id")
     item_days = events | "ItemDailyCounts" >> DailyCounts("item_id")
     (
         user_days
         | "UserSnapshots" >> DailySnapshots("user_id", "user", USER_FEATURES, **snapshot_args)
-        | "WriteUserFeatures" >> WriteTable(out / USER_FEATURES_FILE, USER_FEATURES_SCHEMA,
-                                            "rows_user_features")
+        | "WriteUserFeatures" >> WritePartitions(
+            partitions.join(out, USER_FEATURES_FILE), USER_FEATURES_SCHEMA, ["user_id"],
+            "rows_user_features", offset_days=1)
     )
     (
         item_days
         | "ItemSnapshots" >> DailySnapshots("item_id", "item", ITEM_FEATURES, **snapshot_args)
-        | "WriteItemFeatures" >> WriteTable(out / ITEM_FEATURES_FILE, ITEM_FEATURES_SCHEMA,
-                                            "rows_item_features")
+        | "WriteItemFeatures" >> WritePartitions(
+            partitions.join(out, ITEM_FEATURES_FILE), ITEM_FEATURES_SCHEMA, ["item_id"],
+            "rows_item_features", offset_days=1)
     )
     (
         item_days
         | "Popular" >> PopularItems(day=last, size=args.popular_size)
-        | "WritePopular" >> WriteTable(out / POPULAR_FILE, POPULAR_SCHEMA, "rows_popular")
+        | "WritePopular" >> WriteTable(partitions.join(out, POPULAR_FILE), POPULAR_SCHEMA,
+                                       "rows_popular")
     )
     (
         events
-        | "Labels" >> ImpressionLabels(first=first)
-        | "WriteLabels" >> WriteTable(out / LABELS_FILE, LABELS_SCHEMA, "rows_labels")
+        | "Labels" >> ImpressionLabels(first=plan.label_first, last=plan.last)
+        | "WriteLabels" >> WritePartitions(
+            partitions.join(out, LABELS_FILE), LABELS_SCHEMA,
+            ["event_timestamp", "user_id", "request_id", "item_id", "position"], "rows_labels",
+            offset_days=0)
+    )
+    if args.items:
+        build_v2(pipeline, args, plan, events, user_days, item_days)
+    return plan
+
+
+def build_v2(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan, events, user_days,
+             item_days) -> None:
+    """The ranker_v2 tables and the fresh list (see :mod:`pipelines.windows`)."""
+    out, first, last = args.out, plan.first, plan.last
+    catalogue = beam.pvalue.AsDict(
+        pipeline
+        | "ReadItems" >> beam.io.ReadFromParquet(args.items,
+                                                 columns=["item_id", "category", "created_at"])
+        | "CatalogueEntry" >> beam.Map(catalogue_entry)
+    )
+    (
+        user_days
+        | "UserV2" >> EntitySnapshotsV2(UserV2Rows(first, last, args.prior_ctr,
+                                                   args.prior_weight))
+        | "WriteUserV2" >> WritePartitions(
+            partitions.join(out, USER_FEATURES_V2_FILE), USER_FEATURES_V2_SCHEMA, ["user_id"],
+            "rows_user_features_v2", offset_days=1)
+    )
+    item_rows = item_days | "ItemV2" >> EntitySnapshotsV2(
+        ItemV2Rows(first, last, args.prior_ctr, args.prior_weight), catalogue)
+    (
+        item_rows
+        | "WriteItemV2" >> WritePartitions(
+            partitions.join(out, ITEM_FEATURES_V2_FILE), ITEM_FEATURES_V2_SCHEMA, ["item_id"],
+            "rows_item_features_v2", offset_days=1)
+    )
+    (
+        item_rows
+        | "Fresh" >> FreshItems(day=last, size=args.popular_size)
+        | "WriteFresh" >> WriteTable(partitions.join(out, FRESH_FILE), FRESH_SCHEMA,
+                                     "rows_fresh")
+    )
+    (
+        events
+        | "UserCategory" >> UserCategorySnapshots(catalogue, first, last)
+        | "WriteUserCategory" >> WritePartitions(
+            partitions.join(out, USER_CATEGORY_FEATURES_FILE), USER_CATEGORY_FEATURES_SCHEMA,
+            ["user_id", "category"], "rows_user_category_features", offset_days=1)
     )
 
 
@@ -229,10 +423,10 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     :class:`LakeError` when the lake is missing, empty or unreadable.
     """
     args, beam_args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    if not FileSystems.exists(args.out):
+        FileSystems.mkdirs(args.out)
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    build(pipeline, args, created)
+    build(pipeline, args)
     result = pipeline.run()
     result.wait_until_finish()
     logger.info("features: %s", counters(result))

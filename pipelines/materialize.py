@@ -27,12 +27,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.tables import EVENT_TIMESTAMP, FEATURE_TABLE_KEYS, TABLES
+from pipelines import partitions
+from pipelines.tables import (
+    EVENT_TIMESTAMP,
+    FEATURE_TABLE_KEYS,
+    ITEM_FEATURES_V2_FILE,
+    PARTITIONED_TABLES,
+    TABLES,
+    USER_CATEGORY_FEATURES_FILE,
+    USER_FEATURES_V2_FILE,
+    V2_TABLES,
+)
 from recstack.featurestore import open_store
 from recstack.schemas import (
     ITEM_FEATURE_VIEW,
+    ITEM_FEATURE_VIEW_V2,
     ITEM_FEATURES_FILE,
+    USER_CATEGORY_FEATURE_VIEW,
     USER_FEATURE_VIEW,
+    USER_FEATURE_VIEW_V2,
     USER_FEATURES_FILE,
 )
 from recstack.settings import Settings
@@ -40,6 +53,28 @@ from recstack.settings import Settings
 logger = logging.getLogger(__name__)
 
 VIEW_TABLES = {USER_FEATURE_VIEW: USER_FEATURES_FILE, ITEM_FEATURE_VIEW: ITEM_FEATURES_FILE}
+# ranker_v2's views, materialized when the pipeline wrote their tables (it needs items.parquet).
+V2_VIEW_TABLES = {
+    USER_FEATURE_VIEW_V2: USER_FEATURES_V2_FILE,
+    ITEM_FEATURE_VIEW_V2: ITEM_FEATURES_V2_FILE,
+    USER_CATEGORY_FEATURE_VIEW: USER_CATEGORY_FEATURES_FILE,
+}
+# Join keys of each view's entities (feature_repo/definitions.py).
+VIEW_JOIN_KEYS: dict[str, list[str]] = {
+    USER_FEATURE_VIEW: ["user_id"], ITEM_FEATURE_VIEW: ["item_id"],
+    USER_FEATURE_VIEW_V2: ["user_id"], ITEM_FEATURE_VIEW_V2: ["item_id"],
+    USER_CATEGORY_FEATURE_VIEW: ["user_id", "category"],
+}
+
+
+def present_view_tables(features_dir: Path | str) -> dict[str, str]:
+    """View -> table of every view whose table exists (v1 always counts: its absence is an
+    error the checks report)."""
+    present = dict(VIEW_TABLES)
+    for view, table in V2_VIEW_TABLES.items():
+        if partitions.list_partitions(str(Path(features_dir) / table)):
+            present[view] = table
+    return present
 
 
 class FeatureTableError(ValueError):
@@ -70,6 +105,7 @@ class MaterializeResult:
     apply_seconds: float
     materialize_seconds: float
     tables: dict[str, TableSummary] = field(default_factory=dict)
+    modes: dict[str, str] = field(default_factory=dict)  # view -> full | incremental | rewrite
 
     @property
     def rows_materialized(self) -> int:
@@ -80,19 +116,25 @@ class MaterializeResult:
         return self.apply_seconds + self.materialize_seconds
 
 
-def validate_tables(features_dir: Path) -> dict[str, TableSummary]:
+def validate_tables(features_dir: Path | str) -> dict[str, TableSummary]:
     """Check every table the pipeline writes; raise :class:`FeatureTableError` on the first
-    failure. Checks: the file exists and has the expected columns, it is not empty, keys and
-    timestamps have no nulls, counts are >= 0 and CTRs lie in [0, 1]."""
+    failure. Checks: the table exists and has the expected columns, it is not empty, keys and
+    timestamps have no nulls, counts are >= 0 and CTRs and shares lie in [0, 1]. A table is one
+    file (popular, fresh) or a directory of day partitions (see ``pipelines.partitions``). The
+    ranker_v2 tables are checked when they exist (all of them or none)."""
     summaries = {}
-    for name, schema in TABLES.items():
+    checked = dict(TABLES)
+    v2_present = [n for n in V2_TABLES if (Path(features_dir) / n).exists()]
+    if v2_present:
+        checked.update(V2_TABLES)
+    for name, schema in checked.items():
         path = Path(features_dir) / name
         if not path.exists():
             raise FeatureTableError(f"{path} does not exist (run the feature pipeline first)")
         try:
             table = pq.read_table(path)
         except Exception as exc:  # noqa: BLE001 - any reader error means an unusable table
-            raise FeatureTableError(f"{path} is not a readable Parquet file: {exc}") from exc
+            raise FeatureTableError(f"{path} is not a readable Parquet table: {exc}") from exc
         summaries[name] = check_table(name, table, schema)
     return summaries
 
@@ -108,7 +150,7 @@ def check_table(name: str, table: pa.Table, schema: pa.Schema) -> TableSummary:
         column = table[f.name]
         if not f.nullable and column.null_count:
             raise FeatureTableError(f"{name}: {column.null_count} nulls in {f.name}")
-        if f.name.endswith("_ctr_7d"):
+        if "_ctr" in f.name or f.name.endswith("_share_28d"):
             low, high = pc.min(column).as_py(), pc.max(column).as_py()
             if low < 0 or high > 1:
                 raise FeatureTableError(f"{name}: {f.name} outside [0, 1] ({low}..{high})")
@@ -123,6 +165,43 @@ def check_table(name: str, table: pa.Table, schema: pa.Schema) -> TableSummary:
         summary.first = pc.min(table[EVENT_TIMESTAMP]).as_py()
         summary.last = pc.max(table[EVENT_TIMESTAMP]).as_py()
     return summary
+
+
+def newest_partition_rows(features_dir: Path | str) -> tuple[str | None, dict[str, int]]:
+    """(newest snapshot day, rows of that day per partitioned table) under ``features_dir``.
+
+    The reference and the subject of the row-count swing check.
+    """
+    rows: dict[str, int] = {}
+    newest = None
+    for name in PARTITIONED_TABLES:
+        parts = partitions.list_partitions(str(Path(features_dir) / name))
+        if parts:
+            day = max(parts)
+            rows[name] = pq.read_metadata(parts[day]).num_rows
+            if name in FEATURE_TABLE_KEYS:
+                newest = max(newest or day.isoformat(), day.isoformat())
+    return newest, rows
+
+
+def check_swing(rows: dict[str, int], reference: dict[str, int], max_swing: float | None
+                ) -> dict[str, float]:
+    """Relative change of each table's newest-day row count against ``reference`` (the last good
+    run's); raise :class:`FeatureTableError` naming every table beyond ``max_swing`` (e.g. 0.5 =
+    +-50%). No reference (first run) or ``max_swing`` None: nothing to compare, nothing fails."""
+    swings = {}
+    for name, n in rows.items():
+        old = reference.get(name)
+        if old:
+            swings[name] = round((n - old) / old, 4)
+    if max_swing is not None:
+        bad = {k: v for k, v in swings.items() if abs(v) > max_swing}
+        if bad:
+            detail = ", ".join(f"{k}: {reference[k]} -> {rows[k]} rows ({v:+.0%})"
+                               for k, v in bad.items())
+            raise FeatureTableError(
+                f"row-count swing beyond {max_swing:.0%} vs the last good run: {detail}")
+    return swings
 
 
 def load_definitions(repo_path: Path) -> list[Any]:
@@ -152,13 +231,23 @@ def load_definitions(repo_path: Path) -> list[Any]:
     return objects
 
 
-def apply_and_materialize(settings: Settings) -> MaterializeResult:
-    """Check the feature tables, ``apply`` the definitions, materialize the snapshots to Redis.
+def apply_and_materialize(
+    settings: Settings, rewritten_from: dt.datetime | None = None
+) -> MaterializeResult:
+    """Check the feature tables, ``apply`` the definitions, bring Redis up to the newest snapshot.
 
     In: ``settings.features_dir`` (tables of ``pipelines.features``), ``settings.feast``,
-    ``settings.redis``. Out: the registry and the online store updated; returns entities
-    written per view and the seconds spent. Raises :class:`FeatureTableError` (nothing is
-    applied or materialized) or :class:`MaterializeError`.
+    ``settings.redis``; ``rewritten_from``: the first snapshot time a run *rewrote* (late data,
+    backfill) rather than appended, None for a pure append. Out: the registry and the online
+    store updated; returns entities written per view and the seconds spent. Raises
+    :class:`FeatureTableError` (nothing is applied or materialized) or :class:`MaterializeError`.
+
+    A view materialized before gets ``materialize_incremental`` (Feast remembers where it
+    stopped). A first materialization starts at the oldest snapshot (Feast's own default,
+    now - ttl, would miss a simulated calendar). Rewritten snapshots need more: Feast's Redis
+    store skips a row whose timestamp is not newer than the stored one, so the stored
+    timestamps of the entities concerned are cleared first and the interval is materialized
+    again (each entity gets its newest row).
     """
     import redis
 
@@ -173,11 +262,24 @@ def apply_and_materialize(settings: Settings) -> MaterializeResult:
     applied = time.perf_counter()
 
     # check_table sets first/last on every feature table; Feast's file store includes both ends.
-    start = min(tables[t].first for t in VIEW_TABLES.values())  # type: ignore[type-var]
-    end = max(tables[t].last for t in VIEW_TABLES.values())  # type: ignore[type-var]
+    views = present_view_tables(settings.features_dir)
+    start = min(tables[t].first for t in views.values())  # type: ignore[type-var]
+    end = max(tables[t].last for t in views.values())  # type: ignore[type-var]
     assert start is not None and end is not None
+    modes: dict[str, str] = {}
     try:
-        store.materialize(start, end, feature_views=list(VIEW_TABLES))
+        for view, table in views.items():
+            done_until = store.get_feature_view(view).most_recent_end_time
+            if done_until is None:
+                store.materialize(start, end, feature_views=[view])
+                modes[view] = "full"
+            elif rewritten_from is not None and rewritten_from <= done_until:
+                reset_online_timestamps(store, settings, view, rewritten_from)
+                store.materialize(rewritten_from, end, feature_views=[view])
+                modes[view] = "rewrite"
+            else:
+                store.materialize_incremental(end, feature_views=[view])
+                modes[view] = "incremental"
     except redis.exceptions.ConnectionError as exc:
         raise MaterializeError(
             f"cannot write to Redis at {settings.redis.feast_connection_string} "
@@ -185,12 +287,44 @@ def apply_and_materialize(settings: Settings) -> MaterializeResult:
         ) from exc
     done = time.perf_counter()
     result = MaterializeResult(
-        rows={view: tables[table].entities or 0 for view, table in VIEW_TABLES.items()},
+        rows={view: tables[table].entities or 0 for view, table in views.items()},
         start=start,
         end=end,
         apply_seconds=applied - started,
         materialize_seconds=done - applied,
         tables=tables,
+        modes=modes,
     )
-    logger.info("materialized %s over %s..%s in %.1fs", result.rows, start, end, result.seconds)
+    logger.info("materialized %s (%s) up to %s in %.1fs", result.rows, modes, end, result.seconds)
     return result
+
+
+def reset_online_timestamps(store: Any, settings: Settings, view: str, since: dt.datetime) -> int:
+    """Delete ``_ts:<view>`` of every entity with a snapshot at or after ``since``, so the next
+    materialization may write rows no newer than those stored (see :func:`apply_and_materialize`).
+
+    Uses Feast's Redis key layout (FIELD-NOTES: serialized entity key + project, one HASH per
+    entity) through the online store's own client, so it works for a Redis Cluster too. The
+    feature values stay until overwritten: readers never see a hole. Returns the keys touched.
+    """
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    keys = VIEW_JOIN_KEYS[view]
+    path = Path(settings.features_dir) / {**VIEW_TABLES, **V2_VIEW_TABLES}[view]
+    table = pq.read_table(path, columns=[*keys, EVENT_TIMESTAMP])
+    recent = table.filter(pc.greater_equal(table[EVENT_TIMESTAMP], pa.scalar(
+        since, table.schema.field(EVENT_TIMESTAMP).type)))
+    entities = recent.select(keys).group_by(keys).aggregate([]).to_pylist()
+    client = store._get_provider().online_store._get_client(store.config.online_store)
+    version = store.config.entity_key_serialization_version
+    field_name = f"_ts:{view}"
+    for lo in range(0, len(entities), 1000):
+        pipe = client.pipeline(transaction=False)
+        for entity in entities[lo:lo + 1000]:
+            entity_key = EntityKey(join_keys=keys,
+                                   entity_values=[Value(int64_val=entity[k]) for k in keys])
+            pipe.hdel(_redis_key(store.project, entity_key, version), field_name)
+        pipe.execute()
+    return len(entities)

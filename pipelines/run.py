@@ -1,16 +1,63 @@
-"""``recstack pipeline``: the feature pipeline, then Feast apply + materialize."""
+"""``recstack pipeline``: the feature pipeline (incremental), checks, then Feast apply + materialize.
+
+One run, in order (each step only when the previous one succeeded):
+
+1. **plan** from ``<features_dir>/manifest.json``: the lake days that are new or changed since
+   the last committed run, hence the snapshot days to recompute (the first changed day to the
+   last lake day; a backfill names them); nothing changed -> nothing to compute;
+2. **compute** those days with the Beam pipeline into a staging directory
+   (``<features_dir>/_staging/<run>``); it reads the lake days the windows need;
+3. **validate** the staged tables (nulls, negative counts, CTR in [0, 1], row-count swing of the
+   newest day vs the last good run); a failure moves the staging to ``_rejected/<run>``, leaves
+   the tables, the manifest and the online store as they were, and raises
+   :class:`~pipelines.materialize.FeatureTableError` saying what failed;
+4. **commit**: each recomputed day's partition replaces the old one (other days are untouched),
+   then the manifest records the run;
+5. **materialize**: ``feast apply``, then ``materialize_incremental`` (or a targeted rewrite when
+   already-materialized days were recomputed).
+
+Running it twice is the same as running it once (the second run finds nothing new), and running
+it day by day gives the same tables as one run over all days (a snapshot reads only the past).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import shutil
 import time
+import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from pipelines import manifest as manifests
+from pipelines import partitions
+from pipelines.tables import FRESH_FILE, PARTITIONED_TABLES
+from recstack.schemas import DEAD_LETTER_DIR, LABELS_FILE, POPULAR_FILE
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# The default tolerated change of a table's newest-day row count vs the last good run (+-50%).
+DEFAULT_MAX_ROW_SWING = 0.5
+# Impressions of the day before the first recomputed day are relabelled: a click after midnight
+# lands in the next day's partition, and its impression's label must still see it.
+LABEL_LOOKBACK_DAYS = 1
+STAGING_DIR = "_staging"
+REJECTED_DIR = "_rejected"
+LAYOUT_VERSION = 2  # day-partitioned tables; a manifest of another layout rebuilds everything
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run recomputes: snapshot days ``first..last``; ``mode`` says why."""
+
+    mode: str  # "full" | "incremental" | "backfill" | "up_to_date"
+    first: dt.date | None
+    last: dt.date | None
+    changed: list[dt.date]
 
 
 def feature_argv(settings: Settings, beam_args: Sequence[str] = ()) -> list[str]:
@@ -27,30 +74,185 @@ def feature_argv(settings: Settings, beam_args: Sequence[str] = ()) -> list[str]
     return argv + list(beam_args)
 
 
-def run_all(settings: Settings, beam_args: Sequence[str] = ()) -> dict[str, Any]:
-    """Lake -> feature tables (Beam) -> Feast registry + Redis online store.
+def table_params(settings: Settings) -> dict[str, Any]:
+    """The parameters the tables are a function of; a change rebuilds every day."""
+    return {"layout": LAYOUT_VERSION, "window_days": settings.pipeline.window_days,
+            "popular_size": settings.pipeline.popular_size}
 
-    In: ``settings.lake_dir``; ``beam_args`` go to the Beam runner. Out: the tables under
-    ``settings.features_dir``, the definitions applied and the latest snapshots in Redis.
-    Returns ``{"counters": {...}, "tables": {file: rows}, "materialized": {view: rows},
-    "interval": [start, end], "seconds": {"features", "apply", "materialize"}}``.
+
+def plan_run(
+    lake: dict[dt.date, str], state: manifests.Manifest, params: dict[str, Any],
+    backfill: tuple[dt.date, dt.date] | None = None,
+) -> RunPlan:
+    """The snapshot days to recompute, from the lake's day fingerprints and the manifest.
+
+    Incremental: from the first new or changed lake day to the last lake day (a changed day
+    changes every later snapshot whose window contains it). Backfill: exactly ``backfill``.
+    """
+    if not lake:
+        from pipelines.features import LakeError
+
+        raise LakeError("no event partitions in the lake (run `recstack simulate` first)")
+    if backfill is not None:
+        first, last = backfill
+        if first > last:
+            raise ValueError(f"backfill start {first} is after its end {last}")
+        return RunPlan("backfill", first, last, [d for d in lake if first <= d <= last])
+    changed = manifests.changed_days(lake, state, params)
+    if not changed:
+        return RunPlan("up_to_date", None, None, [])
+    mode = "incremental" if state.processed and state.params == params else "full"
+    first = changed[0] if mode == "incremental" else min(lake)
+    return RunPlan(mode, first, max(lake), changed)
+
+
+def run_all(
+    settings: Settings,
+    beam_args: Sequence[str] = (),
+    *,
+    backfill: tuple[dt.date, dt.date] | None = None,
+    max_row_swing: float | None | str = "settings",
+) -> dict[str, Any]:
+    """Lake -> feature tables (Beam, only what changed) -> checks -> Feast registry + Redis.
+
+    In: ``settings.lake_dir``; ``beam_args`` go to the Beam runner; ``backfill`` = (first, last)
+    snapshot days to rebuild; ``max_row_swing`` = tolerated relative change of the newest day's
+    row count per table vs the last good run (None: no swing check; default:
+    ``settings.pipeline.max_row_swing`` when that setting exists, else
+    ``DEFAULT_MAX_ROW_SWING``). Out: the tables under
+    ``settings.features_dir``, its ``manifest.json``, the definitions applied and Redis up to
+    date. Returns ``{"plan": {...}, "counters": {...}, "swing": {...}, "tables": {file: rows},
+    "materialized": {view: rows}, "modes": {view: how}, "interval": [start, end],
+    "seconds": {...}}``. Raises ``FeatureTableError`` when a check fails (nothing committed,
+    nothing materialized), ``LakeError`` for a missing or unreadable lake.
     """
     from pipelines import features
     from pipelines.materialize import apply_and_materialize
 
-    started = time.perf_counter()
-    result = features.run(feature_argv(settings, beam_args))
-    counters = features.counters(result)
-    features_s = time.perf_counter() - started
-    materialized = apply_and_materialize(settings)
-    return {
-        "counters": counters,
-        "tables": {name: asdict(t)["rows"] for name, t in materialized.tables.items()},
+    if max_row_swing == "settings":
+        max_row_swing = getattr(settings.pipeline, "max_row_swing", DEFAULT_MAX_ROW_SWING)
+    assert max_row_swing is None or isinstance(max_row_swing, float | int)
+    features_dir = settings.features_dir
+    _drop_single_file_tables(features_dir)
+    state = manifests.load(str(features_dir))
+    lake = {d: partitions.fingerprint(files)
+            for d, files in partitions.lake_partitions(str(settings.lake_dir)).items()}
+    params = table_params(settings)
+    plan = plan_run(lake, state, params, backfill)
+    out: dict[str, Any] = {"plan": {
+        "mode": plan.mode, "first_day": _iso(plan.first), "last_day": _iso(plan.last),
+        "changed_days": [d.isoformat() for d in plan.changed]}}
+    seconds: dict[str, float] = {}
+
+    rewritten_from = None
+    if plan.mode != "up_to_date":
+        assert plan.first is not None and plan.last is not None
+        run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + uuid.uuid4().hex[:6]
+        staging = features_dir / STAGING_DIR / run_id
+        started = time.perf_counter()
+        argv = feature_argv(settings, beam_args)
+        argv[argv.index("--out") + 1] = str(staging)
+        argv += ["--first-day", plan.first.isoformat(), "--last-day", plan.last.isoformat(),
+                 "--label-lookback-days", str(0 if plan.mode == "backfill" else
+                                              LABEL_LOOKBACK_DAYS)]
+        result = features.run(argv)
+        out["counters"] = features.counters(result)
+        seconds["features"] = round(time.perf_counter() - started, 2)
+        out["swing"] = _validate_staged(staging, state, max_row_swing, run_id, features_dir)
+        _commit(staging, features_dir, plan)
+        # A backfill that stops before the last lake day leaves the later snapshots built from
+        # the old data: its days stay "unprocessed", so the next daily run recomputes from them.
+        if plan.mode != "backfill" or plan.last >= max(lake):
+            state.params = params
+            for day in plan.changed:
+                state.processed[day.isoformat()] = lake[day]
+        if plan.mode != "backfill" or plan.last >= max(lake):
+            from pipelines.materialize import newest_partition_rows
+
+            state.last_good_day, state.last_good_rows = newest_partition_rows(features_dir)
+        if state.materialized_until is not None:
+            first_t = _snapshot_time(plan.first)
+            if first_t <= dt.datetime.fromisoformat(state.materialized_until):
+                rewritten_from = first_t
+        state.record_run(run=run_id, mode=plan.mode, first_day=_iso(plan.first),
+                         last_day=_iso(plan.last), counters=out["counters"], swing=out["swing"],
+                         status="committed")
+        manifests.save(str(features_dir), state)
+    else:
+        out["counters"], out["swing"] = {}, {}
+
+    materialized = apply_and_materialize(settings, rewritten_from=rewritten_from)
+    state.materialized_until = materialized.end.isoformat()
+    manifests.save(str(features_dir), state)
+    seconds["apply"] = round(materialized.apply_seconds, 2)
+    seconds["materialize"] = round(materialized.materialize_seconds, 2)
+    out.update({
+        "tables": {name: t.rows for name, t in materialized.tables.items()},
         "materialized": materialized.rows,
+        "modes": materialized.modes,
         "interval": [materialized.start.isoformat(), materialized.end.isoformat()],
-        "seconds": {
-            "features": round(features_s, 2),
-            "apply": round(materialized.apply_seconds, 2),
-            "materialize": round(materialized.materialize_seconds, 2),
-        },
-    }
+        "seconds": seconds,
+    })
+    return out
+
+
+def _validate_staged(staging: Path, state: manifests.Manifest, max_row_swing: float | None,
+                     run_id: str, features_dir: Path) -> dict[str, float]:
+    """The staged tables pass every check, or the staging is set aside and the error raised."""
+    from pipelines.materialize import (
+        FeatureTableError,
+        check_swing,
+        newest_partition_rows,
+        validate_tables,
+    )
+
+    try:
+        validate_tables(staging)
+        _day, rows = newest_partition_rows(staging)
+        return check_swing(rows, state.last_good_rows, max_row_swing)
+    except FeatureTableError as exc:
+        rejected = features_dir / REJECTED_DIR / run_id
+        rejected.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), str(rejected))
+        state.record_run(run=run_id, status="rejected", error=str(exc))
+        manifests.save(str(features_dir), state)
+        raise FeatureTableError(
+            f"{exc} (run {run_id} rejected: tables and online store unchanged; its output is in "
+            f"{rejected})") from exc
+
+
+def _commit(staging: Path, features_dir: Path, plan: RunPlan) -> None:
+    """Move the staged days into the tables (replacing those days only), then the single files."""
+    assert plan.first is not None and plan.last is not None
+    for name in PARTITIONED_TABLES:
+        first = plan.first
+        if name == LABELS_FILE and plan.mode != "backfill":
+            first = plan.first - dt.timedelta(days=LABEL_LOOKBACK_DAYS)
+        if (staging / name).exists():  # the v2 tables exist only with an item catalogue
+            partitions.replace_partitions(str(staging / name), str(features_dir / name), first,
+                                          plan.last)
+    for name in (POPULAR_FILE, FRESH_FILE):
+        if (staging / name).exists():
+            (staging / name).replace(features_dir / name)
+    dead = features_dir / DEAD_LETTER_DIR
+    dead.mkdir(parents=True, exist_ok=True)
+    for path in (staging / DEAD_LETTER_DIR).glob("*"):
+        path.replace(dead / path.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _drop_single_file_tables(features_dir: Path) -> None:
+    """Tables of the single-file layout (before day partitions) are removed; with no manifest
+    of this layout the next run rebuilds every day."""
+    for name in PARTITIONED_TABLES:
+        if (features_dir / name).is_file():
+            logger.info("removing %s of the single-file layout; rebuilding", features_dir / name)
+            (features_dir / name).unlink()
+
+
+def _snapshot_time(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=dt.timezone.utc)
+
+
+def _iso(day: dt.date | None) -> str | None:
+    return day.isoformat() if day else None

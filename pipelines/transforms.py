@@ -142,7 +142,7 @@ class FormatSnapshot(beam.DoFn):
 
     def __init__(
         self, key: str, prefix: str, features: list[str], prior_ctr: float, prior_weight: float,
-        created: dt.datetime,
+        created: dt.datetime | None,
     ) -> None:
         self.key = key
         self.prefix = prefix
@@ -164,7 +164,7 @@ class FormatSnapshot(beam.DoFn):
         for name in self.features:
             row[name] = stats[name.removeprefix(f"{self.prefix}_")]
         row[EVENT_TIMESTAMP] = snapshot_time(day)
-        row[CREATED] = self.created
+        row[CREATED] = self.created or row[EVENT_TIMESTAMP]  # None: deterministic, = T
         yield row
 
 
@@ -177,7 +177,7 @@ class DailySnapshots(beam.PTransform):
 
     def __init__(
         self, key: str, prefix: str, features: list[str], window_days: int, first: int,
-        last: int, prior_ctr: float, prior_weight: float, created: dt.datetime,
+        last: int, prior_ctr: float, prior_weight: float, created: dt.datetime | None,
     ) -> None:
         super().__init__()
         self.key, self.prefix, self.features = key, prefix, list(features)
@@ -224,7 +224,7 @@ class PopularItems(beam.PTransform):
 
 
 class RouteForLabels(beam.DoFn):
-    """Event of day >= ``first`` -> keyed impression (main output) or keyed click (``clicks``).
+    """Event of day >= ``first`` (impressions: also <= ``last``) -> keyed impression (main output) or keyed click (``clicks``).
 
     One pass routes every event, instead of a filter per kind. Clicks without request_id cannot
     be attributed and are dropped; impressions without one group under request_id None and, with
@@ -233,17 +233,19 @@ class RouteForLabels(beam.DoFn):
 
     CLICKS = "clicks"
 
-    def __init__(self, first: int) -> None:
+    def __init__(self, first: int, last: int | None = None) -> None:
         self.first = first
+        self.last = last
 
     def process(self, e: dict[str, Any]) -> Iterator[Any]:
-        if e["day"] < self.first:
-            return
-        key = (e["user_id"], e["request_id"], e["item_id"])
-        if e["event_type"] == "impression":
-            yield key, (e["ts_us"], e["position"])
-        elif e["request_id"] is not None:
-            yield beam.pvalue.TaggedOutput(self.CLICKS, (key, 1))
+        if e["day"] >= self.first:
+            key = (e["user_id"], e["request_id"], e["item_id"])
+            if e["event_type"] == "impression":
+                # Impressions after ``last`` are read only for the clicks they may carry.
+                if self.last is None or e["day"] <= self.last:
+                    yield key, (e["ts_us"], e["position"])
+            elif e["request_id"] is not None:
+                yield beam.pvalue.TaggedOutput(self.CLICKS, (key, 1))
 
 
 def _label_row(user_id: int, item_id: int, ts_us: int, label: int, request_id: str | None,
@@ -266,17 +268,18 @@ def _label_rows(element: tuple[Any, dict[str, list[Any]]]) -> Iterator[dict[str,
 
 
 class ImpressionLabels(beam.PTransform):
-    """Events -> one row per impression of epoch day >= ``first``, label 1 if it was clicked.
+    """Events -> one row per impression of epoch days ``first..last``, label 1 if it was clicked.
 
     A click matches an impression with the same user_id, request_id and item_id.
     """
 
-    def __init__(self, first: int) -> None:
+    def __init__(self, first: int, last: int | None = None) -> None:
         super().__init__()
         self.first = first
+        self.last = last
 
     def expand(self, events):
-        routed = events | "Route" >> beam.ParDo(RouteForLabels(self.first)).with_outputs(
+        routed = events | "Route" >> beam.ParDo(RouteForLabels(self.first, self.last)).with_outputs(
             RouteForLabels.CLICKS, main="impressions")
         return (
             {"impressions": routed.impressions, "clicks": routed[RouteForLabels.CLICKS]}

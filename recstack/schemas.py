@@ -64,6 +64,19 @@ USER_FEATURE_VIEW = "user_features"
 ITEM_FEATURE_VIEW = "item_features"
 USER_FEATURES = ["user_impressions_7d", "user_clicks_7d", "user_ctr_7d", "user_active_days_7d"]
 ITEM_FEATURES = ["item_impressions_7d", "item_clicks_7d", "item_ctr_7d", "item_clicks_1d"]
+# ranker_v2 adds new views (ranker_v1's views and names above stay as they are): 1- and 28-day
+# windows, recency, item age and trend, and the user's affinity to an item's category (a view
+# keyed by user_id + category; the ranker's value is the row of the candidate item's category).
+USER_FEATURE_VIEW_V2 = "user_features_v2"
+ITEM_FEATURE_VIEW_V2 = "item_features_v2"
+USER_CATEGORY_FEATURE_VIEW = "user_category_features"
+RANKER_V2_USER_FEATURES = USER_FEATURES + [
+    "user_impressions_1d", "user_clicks_1d", "user_ctr_1d", "user_impressions_28d",
+    "user_clicks_28d", "user_ctr_28d", "user_days_since_click"]
+RANKER_V2_ITEM_FEATURES = ITEM_FEATURES + [
+    "item_impressions_1d", "item_impressions_28d", "item_clicks_28d", "item_ctr_28d",
+    "item_trend_7d_28d", "item_age_days"]
+RANKER_V2_USER_CATEGORY_FEATURES = ["user_category_clicks_28d", "user_category_share_28d"]
 # Request-time features computed by serving, not stored in Feast.
 CANDIDATE_SCORE_FEATURE = "cand_score"
 RANKER_FEATURES = USER_FEATURES + ITEM_FEATURES + [CANDIDATE_SCORE_FEATURE]

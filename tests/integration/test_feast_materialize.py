@@ -81,7 +81,7 @@ def test_a_failed_check_materializes_nothing(settings: Settings, redis_server: i
     from pipelines.run import feature_argv
 
     features.run(feature_argv(s))
-    path = s.features_dir / USER_FEATURES_FILE
+    path = sorted((s.features_dir / USER_FEATURES_FILE).glob("part-*.parquet"))[-1]
     table = pq.read_table(path)
     ctr = table.schema.get_field_index("user_ctr_7d")
     pq.write_table(table.set_column(ctr, table.schema.field(ctr),

@@ -68,7 +68,10 @@ def test_run_writes_one_file_per_table_with_the_documented_columns(tiny_lake, tm
     assert counters["bad_null_ts"] == 1
     assert counters["rows_valid"] == 9 and counters["events_unique"] == 8
     for name, schema in TABLES.items():
-        assert pq.read_schema(out / name).equals(schema), name
+        files = [out / name] if name == POPULAR_FILE else sorted((out / name).glob("part-*.parquet"))
+        assert files, name
+        for path in files:
+            assert pq.read_schema(path).equals(schema), path
     assert sorted(p.name for p in out.iterdir()) == sorted([*TABLES, DEAD_LETTER_DIR])
 
     users = {(r["user_id"], r["event_timestamp"]): r for r in _rows(out / USER_FEATURES_FILE)}
@@ -113,7 +116,20 @@ def test_rerun_overwrites_the_tables(tiny_lake, tmp_path) -> None:
     out = tmp_path / "features"
     _run(tiny_lake, out)
     _run(tiny_lake, out)
-    assert pq.read_metadata(out / LABELS_FILE).num_rows == 5
+    assert pq.read_table(out / LABELS_FILE).num_rows == 5
+    assert sorted(p.name for p in (out / USER_FEATURES_FILE).iterdir()) == [
+        f"part-{d.isoformat()}.parquet" for d in (DAY1, DAY2, DAY3)]
+
+
+def test_a_day_range_writes_only_its_partitions_and_labels_look_back(tiny_lake, tmp_path):
+    out = tmp_path / "features"
+    _run(tiny_lake, out, "--first-day", DAY2.isoformat(), "--last-day", DAY2.isoformat(),
+         "--label-lookback-days", "1")
+    assert [p.name for p in (out / USER_FEATURES_FILE).iterdir()] == [f"part-{DAY2}.parquet"]
+    assert sorted(p.name for p in (out / LABELS_FILE).iterdir()) == [
+        f"part-{DAY1}.parquet", f"part-{DAY2}.parquet"]
+    # Snapshots and the popular list stop at day 2 (its only click was on item 100).
+    assert _rows(out / POPULAR_FILE) == [{"item_id": 100, "clicks": 1, "rank": 1}]
 
 
 def test_an_empty_or_corrupt_lake_is_a_clear_error(tmp_path) -> None:
@@ -137,3 +153,44 @@ def test_module_help_works() -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--window-days" in done.stdout and "--lake" in done.stdout
+
+
+def test_the_item_catalogue_adds_the_v2_tables_and_leaves_the_v1_tables_unchanged(
+    tiny_lake, tmp_path
+) -> None:
+    from pipelines.tables import FRESH_FILE, V2_TABLES
+
+    _run(tiny_lake, tmp_path / "v1")
+    items = pa.table({"item_id": [100, 101], "category": pa.array([1, 2], pa.int32()),
+                      "created_at": pa.array([day_start(DAY1)] * 2, pa.timestamp("us", tz="UTC"))})
+    lake.write_items(items, tiny_lake)
+    counters = _run(tiny_lake, tmp_path / "v2")
+    assert counters["rows_user_features_v2"] > 0 and counters["rows_fresh"] == 2
+    for name in TABLES:
+        assert _rows(tmp_path / "v1" / name) == _rows(tmp_path / "v2" / name), name
+    assert not any((tmp_path / "v1" / name).exists() for name in V2_TABLES)
+    for name, schema in V2_TABLES.items():
+        assert pq.read_table(tmp_path / "v2" / name).schema.remove_metadata().equals(schema), name
+    t3 = day_start(DAY3 + dt.timedelta(days=1))
+    user1 = [r for r in _rows(tmp_path / "v2" / "user_category_features.parquet")
+             if r["user_id"] == 1 and r["event_timestamp"] == t3]
+    # Category 2 was only shown to user 1 (item 101, never clicked by them): no row.
+    assert [(r["category"], r["user_category_clicks_28d"]) for r in user1] == [(1, 2)]
+    # Both are 2 days old with clicks; item 100 has the better smoothed CTR (3/23 vs 2/22).
+    assert [r["item_id"] for r in _rows(tmp_path / "v2" / FRESH_FILE)] == [100, 101]
+
+
+@pytest.mark.slow
+def test_in_memory_and_multi_processing_direct_runners_write_the_same_tables(tiny_lake, tmp_path):
+    """Both DirectRunner modes; multi_processing pickles every DoFn into worker processes."""
+    from pipelines.tables import V2_TABLES
+
+    items = pa.table({"item_id": [100, 101], "category": pa.array([1, 2], pa.int32()),
+                      "created_at": pa.array([day_start(DAY1)] * 2, pa.timestamp("us", tz="UTC"))})
+    lake.write_items(items, tiny_lake)
+    _run(tiny_lake, tmp_path / "mem", "--direct_running_mode=in_memory")
+    counters = _run(tiny_lake, tmp_path / "mp", "--direct_num_workers=2",
+                    "--direct_running_mode=multi_processing")
+    assert counters["rows_read"] == 12 and counters["rows_user_features"] > 0
+    for name in [*TABLES, *V2_TABLES]:
+        assert _rows(tmp_path / "mem" / name) == _rows(tmp_path / "mp" / name), name

@@ -87,3 +87,42 @@ def test_feature_argv_uses_settings_and_lets_beam_flags_override_the_runner(tmp_
     custom = feature_argv(s, ["--runner=PortableRunner", "--job_endpoint=embed"])
     assert "DirectRunner" not in custom and custom[-2:] == ["--runner=PortableRunner",
                                                            "--job_endpoint=embed"]
+
+
+def test_ranker_v2_adds_views_and_ranker_v1_keeps_its_features(monkeypatch, tmp_path) -> None:
+    from pipelines.tables import V2_TABLES
+    from recstack.schemas import (
+        RANKER_V2_ITEM_FEATURES,
+        RANKER_V2_USER_CATEGORY_FEATURES,
+        RANKER_V2_USER_FEATURES,
+    )
+
+    monkeypatch.setenv("RECSTACK_FEATURES_DIR", str(tmp_path))
+    objects = {type(o).__name__ + ":" + o.name: o
+               for o in load_definitions(REPO_ROOT / "feature_repo")}
+    v1 = objects["FeatureService:ranker_v1"]
+    assert [f.name for p in v1.feature_view_projections for f in p.features] == (
+        USER_FEATURES + ITEM_FEATURES)
+    v2 = objects["FeatureService:ranker_v2"]
+    names = [f.name for p in v2.feature_view_projections for f in p.features]
+    assert sorted(names) == sorted(RANKER_V2_USER_FEATURES + RANKER_V2_ITEM_FEATURES
+                                   + RANKER_V2_USER_CATEGORY_FEATURES)
+    assert objects["FeatureView:user_category_features"].entities == ["user", "category"]
+    for name, schema in V2_TABLES.items():
+        view = objects.get(f"FeatureView:{name.removesuffix('.parquet')}")
+        if view is not None:
+            assert view.batch_source.path == str(tmp_path / name)
+            assert [f.name for f in view.features] == [
+                n for n in schema.names if n not in ("user_id", "item_id", "category",
+                                                     "event_timestamp", "created")]
+
+
+def test_backfill_verb_rejects_a_reversed_range_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    done = CliRunner().invoke(app, ["backfill", "2026-01-03", "2026-01-01"])
+    assert done.exit_code != 0 and "is after END" in done.output
+    done = CliRunner().invoke(app, ["backfill", "--help"])
+    assert done.exit_code == 0 and "START" in done.output
