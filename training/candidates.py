@@ -177,8 +177,8 @@ def save_artifacts(
     paths["popular"].write_text(json.dumps([int(i) for i in popular]))
     full_meta = {
         "dim": model.dim,
-        "n_users": int(len(model.user_ids)),
-        "n_items": int(len(model.item_ids)),
+        "n_users": len(model.user_ids),
+        "n_items": len(model.item_ids),
         "n_items_with_embedding": int(np.any(model.item_embeddings != 0, axis=1).sum()),
         "n_popular": len(popular),
         "index_type": type(index).__name__,

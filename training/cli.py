@@ -1,32 +1,133 @@
-"""``recstack`` verbs of the training stage (joined into the ``recstack`` command)."""
+"""``recstack`` verbs of the training stage (joined into the ``recstack`` command).
+
+``train`` (one training run + the gate), ``retrain`` (pipeline -> train -> gate, now),
+``trainer`` (retrain every N simulated days until SIGTERM) and ``models list|rollback|promote``.
+"""
 
 from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from recstack.logs import configure_logging
-from recstack.settings import get_settings
+from recstack.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from training.train import TrainResult
 
 app = typer.Typer()
+models_app = typer.Typer(help="Registered model versions: list, rollback, promote.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    s = get_settings()
+    configure_logging(s.log_level, s.log_json)
+    logging.getLogger("faiss").setLevel(max(logging.WARNING, logging.getLogger().level))
+    return s
+
+
+def print_train_result(result: TrainResult, s: Settings, out: Console | None = None) -> None:
+    """The evaluation table and the gate's decision."""
+    out = out or Console()
+    out.print(result.table_md, markup=False, highlight=False, soft_wrap=True)
+    verdict = "[green]promoted to[/green]" if result.promoted else "[yellow]NOT promoted to[/yellow]"
+    out.print(
+        f"registered candidates v{result.candidates_version}, ranker v{result.ranker_version} "
+        f"as @challenger (run {result.run_id}); {verdict} @{s.mlflow.serving_alias}: "
+        f"{result.gate_reason}"
+    )
 
 
 @app.command()
 def train() -> None:
-    """Train the candidate model + ANN index and the ranker; register both in MLflow as champion."""
+    """Train candidates + ANN index and the ranker, evaluate, register; the gate picks champion."""
     from training import train_and_register
 
-    s = get_settings()
-    configure_logging(s.log_level, s.log_json)
-    with console.status("training candidates + ranker, logging to MLflow"):
+    s = _settings()
+    with console.status("training candidates + ranker, evaluating, logging to MLflow"):
         result = train_and_register(s)
-    table = Table("metric", "value", title="training (holdout: the last day)")
-    for k, v in sorted(result.metrics.items()):
-        table.add_row(k, f"{v:.4f}")
-    Console().print(table)
-    console.print(
-        f"registered candidates v{result.candidates_version}, ranker v{result.ranker_version} "
-        f"as @{s.mlflow.serving_alias} (run {result.run_id})"
-    )
+    print_train_result(result, s)
+
+
+@app.command()
+def retrain(
+    pipeline: Annotated[bool, typer.Option(help="run `recstack pipeline` first")] = True,
+) -> None:
+    """On demand: pipeline -> materialize -> train -> evaluate -> gate."""
+    from training.scheduler import retrain_once
+
+    s = _settings()
+    with console.status("retraining: pipeline, materialize, train, gate"):
+        outcome = retrain_once(s, run_pipeline=pipeline)
+    print_train_result(outcome, s)
+
+
+@app.command()
+def trainer(
+    every_sim_days: Annotated[float | None, typer.Option(
+        help="retrain every N simulated days (default RECSTACK_TRAINER__EVERY_SIM_DAYS)")] = None,
+    speedup: Annotated[float | None, typer.Option(
+        help="simulated seconds per wall second (default RECSTACK_TRAINER__SPEEDUP)")] = None,
+    max_runs: Annotated[int | None, typer.Option(help="stop after N runs (0: never)")] = None,
+) -> None:
+    """Long-running: retrain every N simulated days; stops cleanly on SIGTERM/SIGINT."""
+    from training.config import TrainingConfig
+    from training.scheduler import Trainer
+
+    s = _settings()
+    cfg = TrainingConfig().trainer
+    if every_sim_days is not None:
+        cfg.every_sim_days = every_sim_days
+    if speedup is not None:
+        cfg.speedup = speedup
+    if max_runs is not None:
+        cfg.max_runs = max_runs
+    runs = Trainer(s, cfg).run_forever()
+    console.print(f"trainer stopped after {runs} run(s)")
+
+
+@models_app.command("list")
+def list_models() -> None:
+    """Model versions (newest first) with aliases, gate decision and key holdout metrics."""
+    from training import registry
+
+    s = _settings()
+    rows = registry.list_versions(registry.client_for(s), s)
+    table = Table("ranker", "candidates", "aliases", "gate", "holdout", "AUC", "NDCG@10",
+                  "Recall@500", "reason", title=f"models at {s.mlflow.uri}")
+    for r in rows:
+        table.add_row(r["ranker"], r["candidates"], r["aliases"], r["gate"], r["holdout_day"],
+                      r["auc"][:6], r["ndcg_at_10"][:6], r["recall_at_500"][:6],
+                      r["reason"][:60])
+    Console().print(table if rows else "no ranker versions registered")
+
+
+@models_app.command()
+def rollback() -> None:
+    """Move champion back to the previous champion (both models); history is kept."""
+    from training import registry
+
+    s = _settings()
+    pair = registry.rollback(registry.client_for(s), s)
+    Console().print(f"@{s.mlflow.serving_alias} -> candidates v{pair['candidates']}, "
+                    f"ranker v{pair['ranker']}")
+
+
+@models_app.command()
+def promote(
+    version: Annotated[int, typer.Argument(help="ranker version (its run's candidates follow)")],
+) -> None:
+    """Make ranker VERSION (and its candidates) champion, after loading both back."""
+    from training import registry
+
+    s = _settings()
+    pair = registry.promote_version(registry.client_for(s), s, str(version))
+    Console().print(f"@{s.mlflow.serving_alias} -> candidates v{pair['candidates']}, "
+                    f"ranker v{pair['ranker']}")

@@ -132,7 +132,7 @@ def downsample_negatives(
 
 
 def fetch_features(
-    store: "FeatureStore | Any", entity_df: pd.DataFrame, feature_service: str
+    store: FeatureStore | Any, entity_df: pd.DataFrame, feature_service: str
 ) -> pd.DataFrame:
     """The Feast calls: point-in-time join of the feature service's views onto ``entity_df``.
 
@@ -185,7 +185,7 @@ def join_features(labels: pd.DataFrame, joined: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_ranker_dataset(
-    settings: Settings, store: "FeatureStore | Any | None" = None
+    settings: Settings, store: FeatureStore | Any | None = None
 ) -> pd.DataFrame:
     """Labels -> (negatives down-sampled on training days) -> point-in-time features.
 
@@ -220,3 +220,39 @@ def build_ranker_dataset(
         len(out), len(train), rate, len(valid), holdout_day,
     )
     return out
+
+
+def features_as_of(
+    store: FeatureStore | Any,
+    feature_service: str,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    as_of: dt.datetime,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every user's and item's stored features as of ``as_of`` (what serving would read then).
+
+    Out: (USER_FEATURES indexed by user_id, ITEM_FEATURES indexed by item_id); entities without
+    a snapshot get NaN, as at serving. One point-in-time fetch per view, on distinct keys.
+    """
+    service = store.get_feature_service(feature_service)
+    ts = pd.Timestamp(as_of)
+    wanted = {"user_id": np.unique(np.asarray(user_ids, dtype=np.int64)),
+              "item_id": np.unique(np.asarray(item_ids, dtype=np.int64))}
+    out: dict[str, pd.DataFrame] = {}
+    for projection in service.feature_view_projections:
+        key = VIEW_KEYS[projection.name]
+        names = [f.name for f in projection.features]
+        other = "item_id" if key == "user_id" else "user_id"
+        entity_df = pd.DataFrame({key: wanted[key], other: -1, "event_timestamp": ts})
+        entity_df["event_timestamp"] = _utc(entity_df["event_timestamp"])
+        got = store.get_historical_features(
+            entity_df=entity_df[[key, "event_timestamp"]],
+            features=[f"{projection.name}:{n}" for n in names],
+        ).to_df()
+        out[key] = (got[[key, *names]].drop_duplicates(key).set_index(key)
+                    .reindex(wanted[key]).astype("float64"))
+    empty_u = pd.DataFrame(index=wanted["user_id"], columns=USER_FEATURES, dtype="float64")
+    empty_i = pd.DataFrame(index=wanted["item_id"], columns=ITEM_FEATURES, dtype="float64")
+    users = out.get("user_id", empty_u).reindex(columns=USER_FEATURES)
+    items = out.get("item_id", empty_i).reindex(columns=ITEM_FEATURES)
+    return users, items

@@ -109,3 +109,64 @@ def popularity_scores(train_clicks: pd.DataFrame, item_ids: np.ndarray) -> np.nd
 def random_scores(n: int, seed: int = 0) -> np.ndarray:
     """Uniform random scores: the floor every model must clear."""
     return np.random.default_rng(seed).random(n)
+
+
+def calibration_bins(
+    labels: np.ndarray, probabilities: np.ndarray, n_bins: int = 10
+) -> pd.DataFrame:
+    """Observed vs predicted click rate per equal-frequency bin of the predicted probability.
+
+    Out: one row per non-empty bin (``bin``, ``n``, ``predicted`` mean, ``observed`` CTR).
+    Equal-frequency bins, because with a CTR of a few percent equal-width bins leave all but
+    the first one nearly empty.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if len(p) == 0:
+        return pd.DataFrame(columns=["bin", "n", "predicted", "observed"])
+    order = np.argsort(p, kind="stable")
+    bins = np.empty(len(p), dtype=np.int64)
+    bins[order] = np.arange(len(p)) * n_bins // len(p)
+    df = pd.DataFrame({"bin": bins, "p": p, "y": y})
+    out = df.groupby("bin").agg(n=("y", "size"), predicted=("p", "mean"), observed=("y", "mean"))
+    return out.reset_index()
+
+
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, n_bins: int = 10
+) -> float:
+    """ECE: the bins' |observed - predicted|, weighted by their share of rows (0 = perfect)."""
+    bins = calibration_bins(labels, probabilities, n_bins)
+    if bins.empty:
+        return float("nan")
+    weights = bins["n"] / bins["n"].sum()
+    return float((weights * (bins["observed"] - bins["predicted"]).abs()).sum())
+
+
+def catalogue_coverage(lists: Mapping[int, Iterable[int]], n_catalogue: int) -> float:
+    """Share of the catalogue that appears in at least one of the recommendation ``lists``."""
+    if n_catalogue <= 0:
+        return float("nan")
+    seen: set[int] = set()
+    for items in lists.values():
+        seen.update(int(i) for i in items)
+    return len(seen) / n_catalogue
+
+
+def popularity_percentiles(click_counts: Mapping[int, float], catalogue: np.ndarray) -> dict:
+    """Per catalogue item: its popularity percentile in (0, 1], 1 = the most clicked item.
+
+    Ties share their average rank, so the many never-clicked items sit together at the bottom.
+    """
+    counts = pd.Series(np.asarray(catalogue, dtype=np.int64)).map(
+        lambda i: click_counts.get(int(i), 0.0)
+    )
+    pct = counts.rank(method="average", pct=True)
+    return dict(zip(np.asarray(catalogue, dtype=np.int64).tolist(), pct.tolist(), strict=True))
+
+
+def popularity_bias(lists: Mapping[int, Iterable[int]], percentiles: Mapping[int, float]) -> float:
+    """Mean popularity percentile of the recommended items (0.5 ~ the catalogue's median item;
+    near 1 = the lists are made of the head of the catalogue). Unknown items count as 0."""
+    values = [percentiles.get(int(i), 0.0) for items in lists.values() for i in items]
+    return float(np.mean(values)) if values else float("nan")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 
 from recstack.schemas import CANDIDATE_ARTIFACTS
-from recstack.settings import REPO_ROOT
+from recstack.settings import REPO_ROOT, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -128,11 +130,220 @@ def log_ranker(booster: Any, name: str, input_example: pd.DataFrame) -> ModelInf
     )
 
 
-def promote(
+CHALLENGER = "challenger"
+KINDS = ("candidates", "ranker")
+
+
+def client_for(settings: Settings) -> MlflowClient:
+    """A client on the settings' tracking server, also used as the registry."""
+    return MlflowClient(tracking_uri=settings.mlflow.uri, registry_uri=settings.mlflow.uri)
+
+
+def model_names(settings: Settings) -> dict[str, str]:
+    """{"candidates": registered name, "ranker": registered name}."""
+    return {"candidates": settings.mlflow.candidates_model, "ranker": settings.mlflow.ranker_model}
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version ``name@alias`` points at, or None when the alias (or the model) is unset."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(
     client: MlflowClient, name: str, version: str, alias: str, tags: dict[str, str]
 ) -> None:
     """Tag model version ``name``/``version`` with ``tags`` and point ``alias`` at it."""
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+        client.set_model_version_tag(name, version, key, str(value)[:5000])
     client.set_registered_model_alias(name, alias, version)
     logger.info("models:/%s@%s -> version %s", name, alias, version)
+
+
+def download_version(client: MlflowClient, settings: Settings, name: str, version: str,
+                     dst: Path) -> Path:
+    """Download model version files into ``dst`` (resolving the URI ourselves: MLflow 3.17
+    resolves ``models:/`` with the process-global registry URI, see serving/artifacts.py)."""
+    import mlflow.artifacts
+
+    source = client.get_model_version_download_uri(name, version)
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=source, dst_path=str(dst), tracking_uri=settings.mlflow.uri))
+
+
+def pair_problems(
+    client: MlflowClient, settings: Settings, versions: dict[str, str],
+    rows: np.ndarray | None = None, expected: np.ndarray | None = None,
+) -> list[str]:
+    """Download both versions and load them back (training/validate.py); the problems found.
+
+    A download that fails is a problem too: an alias must never point at what cannot load.
+    """
+    from training.validate import candidate_problems, ranker_problems
+
+    names = model_names(settings)
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="recstack-validate-") as tmp:
+        for kind in KINDS:
+            try:
+                root = download_version(client, settings, names[kind], versions[kind],
+                                        Path(tmp) / kind)
+            except Exception as exc:  # noqa: BLE001 - any failure to fetch is a rejection
+                problems.append(f"{kind} v{versions[kind]} download failed: {exc}")
+                continue
+            if kind == "candidates":
+                found = candidate_problems(root)
+            else:
+                found = ranker_problems(root, rows, expected)
+            problems += [f"{kind} v{versions[kind]}: {p}" for p in found]
+    return problems
+
+
+def load_champion_ranker(client: MlflowClient, settings: Settings, version: str) -> Any:
+    """The champion's native booster, downloaded and checked (raises ValueError if broken)."""
+    import lightgbm as lgb
+
+    from training.validate import ranker_problems
+
+    with tempfile.TemporaryDirectory(prefix="recstack-champion-") as tmp:
+        root = download_version(client, settings, settings.mlflow.ranker_model, version,
+                                Path(tmp))
+        problems = ranker_problems(root)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return lgb.Booster(model_file=str(min(root.rglob("*.lgb"))))
+
+
+def champion_pair(client: MlflowClient, settings: Settings) -> dict[str, str] | None:
+    """{"candidates": v, "ranker": v} of the serving alias, or None if either is unset."""
+    alias = settings.mlflow.serving_alias
+    pair = {k: alias_version(client, n, alias) for k, n in model_names(settings).items()}
+    return None if None in pair.values() else pair  # type: ignore[return-value]
+
+
+def paired_versions(client: MlflowClient, settings: Settings, ranker_version: str
+                    ) -> dict[str, str]:
+    """The candidates version registered by the same run as ranker ``ranker_version``."""
+    names = model_names(settings)
+    ranker = client.get_model_version(names["ranker"], str(ranker_version))
+    found = [v for v in client.search_model_versions(f"name='{names['candidates']}'")
+             if v.run_id == ranker.run_id]
+    if not found:
+        raise LookupError(f"no {names['candidates']} version from run {ranker.run_id} "
+                          f"(ranker v{ranker_version})")
+    return {"candidates": str(found[0].version), "ranker": str(ranker.version)}
+
+
+def promote_pair(
+    client: MlflowClient, settings: Settings, versions: dict[str, str], reason: str, how: str,
+) -> None:
+    """Point the serving alias at both versions (ranker last: serving resolves both at once,
+    see serving/artifacts.py) and record when, how and why on each version."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    names = model_names(settings)
+    alias = settings.mlflow.serving_alias
+    before = champion_pair(client, settings)
+    done: list[str] = []
+    try:
+        for kind in KINDS:
+            set_alias(client, names[kind], versions[kind], alias,
+                      {"champion_since": now, "promoted_by": how, "gate_reason": reason})
+            done.append(kind)
+    except Exception:
+        # Never leave a mixed pair behind: put back what was moved, then fail loudly.
+        for kind in done:
+            if before is not None:
+                client.set_registered_model_alias(names[kind], alias, before[kind])
+            else:
+                client.delete_registered_model_alias(names[kind], alias)
+        raise
+
+
+def list_versions(client: MlflowClient, settings: Settings) -> list[dict[str, Any]]:
+    """Every ranker version (newest first) with its paired candidates version, aliases, gate
+    decision and key holdout metrics (from the version's tags)."""
+    names = model_names(settings)
+    cands = {v.run_id: v for v in client.search_model_versions(f"name='{names['candidates']}'")}
+    # search_model_versions leaves aliases empty in MLflow 3.17; the registered model has them.
+    aliases: dict[str, list[str]] = {}
+    try:
+        for alias, version in client.get_registered_model(names["ranker"]).aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
+    except MlflowException:
+        return []
+    rows = []
+    for v in client.search_model_versions(f"name='{names['ranker']}'"):
+        c = cands.get(v.run_id)
+        rows.append({
+            "ranker": str(v.version),
+            "candidates": str(c.version) if c else "-",
+            "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
+            "gate": v.tags.get("gate_decision", "-") + (
+                f" ({v.tags['promoted_by']})" if v.tags.get("promoted_by", "gate") != "gate"
+                else ""),
+            "reason": v.tags.get("gate_reason", ""),
+            "holdout_day": v.tags.get("holdout_day", ""),
+            "auc": v.tags.get("ranker_auc", ""),
+            "ndcg_at_10": v.tags.get("ranker_ndcg_at_10", ""),
+            "recall_at_500": (c.tags.get("candidates_recall_at_500", "") if c else ""),
+            "run_id": v.run_id,
+        })
+    return sorted(rows, key=lambda r: int(r["ranker"]), reverse=True)
+
+
+def rollback(client: MlflowClient, settings: Settings) -> dict[str, str]:
+    """Move the serving alias back to the champion before the current one; returns its pair.
+
+    "Before" is the newest ranker version older than the current champion that was champion
+    once (tag ``champion_since``) and still loads. The current champion is tagged
+    ``rolled_back_at``; no version is deleted, so the history stays readable.
+    """
+    import datetime as dt
+
+    current = champion_pair(client, settings)
+    if current is None:
+        raise LookupError("no champion to roll back from")
+    names = model_names(settings)
+    previous = sorted(
+        (v for v in client.search_model_versions(f"name='{names['ranker']}'")
+         if int(v.version) < int(current["ranker"]) and "champion_since" in v.tags
+         and "rolled_back_at" not in v.tags),
+        key=lambda v: int(v.version), reverse=True,
+    )
+    for candidate in previous:
+        pair = paired_versions(client, settings, str(candidate.version))
+        problems = pair_problems(client, settings, pair)
+        if problems:
+            logger.warning("not rolling back to ranker v%s: %s", candidate.version, problems)
+            continue
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        for kind in KINDS:
+            client.set_model_version_tag(names[kind], current[kind], "rolled_back_at", now)
+        promote_pair(client, settings, pair, f"rollback from ranker v{current['ranker']}",
+                     "rollback")
+        return pair
+    raise LookupError(f"no earlier valid champion before ranker v{current['ranker']}")
+
+
+def promote_version(client: MlflowClient, settings: Settings, ranker_version: str
+                    ) -> dict[str, str]:
+    """Make ranker ``ranker_version`` and its paired candidates the champion, by hand.
+
+    The margin is not applied (a human decided) but the artifacts are loaded back first: a
+    corrupt or incomplete version is refused with the problems found.
+    """
+    pair = paired_versions(client, settings, ranker_version)
+    problems = pair_problems(client, settings, pair)
+    if problems:
+        raise ValueError(f"refusing to promote ranker v{ranker_version}: " + "; ".join(problems))
+    names = model_names(settings)
+    for kind in KINDS:
+        client.set_model_version_tag(names[kind], pair[kind], "rolled_back_at", "")
+        client.delete_model_version_tag(names[kind], pair[kind], "rolled_back_at")
+    promote_pair(client, settings, pair, "promoted by hand", "manual")
+    return pair

@@ -3,8 +3,9 @@
 In:  the lake (events, items), the feature tables (labels, popular) and the Feast feature
      service ``settings.feast.feature_service`` (point-in-time features).
 Out: MLflow run in ``settings.mlflow.experiment`` with params, metrics, data window and git
-     sha; model versions ``candidates`` (pyfunc + CANDIDATE_ARTIFACTS) and ``ranker`` (native
-     LightGBM), both aliased ``settings.mlflow.serving_alias`` (champion).
+     sha, the evaluation table, calibration bins and feature reference statistics; model
+     versions ``candidates`` (pyfunc + CANDIDATE_ARTIFACTS) and ``ranker`` (native LightGBM),
+     both aliased ``challenger``, and ``champion`` only if the promotion gate lets them.
 """
 
 from __future__ import annotations
@@ -20,18 +21,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recstack.clock import day_start
 from recstack.lake import read_events, read_items
-from recstack.schemas import CANDIDATE_SCORE_FEATURE, POPULAR_FILE, RANKER_FEATURES, EventType
+from recstack.schemas import CANDIDATE_SCORE_FEATURE, POPULAR_FILE, RANKER_FEATURES
 from recstack.settings import Settings
 from training import evaluate as ev
-from training.candidates import CandidateModel, build_index, fit_candidate_model, save_artifacts
-from training.candidates import search as candidate_search
+from training.candidates import CandidateModel, fit_candidate_model, save_artifacts
+from training.config import GateSettings, TrainingConfig
 from training.datasets import TrainingDataError, build_ranker_dataset, time_split
-from training.ranker import predict, train_ranker
+from training.gate import Verdict, decide, latency_within_budget, sanity_failures
+from training.holdout import Holdout, popular_before
+from training.holdout import evaluate as evaluate_holdout
+from training.ranker import predict, ranker_params, train_ranker
+from training.sources import fresh_items
 
 logger = logging.getLogger(__name__)
-
-RECALL_KS = (100,)  # plus settings.serving.n_candidates
 
 
 @dataclass
@@ -43,6 +47,9 @@ class TrainResult:
     metrics: dict[str, float]
     run_id: str
     timings_s: dict[str, float] = field(default_factory=dict)
+    promoted: bool = False
+    gate_reason: str = ""
+    table_md: str = ""
 
 
 def load_events(settings: Settings) -> pd.DataFrame:
@@ -95,64 +102,77 @@ def add_candidate_scores(
     return rows, models
 
 
-def evaluate_holdout(
-    holdout: pd.DataFrame,
-    probabilities: np.ndarray,
-    negative_rate: float,
-    train_events: pd.DataFrame,
-    holdout_events: pd.DataFrame,
-    prior_model: CandidateModel,
-    n_candidates: int,
-    base_rate: float,
-    seed: int,
-) -> dict[str, float]:
-    """Ranker and candidate metrics on the holdout day, side by side with the baselines."""
-    train_clicks = train_events[train_events["event_type"] == EventType.CLICK.value]
-    pop = ev.popularity_scores(train_clicks, holdout["item_id"].to_numpy())
-    metrics = {
-        **ev.ranking_metrics("ranker", holdout, probabilities,
-                             ev.calibrate(probabilities, negative_rate)),
-        **ev.ranking_metrics("candscore", holdout, holdout[CANDIDATE_SCORE_FEATURE].to_numpy(),
-                             None),
-        **ev.ranking_metrics("popularity", holdout, pop, None),
-        **ev.ranking_metrics("random", holdout, ev.random_scores(len(holdout), seed), None),
-        "base_rate_logloss": ev.log_loss(holdout["label"], np.full(len(holdout), base_rate)),
-        "holdout_ctr": float(holdout["label"].mean()),
-    }
-    # Recall@K of stage 1: the items each user clicked on the holdout day, retrieved by a model
-    # that never saw that day.
-    clicks = holdout_events[holdout_events["event_type"] == EventType.CLICK.value]
-    relevant = clicks.groupby("user_id")["item_id"].apply(set).to_dict()
-    users = np.fromiter(relevant, dtype=np.int64, count=len(relevant))
-    index = build_index(prior_model.item_embeddings)
-    pop_ranked = train_clicks["item_id"].value_counts().index.to_numpy(dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    for k in sorted({*RECALL_KS, n_candidates}):
-        ids = candidate_search(prior_model, index, users, k)[0] if len(users) else []
-        retrieved = {int(u): row.tolist() for u, row in zip(users, ids, strict=True)}
-        metrics[f"candidates_recall_at_{k}"] = ev.recall_at_k(retrieved, relevant, k)
-        metrics[f"popularity_recall_at_{k}"] = ev.recall_at_k(
-            {int(u): pop_ranked[:k].tolist() for u in users}, relevant, k
-        )
-        metrics[f"random_recall_at_{k}"] = ev.recall_at_k(
-            {int(u): rng.permutation(prior_model.item_ids)[:k].tolist() for u in users},
-            relevant, k,
-        )
-    return {k: float(v) for k, v in metrics.items()}
+def training_rows(train: pd.DataFrame) -> pd.DataFrame:
+    """The training days' rows the ranker learns from: all but the first labelled day.
+
+    Why: the first day has no earlier day, so every stored feature is NaN and the candidate
+    score is 0 for all its rows; they teach nothing but the base rate, yet were a third of the
+    demo's training set. With a single training day, that day is kept (better than nothing).
+    """
+    days = sorted(train["day"].unique())
+    if len(days) < 2:
+        return train
+    return train[train["day"] > days[0]].reset_index(drop=True)
 
 
-def train_and_register(settings: Settings, store: Any | None = None) -> TrainResult:
-    """Train both models on the lake + Feast, evaluate on the last day, register as champion.
+def feature_reference(train: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per ranker feature: count, NaN share, mean, std and quantiles on the training rows (the
+    reference a drift monitor compares live features against)."""
+    out = {}
+    for name in RANKER_FEATURES:
+        col = train[name].astype("float64")
+        q = col.quantile([0.01, 0.1, 0.5, 0.9, 0.99]).to_dict() if col.notna().any() else {}
+        out[name] = {"n": len(col), "nan_share": float(col.isna().mean()),
+                     "mean": float(col.mean()), "std": float(col.std()),
+                     **{f"q{int(k * 100):02d}": float(v) for k, v in q.items()}}
+    return out
 
-    ``store`` defaults to ``open_store(settings)`` (tests pass a fake with the same two
-    methods). Raises TrainingDataError with a clear message when inputs are missing.
+
+def build_holdout(
+    settings: Settings, store: Any, holdout: pd.DataFrame, events: pd.DataFrame,
+    prior_model: CandidateModel, item_ids: np.ndarray, holdout_day: dt.date,
+) -> Holdout:
+    """The holdout day and what was known before it (features as of its midnight)."""
+    from training.datasets import features_as_of
+    from training.sources import fresh_items
+
+    start = day_start(holdout_day)
+    train_events = events[events["day"] < holdout_day]
+    day_events = events[events["day"] == holdout_day]
+    users_f, items_f = features_as_of(
+        store, settings.feast.feature_service, np.unique(day_events["user_id"].to_numpy()),
+        item_ids, start)
+    return Holdout(
+        day=holdout_day, rows=holdout, train_events=train_events, day_events=day_events,
+        prior_model=prior_model, catalogue=item_ids, popular=popular_before(train_events),
+        fresh=fresh_items(read_items(settings.lake_dir).to_pandas(), start),
+        user_features=users_f, item_features=items_f,
+    )
+
+
+def train_and_register(settings: Settings, store: Any | None = None,
+                       gate: GateSettings | None = None) -> TrainResult:
+    """Train both models, evaluate them on the last day, register them, run the gate.
+
+    In: the lake, the feature tables and Feast (``store`` defaults to ``open_store(settings)``;
+    tests pass a fake with the same methods); ``gate`` defaults to ``TrainingConfig().gate``.
+    Out: a :class:`TrainResult`. Both new versions get the alias ``challenger``; they get
+    ``champion`` only if the gate passes (training/gate.py), else the champion stays and the
+    reason is on the run, on the versions (tags ``gate_decision``, ``gate_reason``) and in
+    the log. Any exception before the gate leaves the champion untouched. Raises
+    TrainingDataError with a clear message when inputs are missing.
     """
     timings: dict[str, float] = {}
     clock = _Stopwatch(timings)
     seed, dim = settings.sim.seed, settings.train.embedding_dim
+    gate = gate or TrainingConfig().gate
     with clock("setup_s"):
         _check_mlflow(settings.mlflow.uri)  # before minutes of work, not after
         from training import registry
+    if store is None:
+        from recstack.featurestore import open_store
+
+        store = open_store(settings)
 
     with clock("dataset_s"):
         data = build_ranker_dataset(settings, store)
@@ -164,19 +184,27 @@ def train_and_register(settings: Settings, store: Any | None = None) -> TrainRes
 
     with clock("candidate_scores_s"):
         data, prior_models = add_candidate_scores(data, events, item_ids, dim, seed)
-    train, holdout = time_split(data, holdout_day)
+    train_all, holdout = time_split(data, holdout_day)
+    train = training_rows(train_all)
 
     with clock("ranker_s"):
         booster = train_ranker(train, settings.train.ranker_rounds,
                                settings.train.ranker_learning_rate, seed)
     with clock("evaluate_s"):
-        probabilities = predict(booster, holdout)
+        hold = build_holdout(settings, store, holdout, events, prior_models[holdout_day],
+                             item_ids, holdout_day)
         base_rate = float(ev.calibrate(np.array([train["label"].mean()]), negative_rate)[0])
-        metrics = evaluate_holdout(
-            holdout, probabilities, negative_rate,
-            events[events["day"] < holdout_day], events[events["day"] == holdout_day],
-            prior_models[holdout_day], settings.serving.n_candidates, base_rate, seed,
-        )
+        evaluation = evaluate_holdout(
+            hold, lambda x: booster.predict(x, num_threads=1), negative_rate, base_rate,
+            settings.serving.n_candidates, seed)
+    metrics = evaluation.metrics
+    holdout_scores = predict(booster, holdout)
+    with clock("latency_s"):
+        batch = holdout[RANKER_FEATURES].to_numpy(np.float32)
+        batch = np.resize(batch, (gate.latency_rows, batch.shape[1])) if len(batch) else batch
+        latency = latency_within_budget(lambda x: booster.predict(x, num_threads=1), batch,
+                                        gate)
+    metrics.update({f"ranker_batch_{k}": v for k, v in latency.items()})
 
     days = sorted(events["day"].unique())
     window = {
@@ -189,6 +217,7 @@ def train_and_register(settings: Settings, store: Any | None = None) -> TrainRes
     counts = {
         "n_events": len(events), "n_train_rows": len(train), "n_holdout_rows": len(holdout),
         "n_dead_label_rows": int(data.attrs.get("n_dead", 0)),
+        "n_train_rows_dropped_first_day": len(train_all) - len(train),
     }
     import mlflow
 
@@ -197,8 +226,12 @@ def train_and_register(settings: Settings, store: Any | None = None) -> TrainRes
         mlflow.set_tracking_uri(settings.mlflow.uri)
         mlflow.set_registry_uri(settings.mlflow.uri)
         mlflow.set_experiment(settings.mlflow.experiment)
+    client = registry.client_for(settings)
     with clock("mlflow_s"), tempfile.TemporaryDirectory(prefix="recstack-candidates-") as tmp:
-        save_artifacts(served, Path(tmp), popular, {**window, **counts, "git_sha": sha})
+        fresh_now = fresh_items(read_items(settings.lake_dir).to_pandas(),
+                                day_start(days[-1] + dt.timedelta(days=1)))
+        save_artifacts(served, Path(tmp), popular,
+                       {**window, **counts, "git_sha": sha, "fresh_items": fresh_now})
         with mlflow.start_run(run_name=f"train-{window['data_end']}") as run:
             mlflow.set_tags({"git_sha": sha, "feature_service": settings.feast.feature_service,
                              **window})
@@ -209,10 +242,18 @@ def train_and_register(settings: Settings, store: Any | None = None) -> TrainRes
                 "negative_rate": round(negative_rate, 6), "seed": seed,
                 "feature_service": settings.feast.feature_service,
                 "ranker_features": ",".join(RANKER_FEATURES), "git_sha": sha,
+                **{f"ranker_{k}": v for k, v in ranker_params(0.0).items()
+                   if k in ("num_leaves", "min_data_in_leaf", "objective")},
+                **{f"gate_{k}": v for k, v in gate.model_dump().items()},
                 **window, **counts,
             })
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
             mlflow.log_dict({**window, **counts}, "data_window.json")
+            mlflow.log_text(evaluation.table_md, "evaluation.md")
+            mlflow.log_text(evaluation.calibration.to_markdown(index=False)
+                            if _has_tabulate() else evaluation.calibration.to_string(index=False),
+                            "calibration.md")
+            mlflow.log_dict(feature_reference(train), "feature_reference.json")
             cand_info = registry.log_candidates(
                 Path(tmp), settings.mlflow.candidates_model,
                 pd.DataFrame({"user_id": served.user_ids[:3].astype("int64")}),
@@ -222,22 +263,84 @@ def train_and_register(settings: Settings, store: Any | None = None) -> TrainRes
                 holdout[RANKER_FEATURES].astype("float32").head(5),
             )
             mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
-        client = mlflow.MlflowClient()
-        tags = {"git_sha": sha, "feature_service": settings.feast.feature_service,
-                "run_id": run.info.run_id, **window,
-                **{k: f"{v:.5f}" for k, v in metrics.items()
-                   if k.startswith(("ranker_", "candidates_"))}}
-        result = TrainResult(
-            candidates_version=str(cand_info.registered_model_version),
-            ranker_version=str(rank_info.registered_model_version),
-            metrics=metrics, run_id=run.info.run_id, timings_s=timings,
-        )
-        registry.promote(client, settings.mlflow.candidates_model, result.candidates_version,
-                         settings.mlflow.serving_alias, tags)
-        registry.promote(client, settings.mlflow.ranker_model, result.ranker_version,
-                         settings.mlflow.serving_alias, tags)
-    logger.info("trained and registered: %s", result)
+            versions = {"candidates": str(cand_info.registered_model_version),
+                        "ranker": str(rank_info.registered_model_version)}
+            tags = {"git_sha": sha, "feature_service": settings.feast.feature_service,
+                    "run_id": run.info.run_id, **window,
+                    **{k: f"{v:.5f}" for k, v in metrics.items()
+                       if k.startswith(("ranker_", "candidates_recall"))}}
+            names = registry.model_names(settings)
+            for kind in registry.KINDS:
+                registry.set_alias(client, names[kind], versions[kind], registry.CHALLENGER, tags)
+
+            with clock("gate_s"):
+                verdict = run_gate(settings, client, gate, versions, holdout, booster,
+                                   holdout_scores, latency["cpu_p99_ms"], negative_rate)
+            mlflow.set_tags({"gate_decision": verdict.decision, "gate_reason": verdict.reason})
+            for kind in registry.KINDS:
+                client.set_model_version_tag(names[kind], versions[kind], "gate_decision",
+                                             verdict.decision)
+                client.set_model_version_tag(names[kind], versions[kind], "gate_reason",
+                                             verdict.reason[:5000])
+            if verdict.promote:
+                registry.promote_pair(client, settings, versions, verdict.reason, "gate")
+                logger.info("gate: promoted candidates v%s + ranker v%s to @%s: %s",
+                            versions["candidates"], versions["ranker"],
+                            settings.mlflow.serving_alias, verdict.reason)
+            else:
+                logger.warning("gate: champion unchanged, challenger ranker v%s rejected: %s",
+                               versions["ranker"], verdict.reason)
+    result = TrainResult(
+        candidates_version=versions["candidates"], ranker_version=versions["ranker"],
+        metrics=metrics, run_id=run.info.run_id, timings_s=timings,
+        promoted=verdict.promote, gate_reason=verdict.reason, table_md=evaluation.table_md,
+    )
+    logger.info("trained and registered: run %s, versions %s", result.run_id, versions)
     return result
+
+
+def run_gate(
+    settings: Settings, client: Any, gate: GateSettings, versions: dict[str, str],
+    holdout: pd.DataFrame, booster: Any, scores: np.ndarray, latency_p99_ms: float,
+    negative_rate: float,
+) -> Verdict:
+    """Sanity checks, the artifacts loaded back from MLflow, then challenger vs champion on the
+    same holdout rows (the champion's ranker re-scored here, not its logged metrics)."""
+    from training import registry
+
+    x = holdout[RANKER_FEATURES].to_numpy(np.float32)
+    probe = x[: min(len(x), 200)]
+    problems = registry.pair_problems(client, settings, versions, probe,
+                                      booster.predict(probe, num_threads=1))
+    failures = sanity_failures(scores, latency_p99_ms, problems, gate)
+    mine = _ranker_metrics(holdout, scores, negative_rate)
+    champion = registry.champion_pair(client, settings)
+    if champion is None:
+        return decide(failures, mine, None, gate)
+    try:
+        old = registry.load_champion_ranker(client, settings, champion["ranker"])
+        old_run = client.get_model_version(settings.mlflow.ranker_model, champion["ranker"]).run_id
+        old_rate = float(client.get_run(old_run).data.params.get("negative_rate", negative_rate))
+        theirs = _ranker_metrics(holdout, old.predict(x, num_threads=1), old_rate)
+    except Exception as exc:  # noqa: BLE001 - a champion that cannot be evaluated cannot defend its title
+        return decide(failures, mine, None, gate, champion_problem=f"{type(exc).__name__}: {exc}")
+    logger.info("gate: challenger %s vs champion ranker v%s %s on %d holdout rows",
+                mine, champion["ranker"], theirs, len(holdout))
+    return decide(failures, mine, theirs, gate)
+
+
+def _ranker_metrics(holdout: pd.DataFrame, scores: np.ndarray, negative_rate: float
+                    ) -> dict[str, float]:
+    m = ev.ranking_metrics("r", holdout, scores, ev.calibrate(scores, negative_rate))
+    return {k.removeprefix("r_"): v for k, v in m.items()}
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _check_mlflow(uri: str) -> None:
@@ -261,7 +364,7 @@ class _Stopwatch:
     def __init__(self, timings: dict[str, float]) -> None:
         self.timings = timings
 
-    def __call__(self, name: str) -> "_Stopwatch":
+    def __call__(self, name: str) -> _Stopwatch:
         self.name = name
         return self
 

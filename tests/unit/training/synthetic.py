@@ -18,13 +18,13 @@ from recstack import lake
 from recstack.clock import day_start
 from recstack.schemas import (
     EVENT_SCHEMA,
-    ITEM_FEATURES,
     ITEM_FEATURE_VIEW,
+    ITEM_FEATURES,
     ITEM_SCHEMA,
     LABELS_FILE,
     POPULAR_FILE,
-    USER_FEATURES,
     USER_FEATURE_VIEW,
+    USER_FEATURES,
 )
 from recstack.settings import Settings
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from recstack.schemas import CANDIDATE_ARTIFACTS
+from tests.unit.training.synthetic import GROUPS, make_events
 from training.candidates import (
     CLICK_WEIGHT,
     IMPRESSION_WEIGHT,
@@ -21,7 +22,6 @@ from training.candidates import (
     save_artifacts,
     search,
 )
-from tests.unit.training.synthetic import GROUPS, make_events
 
 
 def planted() -> CandidateModel:

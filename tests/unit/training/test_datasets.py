@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from recstack.schemas import DEAD_LETTER_DIR, ITEM_FEATURES, LABELS_FILE, USER_FEATURES
+from tests.unit.training.synthetic import daily_features, make_events, make_labels, write_world
 from training.datasets import (
     DEAD_LETTER_FILE,
     TrainingDataError,
@@ -18,7 +19,6 @@ from training.datasets import (
     time_split,
     validate_labels,
 )
-from tests.unit.training.synthetic import daily_features, make_events, make_labels, write_world
 
 
 def test_validate_labels_routes_bad_rows() -> None:

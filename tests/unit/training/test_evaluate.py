@@ -72,3 +72,24 @@ def test_ranking_metrics_perfect_model_beats_random() -> None:
 def test_popularity_scores_counts_clicks() -> None:
     clicks = pd.DataFrame({"item_id": [3, 3, 5]})
     assert ev.popularity_scores(clicks, np.array([5, 3, 9])).tolist() == [1.0, 2.0, 0.0]
+
+
+def test_calibration_bins_and_ece_hand_checked() -> None:
+    # Two equal-frequency bins: predicted 0.1 (observed 1/4) and 0.5 (observed 2/4).
+    p = np.array([0.1, 0.1, 0.1, 0.1, 0.5, 0.5, 0.5, 0.5])
+    y = np.array([1, 0, 0, 0, 1, 1, 0, 0])
+    bins = ev.calibration_bins(y, p, n_bins=2)
+    assert bins["predicted"].tolist() == pytest.approx([0.1, 0.5])
+    assert bins["observed"].tolist() == pytest.approx([0.25, 0.5])
+    # ECE = 0.5 * |0.25 - 0.1| + 0.5 * |0.5 - 0.5| = 0.075.
+    assert ev.expected_calibration_error(y, p, n_bins=2) == pytest.approx(0.075)
+    assert ev.expected_calibration_error(np.array([0, 1]), np.array([0.5, 0.5]), 1) == 0.0
+
+
+def test_coverage_and_popularity_bias_hand_checked() -> None:
+    lists = {1: [10, 11], 2: [11, 12]}
+    assert ev.catalogue_coverage(lists, n_catalogue=6) == pytest.approx(3 / 6)
+    # Clicks 10:5, 11:3, 12:0, 13:0 -> percentiles 1.0, 0.75, 0.375, 0.375 (tie shares rank).
+    pct = ev.popularity_percentiles({10: 5, 11: 3}, np.array([10, 11, 12, 13]))
+    assert pct == pytest.approx({10: 1.0, 11: 0.75, 12: 0.375, 13: 0.375})
+    assert ev.popularity_bias(lists, pct) == pytest.approx((1.0 + 0.75 + 0.75 + 0.375) / 4)

@@ -9,8 +9,13 @@ import pytest
 
 from recstack.schemas import CANDIDATE_SCORE_FEATURE, RANKER_FEATURES
 from training.evaluate import auc
-from training.ranker import FeatureOrderError, check_feature_order, feature_matrix, predict
-from training.ranker import train_ranker
+from training.ranker import (
+    FeatureOrderError,
+    check_feature_order,
+    feature_matrix,
+    predict,
+    train_ranker,
+)
 
 
 def frame(n: int, seed: int) -> pd.DataFrame:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from recstack.schemas import CANDIDATE_SCORE_FEATURE, POPULAR_FILE
+from tests.unit.training.synthetic import FakeStore, daily_features, make_events
 from training.candidates import fit_candidate_model
 from training.datasets import TrainingDataError
-from training.train import add_candidate_scores, load_events, read_popular
-from tests.unit.training.synthetic import make_events
+from training.train import add_candidate_scores, load_events, read_popular, training_rows
 
 
 def test_candidate_scores_only_use_earlier_days() -> None:
@@ -46,3 +45,33 @@ def test_missing_inputs_are_clear_errors(settings) -> None:
         load_events(settings)
     with pytest.raises(TrainingDataError, match="recstack pipeline"):
         read_popular(settings)
+
+
+def test_training_rows_drop_the_first_day_without_history() -> None:
+    import datetime as dt
+
+    days = [dt.date(2026, 1, d) for d in (1, 1, 2, 3)]
+    train = pd.DataFrame({"day": days, "label": [0, 1, 0, 1]})
+    kept = training_rows(train)
+    assert kept["day"].tolist() == days[2:]
+    single = train[train["day"] == days[0]]
+    assert len(training_rows(single)) == 2  # one day only: better than nothing
+
+
+def test_features_as_of_reads_the_snapshot_of_that_midnight() -> None:
+    import datetime as dt
+
+    from recstack.clock import day_start
+    from recstack.schemas import ITEM_FEATURES, USER_FEATURES
+    from training.datasets import features_as_of
+
+    events = make_events(n_users=6, n_items=12, days=3)
+    store = FakeStore(daily_features(events, "user_id", USER_FEATURES),
+                      daily_features(events, "item_id", ITEM_FEATURES))
+    users, items = features_as_of(store, "ranker_v1", np.array([0, 1, 99]), np.arange(12),
+                                  day_start(dt.date(2026, 1, 3)))
+    assert list(users.columns) == USER_FEATURES and list(items.columns) == ITEM_FEATURES
+    day1 = events[pd.to_datetime(events["ts"], utc=True).dt.date < dt.date(2026, 1, 3)]
+    expected = (day1[(day1.user_id == 0) & (day1.event_type == "impression")]).shape[0]
+    assert users.loc[0, "user_impressions_7d"] == expected
+    assert np.isnan(users.loc[99]).all()  # unknown user: NaN, as at serving

@@ -1,0 +1,181 @@
+"""Training benchmarks: time and peak memory of training at 1M and 10M events; ranker inference
+for a 500-row batch, native LightGBM booster vs the MLflow pyfunc wrapper, side by side.
+
+``run(settings, console)`` is the suite (registered in recstack/bench.py as
+``training.bench:run``). Each training size runs in its own child process
+(``python -m training.bench --events N``) so its peak RSS is its own, not the suite's.
+
+The events are synthetic (Zipf-popular items, users of varying activity, CTR ~5%), made here
+with numpy: the training stage may not import the simulator, and what is measured is the
+cost of the algorithms at a size, not the world's realism.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recstack.schemas import RANKER_FEATURES
+from recstack.settings import REPO_ROOT, Settings
+
+logger = logging.getLogger(__name__)
+
+SIZES = (1_000_000, 10_000_000)
+SIZE_TIMEOUT_S = 300.0  # the ~5 minutes a size may take before the suite gives it up
+CTR = 0.05
+BATCH_ROWS = 500
+REPEATS = 300
+
+
+def synthetic_events(n_events: int, seed: int = 0) -> pd.DataFrame:
+    """``n_events`` impressions + clicks: users ~ n/40, items ~ n/100 (Zipf popularity)."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = max(100, n_events // 40), max(50, n_events // 100)
+    n_imp = int(n_events / (1 + CTR))
+    users = rng.zipf(1.3, n_imp) % n_users
+    items = rng.zipf(1.1, n_imp) % n_items
+    clicked = rng.random(n_imp) < CTR
+    user_ids = np.concatenate([users, users[clicked]]).astype(np.int64)
+    item_ids = np.concatenate([items, items[clicked]]).astype(np.int64)
+    kind = np.concatenate([np.zeros(n_imp, np.int8), np.ones(int(clicked.sum()), np.int8)])
+    event_type = pd.Categorical.from_codes(kind, categories=["impression", "click"])
+    return pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "event_type": event_type})
+
+
+def ranker_rows(n_rows: int, seed: int = 0) -> pd.DataFrame:
+    """RANKER_FEATURES + label, with some signal so trees have something to split on."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n_rows, len(RANKER_FEATURES))).astype(np.float32)
+    logit = -1.5 + 2.0 * x[:, -1] + 0.5 * x[:, 2] + rng.normal(0, 1, n_rows)
+    df = pd.DataFrame(x, columns=RANKER_FEATURES)
+    df["label"] = (logit > 0.5).astype(np.int8)
+    return df
+
+
+def train_at_size(n_events: int, dim: int, rounds: int, negatives_per_positive: int) -> dict:
+    """Fit the candidate model and the ranker as ``train.py`` does, at ``n_events``; returns
+    seconds per step and this process's peak RSS (call it in a fresh process)."""
+    from training.candidates import build_index, fit_candidate_model
+    from training.ranker import train_ranker
+
+    t0 = time.perf_counter()
+    events = synthetic_events(n_events)
+    t_data = time.perf_counter() - t0
+    catalogue = np.unique(events["item_id"].to_numpy())
+    t0 = time.perf_counter()
+    model = fit_candidate_model(events, catalogue, dim)
+    t_cand = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    build_index(model.item_embeddings)
+    t_index = time.perf_counter() - t0
+    # The ranker sees every click and ~negatives_per_positive impressions per click.
+    n_clicks = int((events["event_type"] == "click").sum())
+    rows = ranker_rows(n_clicks * (1 + negatives_per_positive))
+    t0 = time.perf_counter()
+    train_ranker(rows, rounds=rounds)
+    t_rank = time.perf_counter() - t0
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {
+        "events": len(events), "users": int(events["user_id"].nunique()),
+        "items": len(catalogue), "ranker_rows": len(rows),
+        "data_s": round(t_data, 3), "candidates_fit_s": round(t_cand, 3),
+        "index_build_s": round(t_index, 3), "ranker_fit_s": round(t_rank, 3),
+        "train_total_s": round(t_cand + t_index + t_rank, 3),
+        "peak_rss_mib": round(peak_mib, 1),
+    }
+
+
+def inference_side_by_side(rounds: int, repeats: int = REPEATS) -> dict[str, float]:
+    """500-row batches through the native booster and through ``mlflow.pyfunc`` (loaded from a
+    locally saved lightgbm model), interleaved so both see the same machine noise."""
+    import mlflow.lightgbm
+    import mlflow.pyfunc
+
+    from training.ranker import train_ranker
+
+    booster = train_ranker(ranker_rows(20_000), rounds=rounds)
+    x = ranker_rows(BATCH_ROWS, seed=1)[RANKER_FEATURES].to_numpy(np.float32)
+    with tempfile.TemporaryDirectory(prefix="recstack-bench-") as tmp:
+        mlflow.lightgbm.save_model(booster, str(Path(tmp) / "ranker"))
+        pyfunc = mlflow.pyfunc.load_model(str(Path(tmp) / "ranker"))
+    frame = pd.DataFrame(x, columns=RANKER_FEATURES)
+    calls = {
+        "native": lambda: booster.predict(x, num_threads=1),
+        "pyfunc_dataframe": lambda: pyfunc.predict(frame),
+        # What serving would pay: its features are a numpy matrix, pyfunc wants a DataFrame.
+        "pyfunc_from_numpy": lambda: pyfunc.predict(pd.DataFrame(x, columns=RANKER_FEATURES)),
+    }
+    np.testing.assert_allclose(np.asarray(calls["pyfunc_dataframe"]()).ravel(),
+                               calls["native"](), rtol=1e-6)
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(10):
+        for call in calls.values():
+            call()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    out: dict[str, float] = {}
+    for name, values in times.items():
+        out[f"ranker_{name}_{BATCH_ROWS}rows_median_ms"] = round(float(np.median(values)), 4)
+        out[f"ranker_{name}_{BATCH_ROWS}rows_p99_ms"] = round(float(np.percentile(values, 99)), 4)
+    native = out[f"ranker_native_{BATCH_ROWS}rows_median_ms"]
+    out["pyfunc_over_native_median_ratio"] = round(
+        out[f"ranker_pyfunc_from_numpy_{BATCH_ROWS}rows_median_ms"] / native, 2)
+    out["ranker_trees"] = booster.num_trees()
+    return out
+
+
+def run(settings: Settings, console: Any | None = None) -> dict[str, Any]:
+    """The suite: {"train_at_<n>_events": {...}, inference figures}; sizes that do not finish
+    within SIZE_TIMEOUT_S are reported as such, not waited for."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    t = settings.train
+    figures: dict[str, Any] = {"sizes_timeout_s": SIZE_TIMEOUT_S}
+    for n in SIZES:
+        with console.status(f"training at {n:,} events (child process)"):
+            cmd = [sys.executable, "-m", "training.bench", "--events", str(n), "--dim",
+                   str(t.embedding_dim), "--rounds", str(t.ranker_rounds),
+                   "--negatives", str(t.negatives_per_positive)]
+            try:
+                proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
+                                      timeout=SIZE_TIMEOUT_S, check=True)
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+            except subprocess.TimeoutExpired:
+                result = {"error": f"did not finish in {SIZE_TIMEOUT_S:.0f} s"}
+            except subprocess.CalledProcessError as exc:
+                result = {"error": (exc.stderr or "").strip().splitlines()[-1:]}
+        figures[f"train_at_{n}_events"] = result
+        console.print(f"training at {n:,} events: {result}")
+    with console.status("ranker inference: native vs pyfunc, 500 rows"):
+        figures.update(inference_side_by_side(t.ranker_rounds))
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Child-process entry: train at one size and print the figures as one JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, required=True)
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=150)
+    parser.add_argument("--negatives", type=int, default=4)
+    args = parser.parse_args(argv)
+    print(json.dumps(train_at_size(args.events, args.dim, args.rounds, args.negatives)))
+
+
+if __name__ == "__main__":
+    main()
