@@ -20,13 +20,14 @@ from fastapi.responses import Response
 
 from recstack.logs import configure_logging
 from recstack.settings import Settings, get_settings
+from serving.config import ServingTuning
 from serving.errors import ServingError
-from serving.events import RedisStreamSink
+from serving.events import RedisStreamSink, stream_client
 from serving.metrics import ServingMetrics
-from serving.middleware import RequestMetricsMiddleware
-from serving.resources import Maintainer, Resources
+from serving.middleware import ConcurrencyLimitMiddleware, RequestMetricsMiddleware
+from serving.resources import Maintainer, Resources, Role, budgets_of
 from serving.responses import json_response
-from serving.routes import events, health, recommendations
+from serving.routes import events, health, recommendations, stages
 from serving.validation import readable_errors
 
 logger = logging.getLogger(__name__)
@@ -34,10 +35,28 @@ logger = logging.getLogger(__name__)
 MAX_ERRORS_SHOWN = 10
 
 
-def create_app(settings: Settings | None = None, resources: Resources | None = None) -> FastAPI:
-    """One API replica. ``resources`` (fakes in tests) disables the background loader."""
+def create_candidates_app() -> FastAPI:
+    """The candidate service (split mode): ``uvicorn serving.app:create_candidates_app --factory``."""
+    return create_app(role="candidates")
+
+
+def create_ranking_app() -> FastAPI:
+    """The ranking service (split mode): ``uvicorn serving.app:create_ranking_app --factory``."""
+    return create_app(role="ranking")
+
+
+def create_app(
+    settings: Settings | None = None,
+    resources: Resources | None = None,
+    tuning: ServingTuning | None = None,
+    role: Role = "api",
+) -> FastAPI:
+    """One replica of ``role``: the API (``/recommendations``, ``/events``), or in split mode
+    the candidate or ranking service. ``resources`` (fakes in tests) disables the background
+    loader."""
     own_logging = settings is None
     settings = settings or get_settings()
+    tuning = tuning or ServingTuning()
     if own_logging:  # launched by uvicorn --factory: this is the process entrypoint
         configure_logging(settings.log_level, settings.log_json)
     metrics = ServingMetrics()
@@ -50,32 +69,50 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
                 metrics.set_models(resources.recommender.versions)
             yield
             return
-        async with _live_resources(settings, metrics) as live:
+        async with _live_resources(settings, tuning, metrics, role) as live:
             app.state.resources = live
             yield
 
-    app = FastAPI(title="recstack API", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    title = {"api": "recstack API", "candidates": "recstack candidates",
+             "ranking": "recstack ranking"}[role]
+    app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.tuning = tuning
+    if resources is not None and resources.budgets is None:
+        resources.budgets = budgets_of(settings, tuning)
+        resources.rebuild()
     app.state.resources = resources or Resources(
-        n_candidates=settings.serving.n_candidates, deadline_s=settings.serving.deadline_ms / 1000
+        n_candidates=settings.serving.n_candidates, budgets=budgets_of(settings, tuning), role=role
     )
-    app.include_router(recommendations.router)
-    app.include_router(events.router)
+    if role == "api":
+        app.include_router(recommendations.router)
+        app.include_router(events.router)
+    elif role == "candidates":
+        app.include_router(stages.candidates_router)
+    else:
+        app.include_router(stages.ranking_router)
     app.include_router(health.router)
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    # Added last = outermost: shed 503s are timed and counted like every other response.
+    app.add_middleware(
+        ConcurrencyLimitMiddleware, metrics=metrics, limit=tuning.max_in_flight,
+        retry_after_s=tuning.retry_after_s,
+    )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
 
 
 @contextlib.asynccontextmanager
-async def _live_resources(settings: Settings, metrics: ServingMetrics) -> AsyncIterator[Resources]:
-    """Real resources: async Redis for events and PING, a background model/feature loader."""
+async def _live_resources(
+    settings: Settings, tuning: ServingTuning, metrics: ServingMetrics, role: Role
+) -> AsyncIterator[Resources]:
+    """Real resources: async Redis for events and PING, sync Redis for the feature reads (they
+    run in the request threads), a background model/feature loader."""
     import faiss
     import mlflow
-    import redis.asyncio as redis_asyncio
 
     # MLflow's HTTP client retries a refused connection for minutes by default; the maintainer
     # has its own back-off, so fail fast and keep /readyz's last_error current.
@@ -87,24 +124,34 @@ async def _live_resources(settings: Settings, metrics: ServingMetrics) -> AsyncI
 
     # One query per request: OpenMP threads only add contention between request threads.
     faiss.omp_set_num_threads(1)
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
     timeout = settings.redis.socket_timeout_s
-    # No retry back-off (redis-py's default waits seconds): a failed write is a 503 the client
-    # retries, which is what Retry-After is for.
-    client = redis_asyncio.from_url(
-        settings.redis.url, socket_timeout=timeout, socket_connect_timeout=max(timeout, 0.2),
-        retry=Retry(NoBackoff(), 0),
-    )
+    client = stream_client(settings.redis.url, timeout)
+
     async def ping() -> bool:
         return bool(await client.ping())  # type: ignore[misc]  # redis stubs: sync|async
 
-    live = Resources(
-        events=RedisStreamSink(client), ping=ping,
-        n_candidates=settings.serving.n_candidates, deadline_s=settings.serving.deadline_ms / 1000,
+    from serving.onlinestore import sync_redis_client
+
+    features_client = sync_redis_client(
+        settings.redis.url, timeout, max_connections=tuning.max_in_flight + 4
     )
-    task = asyncio.create_task(Maintainer(settings, live, metrics).run(), name="serving-maintainer")
+    live = Resources(
+        events=RedisStreamSink(client), ping=ping, role=role,
+        n_candidates=settings.serving.n_candidates, budgets=budgets_of(settings, tuning),
+    )
+    remote = None
+    if role == "api" and tuning.mode == "split":
+        from serving.remote import http_client
+
+        if not (tuning.candidates_url and tuning.ranking_url):
+            raise RuntimeError("split mode needs RECSTACK_SERVING__CANDIDATES_URL and "
+                               "RECSTACK_SERVING__RANKING_URL")
+        remote = (http_client(tuning.candidates_url, tuning.pool_connections),
+                  http_client(tuning.ranking_url, tuning.pool_connections))
+        logger.info("split mode: candidates %s, ranking %s", tuning.candidates_url,
+                    tuning.ranking_url)
+    maintainer = Maintainer(settings, live, metrics, features_client, tuning, remote)
+    task = asyncio.create_task(maintainer.run(), name="serving-maintainer")
     try:
         yield live
     finally:
@@ -112,6 +159,9 @@ async def _live_resources(settings: Settings, metrics: ServingMetrics) -> AsyncI
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await client.aclose()
+        features_client.close()
+        for c in remote or ():
+            c.close()
 
 
 async def _serving_error(request: Request, exc: Exception) -> Response:

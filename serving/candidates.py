@@ -39,6 +39,7 @@ class AnnCandidateSource:
         self.model = model
         self.version = model.version
         self.popular_fill = popular_fill
+        self.popular = model.popular  # the recommender's fallback when this stage fails
         self._user_row = {int(u): i for i, u in enumerate(model.user_ids)}
         self._item_row = {int(t): i for i, t in enumerate(model.item_ids)}
         self._popular_rows = np.array(

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from recstack.settings import Settings
+from serving.config import ServingTuning
 from serving.errors import NotReady
 from serving.metrics import ServingMetrics
 from serving.protocols import EventSink
@@ -17,6 +18,10 @@ from serving.resources import Resources
 
 async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
+
+
+async def get_tuning(request: Request) -> ServingTuning:
+    return request.app.state.tuning
 
 
 async def get_resources(request: Request) -> Resources:
@@ -42,6 +47,7 @@ async def get_event_sink(request: Request) -> EventSink:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+TuningDep = Annotated[ServingTuning, Depends(get_tuning)]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]

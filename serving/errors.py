@@ -41,6 +41,10 @@ class StreamUnavailable(ServingError):
     retry_after_s = 1
 
 
+class StageUnavailable(Exception):
+    """A remote stage (candidate or ranking service) failed or timed out; the caller degrades."""
+
+
 class FeatureUnavailable(Exception):
     """The online store did not answer; the recommender degrades instead of failing."""
 

@@ -35,6 +35,20 @@ def event_fields(event: Event) -> dict[str, str]:
     return {k: str(v) for k, v in event.model_dump(mode="json").items() if v is not None}
 
 
+def stream_client(url: str, timeout_s: float) -> Any:
+    """An async redis client for the stream that fails fast: short timeouts and no retry
+    back-off (redis-py's default waits seconds); a failed write is a 503 the client retries,
+    which is what Retry-After is for."""
+    import redis.asyncio as redis_asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return redis_asyncio.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=max(timeout_s, 0.2),
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
 class RedisStreamSink:
     """``EventSink`` over a ``redis.asyncio.Redis``: one pipelined XADD per event, no trimming
 

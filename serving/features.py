@@ -1,21 +1,21 @@
-"""Online features: one Feast call per request for the user, an in-process table for items.
+"""Online features through the Feast SDK, and the in-process item feature table.
 
-Item features change only when the pipelines materialize, so they are read for every item in
-one batch call at start-up and refreshed in the background (DESIGN.md section 7: never 500
-Feast look-ups per request). The user read sits behind a small circuit breaker so a dead Redis
-costs one fast failure per ``cooldown_s``, not a timeout per request.
+Serving reads users with ``serving.onlinestore.RedisFeatureReader`` (one HMGET); the Feast
+readers here are the reference it is checked and benchmarked against. Item features change
+only when the pipelines materialize, so they live in an in-process ``ItemFeatureTable``
+(DESIGN.md section 7: never 500 Feast look-ups per request).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
 import numpy as np
 
 from recstack.schemas import ITEM_FEATURE_VIEW, ITEM_FEATURES, USER_FEATURE_VIEW, USER_FEATURES
+from serving.breaker import CircuitBreaker
 from serving.errors import FeatureUnavailable
 
 logger = logging.getLogger(__name__)
@@ -29,41 +29,11 @@ def _column(values: list[Any]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
 
 
-class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failures; lets one trial call through per cooldown."""
-
-    def __init__(self, threshold: int = 3, cooldown_s: float = 1.0) -> None:
-        self.threshold = threshold
-        self.cooldown_s = cooldown_s
-        self._failures = 0
-        self._opened_at = 0.0
-        self._lock = threading.Lock()
-
-    def allow(self) -> bool:
-        with self._lock:
-            if self._failures < self.threshold:
-                return True
-            if time.monotonic() - self._opened_at >= self.cooldown_s:
-                self._opened_at = time.monotonic()  # one trial call; others keep failing fast
-                return True
-            return False
-
-    def record(self, ok: bool) -> None:
-        with self._lock:
-            if ok:
-                self._failures = 0
-            else:
-                self._failures += 1
-                if self._failures >= self.threshold:
-                    self._opened_at = time.monotonic()
-
-    @property
-    def open(self) -> bool:
-        return self._failures >= self.threshold
-
-
 class FeastUserFeatures:
-    """``UserFeatureReader`` over a ``feast.FeatureStore`` (one ``get_online_features`` call)."""
+    """``UserFeatureReader`` over a ``feast.FeatureStore`` (one ``get_online_features`` call).
+
+    Behind a circuit breaker so a dead Redis costs one fast failure per cooldown.
+    """
 
     def __init__(self, store: Any, breaker: CircuitBreaker | None = None) -> None:
         self.store = store

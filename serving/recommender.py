@@ -1,7 +1,17 @@
 """The two-stage recommender: candidates, features, ranking, top k; degrades, never fails.
 
-Every stage's duration is returned with the result so the caller can record metrics; the
-recommender itself knows nothing of HTTP or Prometheus.
+Each request has a deadline and each stage a budget (``Budgets``). A stage that fails, or that
+finishes after its budget or the deadline, is skipped and its reason goes to ``degraded``:
+
+- candidates unavailable/late -> the in-process popular list (``candidates_unavailable`` /
+  ``candidates_late``);
+- user features unavailable/late -> ranked with NaN user features (``user_features_*``);
+- ranker unavailable/late -> candidate order (``ranker_unavailable`` / ``ranker_late``);
+- no time left before a stage -> that stage is not started (``deadline_exceeded``).
+
+In-process stages cannot be interrupted, so "late" means their result is not used; remote
+stages (split mode) get the budget as their HTTP timeout. Every stage's duration is returned with
+the result so the caller can record metrics; the recommender knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -10,21 +20,46 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from recstack.schemas import CANDIDATE_SCORE_FEATURE, ITEM_FEATURES, USER_FEATURES
 from serving.errors import FeatureUnavailable
 from serving.protocols import (
-    CandidateSource, Candidates, ItemFeatureSource, Ranker, UserFeatureReader,
+    SOURCE_ANN,
+    SOURCE_POPULAR,
+    Candidates,
+    CandidateSource,
+    ItemFeatureSource,
+    Ranker,
+    UserFeatureReader,
 )
 
 logger = logging.getLogger(__name__)
 
+CANDIDATES_UNAVAILABLE = "candidates_unavailable"
+CANDIDATES_LATE = "candidates_late"
 RANKER_UNAVAILABLE = "ranker_unavailable"
+RANKER_LATE = "ranker_late"
 USER_FEATURES_UNAVAILABLE = "user_features_unavailable"
+USER_FEATURES_LATE = "user_features_late"
 ITEM_FEATURES_UNAVAILABLE = "item_features_unavailable"
 DEADLINE_EXCEEDED = "deadline_exceeded"
+REASONS = (
+    CANDIDATES_UNAVAILABLE, CANDIDATES_LATE, RANKER_UNAVAILABLE, RANKER_LATE,
+    USER_FEATURES_UNAVAILABLE, USER_FEATURES_LATE, ITEM_FEATURES_UNAVAILABLE, DEADLINE_EXCEEDED,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """Seconds each stage may take; ``deadline_s`` bounds the whole request."""
+
+    deadline_s: float = 0.1
+    candidates_s: float = 0.01
+    user_features_s: float = 0.005
+    ranking_s: float = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +77,7 @@ class Recommendation:
     degraded: list[str] = field(default_factory=list)
     cold_start: bool = False
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    n_candidates: int = 0
 
 
 def _column_plan(names: Sequence[str]) -> tuple[list[int], list[int], list[int], list[int], int]:
@@ -61,55 +97,40 @@ def _column_plan(names: Sequence[str]) -> tuple[list[int], list[int], list[int],
     return user_src, user_dst, item_src, item_dst, cand
 
 
-class Recommender:
-    """Composes a ``CandidateSource``, feature readers and a ``Ranker`` into top-k lists."""
+@dataclass(slots=True)
+class Scored:
+    """What a ``Scorer`` returns: one score per candidate (or None: skipped), and why."""
+
+    scores: np.ndarray | None
+    degraded: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class LocalScorer:
+    """Stage 2 in this process: user features (one Redis read), item features (the in-process
+    table), the ranker on the NumPy batch. The ranking service runs exactly this."""
 
     def __init__(
         self,
-        candidates: CandidateSource,
         ranker: Ranker | None,
         user_features: UserFeatureReader | None,
         item_features: ItemFeatureSource | None,
-        n_candidates: int = 500,
-        deadline_s: float = 0.1,
+        user_features_budget_s: float = 0.005,
     ) -> None:
-        self.candidate_source = candidates
         self.ranker = ranker
         self.user_features = user_features
         self.item_features = item_features
-        self.n_candidates = n_candidates
-        self.deadline_s = deadline_s
+        self.user_features_budget_s = user_features_budget_s
+        self.version = str(ranker.version) if ranker is not None else "none"
         self._plan = _column_plan(ranker.feature_names) if ranker is not None else None
 
-    @property
-    def versions(self) -> dict[str, str]:
-        return {
-            "candidates": str(self.candidate_source.version),
-            "ranker": str(self.ranker.version) if self.ranker is not None else "none",
-        }
-
-    def recommend(self, user_id: int, k: int) -> Recommendation:
-        """Top ``k`` items for ``user_id``: ranked when possible, candidate order otherwise."""
-        start = time.perf_counter()
+    def rank(self, user_id: int, cands: Candidates, budget_s: float) -> Scored:
+        """Scores of ``cands`` for ``user_id``; ``scores`` None when the ranker cannot score
+        (``ranker_unavailable``) or finishes after ``budget_s`` (``ranker_late``)."""
+        end = time.perf_counter() + budget_s
         timings: dict[str, float] = {}
         degraded: list[str] = []
-
-        cands = self.candidate_source.candidates(user_id, self.n_candidates)
-        timings["candidates"] = time.perf_counter() - start
-        if cands.cold_start or len(cands) == 0:
-            return Recommendation(_in_order(cands, k), degraded, cands.cold_start, timings)
-
-        t = time.perf_counter()
-        user_vec = np.full(len(USER_FEATURES), np.nan, dtype=np.float32)
-        if self.user_features is None:
-            degraded.append(USER_FEATURES_UNAVAILABLE)
-        else:
-            try:
-                user_vec = self.user_features.read(user_id)
-            except FeatureUnavailable as exc:
-                logger.debug("degraded: %s", exc)
-                degraded.append(USER_FEATURES_UNAVAILABLE)
-        timings["user_features"] = time.perf_counter() - t
+        user_vec = self._user_vector(user_id, end, timings, degraded)
 
         t = time.perf_counter()
         if self.item_features is None:
@@ -121,27 +142,50 @@ class Recommender:
 
         if self.ranker is None or self._plan is None:
             degraded.append(RANKER_UNAVAILABLE)
-            return Recommendation(_in_order(cands, k), degraded, False, timings)
-        if time.perf_counter() - start > self.deadline_s:
+            return Scored(None, degraded, timings)
+        if end - time.perf_counter() <= 0:
             degraded.append(DEADLINE_EXCEEDED)
-            return Recommendation(_in_order(cands, k), degraded, False, timings)
-
+            return Scored(None, degraded, timings)
         t = time.perf_counter()
         try:
-            scores = self.ranker.score(self._matrix(cands, user_vec, item_mat))
+            scores = np.asarray(self.ranker.score(self._matrix(cands, user_vec, item_mat)))
             if scores.shape != (len(cands),):
                 raise ValueError(f"ranker returned shape {scores.shape} for {len(cands)} rows")
         except Exception:  # a broken ranker must not break the response
             logger.warning("ranker failed; serving candidate order", exc_info=True)
-            timings["ranking"] = time.perf_counter() - t
             degraded.append(RANKER_UNAVAILABLE)
-            return Recommendation(_in_order(cands, k), degraded, False, timings)
-        top = _top_k(scores, k)
-        items = [
-            RankedItem(int(cands.item_ids[i]), float(scores[i]), cands.source(int(i))) for i in top
-        ]
-        timings["ranking"] = time.perf_counter() - t
-        return Recommendation(items, degraded, False, timings)
+            return Scored(None, degraded, timings)
+        finally:
+            timings["ranking"] = time.perf_counter() - t
+        if time.perf_counter() > end:
+            degraded.append(RANKER_LATE)
+            return Scored(None, degraded, timings)
+        return Scored(scores, degraded, timings)
+
+    def _user_vector(
+        self, user_id: int, end: float, timings: dict[str, float], degraded: list[str]
+    ) -> np.ndarray:
+        """The user's features, or NaNs (reason recorded) when unavailable, late or no time."""
+        missing = np.full(len(USER_FEATURES), np.nan, dtype=np.float32)
+        if self.user_features is None:
+            degraded.append(USER_FEATURES_UNAVAILABLE)
+            return missing
+        budget = min(self.user_features_budget_s, end - time.perf_counter())
+        if budget <= 0:
+            degraded.append(DEADLINE_EXCEEDED)
+            return missing
+        t = time.perf_counter()
+        try:
+            vec = self.user_features.read(user_id)
+        except FeatureUnavailable as exc:
+            logger.debug("degraded: %s", exc)
+            degraded.append(USER_FEATURES_UNAVAILABLE)
+            vec = missing
+        timings["user_features"] = elapsed = time.perf_counter() - t
+        if elapsed > budget and vec is not missing:
+            degraded.append(USER_FEATURES_LATE)
+            return missing
+        return vec
 
     def _matrix(self, cands: Candidates, user_vec: np.ndarray, item_mat: np.ndarray) -> np.ndarray:
         user_src, user_dst, item_src, item_dst, cand = self._plan  # type: ignore[misc]
@@ -151,6 +195,129 @@ class Recommender:
         if cand >= 0:
             x[:, cand] = cands.scores
         return x
+
+
+class Recommender:
+    """Stage 1 (a ``CandidateSource``) then stage 2 (a ``Scorer``) into top-k lists.
+
+    In-process mode composes ``LocalScorer(ranker, user_features, item_features)``; split mode
+    passes HTTP clients of the candidate and ranking services (``serving.remote``): the same
+    deadline, budget and fallback logic runs in both. ``popular`` (item ids, most popular first)
+    is the in-process fallback when candidates fail.
+    """
+
+    def __init__(
+        self,
+        candidates: CandidateSource,
+        ranker: Ranker | None,
+        user_features: UserFeatureReader | None,
+        item_features: ItemFeatureSource | None,
+        n_candidates: int = 500,
+        deadline_s: float = 0.1,
+        budgets: Budgets | None = None,
+        popular: np.ndarray | None = None,
+        scorer: Scorer | None = None,
+    ) -> None:
+        self.candidate_source = candidates
+        self.n_candidates = n_candidates
+        self.budgets = budgets or Budgets(deadline_s=deadline_s)
+        self.deadline_s = self.budgets.deadline_s
+        self.scorer: Scorer = scorer or LocalScorer(
+            ranker, user_features, item_features, self.budgets.user_features_s
+        )
+        self.popular = (
+            np.asarray(popular, dtype=np.int64) if popular is not None
+            else np.asarray(getattr(candidates, "popular", np.empty(0)), dtype=np.int64)
+        )
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {
+            "candidates": str(self.candidate_source.version),
+            "ranker": str(self.scorer.version),
+        }
+
+    def recommend(self, user_id: int, k: int, deadline_s: float | None = None) -> Recommendation:
+        """Top ``k`` items for ``user_id`` within ``deadline_s`` (default: the budgets')."""
+        b = self.budgets
+        start = time.perf_counter()
+        end = start + (b.deadline_s if deadline_s is None else deadline_s)
+        timings: dict[str, float] = {}
+        degraded: list[str] = []
+
+        cands = self._candidates(user_id, min(b.candidates_s, end - start), timings, degraded)
+        if cands is None:
+            cands = _popular_candidates(self.popular, self.n_candidates)
+            return Recommendation(_in_order(cands, k), degraded, False, timings, len(cands))
+        if cands.cold_start or len(cands) == 0:
+            return Recommendation(_in_order(cands, k), degraded, cands.cold_start, timings,
+                                  len(cands))
+
+        budget = min(b.ranking_s, end - time.perf_counter())
+        if budget <= 0:
+            degraded.append(DEADLINE_EXCEEDED)
+            return Recommendation(_in_order(cands, k), degraded, False, timings, len(cands))
+        t = time.perf_counter()
+        try:
+            scored = self.scorer.rank(user_id, cands, budget)
+        except Exception as exc:  # the remote scorer failed or timed out
+            logger.debug("ranking unavailable: %s", exc)
+            timings["ranking"] = time.perf_counter() - t
+            late = isinstance(exc, TimeoutError)
+            degraded.append(RANKER_LATE if late else RANKER_UNAVAILABLE)
+            return Recommendation(_in_order(cands, k), degraded, False, timings, len(cands))
+        timings.update(scored.stage_seconds)
+        degraded.extend(scored.degraded)
+        if scored.scores is None:
+            return Recommendation(_in_order(cands, k), degraded, False, timings, len(cands))
+        scores = scored.scores
+        top = _top_k(scores, k)
+        ids, n_ann = cands.item_ids, cands.n_ann
+        items = [
+            RankedItem(int(ids[i]), float(scores[i]), SOURCE_ANN if i < n_ann else SOURCE_POPULAR)
+            for i in top.tolist()
+        ]
+        return Recommendation(items, degraded, False, timings, len(cands))
+
+    def _candidates(
+        self, user_id: int, budget: float, timings: dict[str, float], degraded: list[str]
+    ) -> Candidates | None:
+        """Stage 1, or None (reason recorded) when it failed or came back late."""
+        if budget <= 0:
+            degraded.append(DEADLINE_EXCEEDED)
+            return None
+        t = time.perf_counter()
+        try:
+            if getattr(self.candidate_source, "remote", False):
+                cands = self.candidate_source.candidates(  # type: ignore[call-arg]
+                    user_id, self.n_candidates, timeout_s=budget
+                )
+            else:
+                cands = self.candidate_source.candidates(user_id, self.n_candidates)
+        except Exception as exc:
+            logger.debug("candidates unavailable: %s", exc)
+            timings["candidates"] = time.perf_counter() - t
+            degraded.append(CANDIDATES_LATE if isinstance(exc, TimeoutError)
+                            else CANDIDATES_UNAVAILABLE)
+            return None
+        timings["candidates"] = elapsed = time.perf_counter() - t
+        if elapsed > budget:
+            degraded.append(CANDIDATES_LATE)
+            return None
+        return cands
+
+
+class Scorer(Protocol):
+    """Stage 2: scores for the candidates of one user within ``budget_s``."""
+
+    version: str
+
+    def rank(self, user_id: int, cands: Candidates, budget_s: float) -> Scored: ...
+
+
+def _popular_candidates(popular: np.ndarray, n: int) -> Candidates:
+    ids = popular[:n]
+    return Candidates(ids, np.full(len(ids), np.nan, np.float32), n_ann=0)
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

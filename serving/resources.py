@@ -11,20 +11,41 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
+
+from recstack.schemas import ITEM_FEATURE_VIEW, ITEM_FEATURES, USER_FEATURE_VIEW, USER_FEATURES
 from recstack.settings import Settings
+from serving.breaker import CircuitBreaker
 from serving.candidates import AnnCandidateSource
-from serving.features import FeastUserFeatures, fetch_item_features
+from serving.config import ServingTuning
+from serving.features import ITEM_KEY, USER_KEY, ItemFeatureTable
 from serving.metrics import ServingMetrics
+from serving.onlinestore import RedisFeatureReader
 from serving.protocols import (
-    CandidateSource, EventSink, ItemFeatureSource, Ranker, UserFeatureReader,
+    CandidateSource,
+    EventSink,
+    ItemFeatureSource,
+    Ranker,
+    UserFeatureReader,
 )
-from serving.recommender import Recommender
+from serving.recommender import Budgets, Recommender, Scorer
 
 logger = logging.getLogger(__name__)
 
 Ping = Callable[[], Awaitable[bool]]
+Role = Literal["api", "candidates", "ranking"]
+
+
+def budgets_of(settings: Settings, tuning: ServingTuning) -> Budgets:
+    """The per-request deadline and per-stage budgets, in seconds."""
+    return Budgets(
+        deadline_s=settings.serving.deadline_ms / 1000,
+        candidates_s=tuning.candidates_budget_ms / 1000,
+        user_features_s=tuning.user_features_budget_ms / 1000,
+        ranking_s=tuning.ranking_budget_ms / 1000,
+    )
 
 
 @dataclass
@@ -39,6 +60,10 @@ class Resources:
     ping: Ping | None = None  # is Redis answering?
     n_candidates: int = 500
     deadline_s: float = 0.1
+    budgets: Budgets | None = None
+    popular: np.ndarray | None = None  # fallback list when candidates fail (default: the model's)
+    scorer: Scorer | None = None  # split mode: the ranking service's client
+    role: Role = "api"
     recommender: Recommender | None = field(default=None, init=False)
     last_error: str | None = field(default=None, init=False)
 
@@ -53,15 +78,17 @@ class Resources:
         self.recommender = Recommender(
             self.candidates, self.ranker, self.user_features, self.item_features,
             n_candidates=self.n_candidates, deadline_s=self.deadline_s,
+            budgets=self.budgets, popular=self.popular, scorer=self.scorer,
         )
 
     def missing(self) -> list[str]:
         """What is not loaded yet (Redis is checked separately, it needs a round trip)."""
-        parts = {
-            "candidates model": self.candidates, "ranker model": self.ranker,
-            "user features": self.user_features, "item features": self.item_features,
-            "event stream": self.events,
-        }
+        parts: dict[str, object] = {"candidates model": self.candidates}
+        if self.role != "candidates" and self.scorer is None:  # ranks here
+            parts |= {"ranker model": self.ranker, "user features": self.user_features,
+                      "item features": self.item_features}
+        if self.role == "api":
+            parts["event stream"] = self.events
         return [name for name, part in parts.items() if part is None]
 
     async def redis_ok(self) -> bool:
@@ -73,20 +100,69 @@ class Resources:
             return False
 
 
-class Maintainer:
-    """Loads the champion models, opens Feast, keeps item features and models fresh.
+class DelayedRanker:
+    """A ranker made slow on purpose (``inject_ranking_delay_ms``): the chaos knob that shows the
+    ``ranker_late`` fallback on a real stack."""
 
-    Retries with back-off while MLflow or Feast are unreachable (the app stays alive and not
-    ready); afterwards polls the alias every ``item_refresh_s`` and hot-swaps new versions.
+    def __init__(self, ranker: Ranker, delay_ms: float) -> None:
+        self.ranker = ranker
+        self.delay_s = delay_ms / 1000
+        self.version = ranker.version
+        self.feature_names = ranker.feature_names
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        time.sleep(self.delay_s)
+        return self.ranker.score(features)
+
+
+def materialization_stamp(store: Any, view: str) -> tuple[int, str] | None:
+    """(number of materialization intervals, end of the last) of ``view`` in the Feast registry.
+
+    ``feast materialize`` records every run in the registry, so a change of this stamp means new
+    rows reached the online store. Refreshes the store's cached registry first.
+    """
+    store.refresh_registry()
+    intervals = store.get_feature_view(view).materialization_intervals
+    if not intervals:
+        return None
+    return len(intervals), str(intervals[-1][1])
+
+
+class Maintainer:
+    """Loads the champion models, keeps item features and models fresh.
+
+    Every ``materialization_poll_s`` it checks whether a materialization finished (the Feast
+    registry's intervals of the item view) and reloads the in-process item table if so; every
+    ``item_refresh_s`` it polls the MLflow alias and hot-swaps new versions. Retries with
+    back-off while MLflow, Feast or Redis are unreachable (the app stays alive and not ready).
     """
 
-    def __init__(self, settings: Settings, resources: Resources, metrics: ServingMetrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        resources: Resources,
+        metrics: ServingMetrics,
+        redis_client: Any = None,
+        tuning: ServingTuning | None = None,
+        remote: tuple[Any, Any] | None = None,
+    ) -> None:
         self.settings = settings
+        # Split-mode API: (candidate service client, ranking service client); no local stages.
+        self.remote = remote
+        self.tuning = tuning or ServingTuning()
         self.resources = resources
         self.metrics = metrics
+        self.redis_client = redis_client
         self.store: Any = None
         self.versions: dict[str, str] = {}
-        self.items_loaded_at = 0.0
+        self.models_checked_at = -float("inf")
+        self.item_stamp: tuple[int, str] | None = None
+        self.items_loaded = False
+        self.breaker = CircuitBreaker(
+            self.tuning.breaker_threshold, self.tuning.breaker_cooldown_s, name="redis",
+            on_change=metrics.breaker_changed,
+        )
+        metrics.breaker_state.labels(dependency="redis").set(0)
 
     async def run(self) -> None:
         backoff = 0.5
@@ -95,7 +171,7 @@ class Maintainer:
                 await asyncio.to_thread(self.step)
                 self.resources.last_error = None
                 backoff = 0.5
-                await asyncio.sleep(self.settings.serving.item_refresh_s)
+                await asyncio.sleep(self.tuning.materialization_poll_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -105,57 +181,54 @@ class Maintainer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
+    def _reader(self, view: str, features: list[str], key: str, breaker: Any) -> RedisFeatureReader:
+        return RedisFeatureReader(
+            self.redis_client, self.settings.feast.project, view, features, key, breaker
+        )
+
     def step(self) -> None:
-        """One pass: new model versions if the alias moved, Feast, item features when due."""
-        from serving.artifacts import champion_versions, load_models
+        """One pass: new model versions if the alias moved (when due), item features when a
+        materialization finished (or the model changed, or they never loaded)."""
         from recstack.featurestore import open_store
+        from serving.artifacts import champion_versions, load_models
 
         r = self.resources
-        versions = champion_versions(self.settings)
-        models_changed = versions != self.versions
-        if models_changed:
-            loaded = load_models(self.settings, versions)
-            r.candidates, r.ranker = AnnCandidateSource(loaded.candidates), loaded.ranker
-            self.versions = versions
-            self.metrics.set_models(versions)
-            self.items_loaded_at = 0.0  # the new model's items need features now
-            r.rebuild()  # item features of items new to this model are NaN until the refresh
+        models_changed = False
+        now = time.monotonic()
+        if now - self.models_checked_at >= self.settings.serving.item_refresh_s:
+            versions = champion_versions(self.settings)
+            self.models_checked_at = now
+            if versions != self.versions:
+                loaded = load_models(self.settings, versions)
+                r.popular = loaded.candidates.popular
+                if self.remote is not None:
+                    from serving.remote import HttpCandidateSource, HttpScorer
+
+                    r.candidates = HttpCandidateSource(self.remote[0], r.popular)
+                    r.scorer = HttpScorer(self.remote[1])
+                else:
+                    r.candidates = AnnCandidateSource(loaded.candidates)
+                    r.ranker = loaded.ranker
+                    if self.tuning.inject_ranking_delay_ms:
+                        r.ranker = DelayedRanker(loaded.ranker, self.tuning.inject_ranking_delay_ms)
+                self.versions = versions
+                self.metrics.set_models(versions)
+                models_changed = True
+                r.rebuild()  # items new to this model are NaN until the refresh below
+        if self.remote is not None or r.role == "candidates":
+            return  # features are read where the ranking runs
+        if r.user_features is None:
+            r.user_features = self._reader(USER_FEATURE_VIEW, USER_FEATURES, USER_KEY, self.breaker)
         if self.store is None:
             self.store = open_store(self.settings)
-            _short_redis_timeouts(self.store, self.settings.redis.socket_timeout_s)
-            r.user_features = FeastUserFeatures(self.store)
-        due = time.monotonic() - self.items_loaded_at >= self.settings.serving.item_refresh_s
-        if models_changed or due or r.item_features is None:
-            # The store caches its registry; a replica started before `feast apply` (or a new
-            # view version) would otherwise read a stale, possibly empty, registry for minutes.
-            self.store.refresh_registry()
+        stamp = materialization_stamp(self.store, ITEM_FEATURE_VIEW)
+        if models_changed or stamp != self.item_stamp or not self.items_loaded:
             items = r.candidates.item_ids  # type: ignore[union-attr]
-            r.item_features = fetch_item_features(self.store, items)
-            self.items_loaded_at = time.monotonic()
+            reader = self._reader(ITEM_FEATURE_VIEW, ITEM_FEATURES, ITEM_KEY, None)
+            values = reader.read_many(items.tolist())
+            r.item_features = ItemFeatureTable(items, values)
+            self.item_stamp, self.items_loaded = stamp, True
+            found = int(np.isfinite(values).any(axis=1).sum())
+            logger.info("item features loaded (materialization %s): %d items, %d with values",
+                        stamp, len(items), found)
         r.rebuild()
-
-
-def _short_redis_timeouts(store: Any, timeout_s: float) -> None:
-    """Make Feast's Redis client fail fast: short socket timeouts, no retry back-off.
-
-    redis-py 7 retries a refused connection 3 times with 1-10 s exponential back-off by
-    default, so a dead Redis held each request for seconds (measured: > 5 s). Feast offers no
-    setting for either, so we set the timeouts in its connection string and the retry policy on
-    its client (private Feast API, guarded: if it moves, the breaker still limits the damage).
-    """
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    try:
-        cfg = store.config.online_store
-        if getattr(cfg, "type", "redis") != "redis":
-            return
-        if "socket_timeout" not in cfg.connection_string:
-            # Connecting may take a little longer than a command on a busy machine.
-            cfg.connection_string += (
-                f",socket_timeout={timeout_s},socket_connect_timeout={max(timeout_s, 0.2)}"
-            )
-        client = store._get_provider().online_store._get_client(cfg)
-        client.set_retry(Retry(NoBackoff(), 0))
-    except Exception:
-        logger.warning("could not shorten Feast's Redis timeouts", exc_info=True)

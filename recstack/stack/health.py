@@ -66,6 +66,8 @@ def probe(check: HealthCheck, settings: Settings) -> tuple[bool, str]:
     if check.kind == "redis":
         password = settings.redis.password.get_secret_value() if settings.redis.password else None
         return redis_ping(check.port, password)
+    if check.kind == "process":
+        return True, "running (no port to probe)"
     if check.kind == "http":
         status, body = http_status(check.port, check.path)
         return status == 200, f"GET {check.path} -> {status}: {body[:120]}"

@@ -7,9 +7,11 @@ imported urllib3/httpx (FIELD-NOTES), so it always runs as ``python -m locust``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
+import resource
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -38,10 +40,17 @@ class LoadResult:
     p99_ms: float
     csv_path: Path
     top_failures: list[str] = field(default_factory=list)
+    locust_cpu_s: float = math.nan  # CPU seconds Locust itself used (user + system)
 
     @property
     def failure_ratio(self) -> float:
         return self.failures / self.requests if self.requests else 0.0
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's waited-for children (Locust runs as one)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _number(value: str) -> float:
@@ -87,11 +96,12 @@ def _top_failures(failures_csv: Path, n: int = 5) -> list[str]:
 
 
 def locust_command(
-    host: str, users: int, spawn_rate: float, duration_s: int, prefix: Path
+    host: str, users: int, spawn_rate: float, duration_s: int, prefix: Path,
+    locustfile: Path = LOCUSTFILE,
 ) -> list[str]:
     """The headless Locust command line (its own process; see the module docstring)."""
     return [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        sys.executable, "-m", "locust", "-f", str(locustfile), "--headless",
         "-u", str(users), "-r", str(spawn_rate), "-t", f"{duration_s}s",
         "--host", host, "--csv", str(prefix), "--only-summary",
         # Failures are a result to report, not a reason to lose the CSV.
@@ -108,6 +118,8 @@ def run_locust(
     spawn_rate: float,
     duration_s: int,
     out_dir: Path,
+    locustfile: Path = LOCUSTFILE,
+    extra_env: dict[str, str] | None = None,
 ) -> LoadResult:
     """Run the locustfile headless against ``host`` for ``duration_s``; returns its aggregate.
 
@@ -127,8 +139,10 @@ def run_locust(
         # The locustfile reads the user-id range from here (it imports nothing of the project).
         "RECSTACK_SIM__N_USERS": str(settings.sim.n_users),
         "RECSTACK_LOADTEST_K": str(settings.serving.k_default),
+        **(extra_env or {}),
     }
-    cmd = locust_command(host, users, spawn_rate, duration_s, prefix)
+    cmd = locust_command(host, users, spawn_rate, duration_s, prefix, locustfile)
+    cpu_before = _children_cpu_s()
     timeout_s = duration_s + 60  # start-up, spawn, stop-timeout and CSV writing
     log_path = out_dir / "locust.log"
     logger.info("locust: %d users for %ds against %s", users, duration_s, host)
@@ -144,6 +158,7 @@ def run_locust(
         tail = log_path.read_text(errors="replace")[-1500:]
         raise LoadTestError(f"locust exited with {proc.returncode}:\n{tail}")
     result = parse_stats_csv(Path(f"{prefix}_stats.csv"), Path(f"{prefix}_failures.csv"))
+    result = dataclasses.replace(result, locust_cpu_s=_children_cpu_s() - cpu_before)
     logger.info(
         "locust: %d requests, %d failures, %.1f rps, p99 %.0f ms",
         result.requests, result.failures, result.rps, result.p99_ms,

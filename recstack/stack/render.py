@@ -16,7 +16,14 @@ import yaml
 
 from recstack.settings import Settings
 from recstack.stack.paths import StackPaths, write_if_changed
-from recstack.stack.services import Program, StackConfigError, api_ports
+from recstack.stack.services import (
+    Program,
+    StackConfigError,
+    api_ports,
+    serving_tuning,
+    stage_front_port,
+    stage_ports,
+)
 
 SUPERVISOR_USER = "recstack"
 
@@ -127,8 +134,9 @@ def render_redis(settings: Settings) -> str:
 def render_nginx(settings: Settings, replicas: int) -> str:
     """nginx.conf: the api replicas behind ``least_conn`` with passive health checks and one retry.
 
-    Idempotent requests that hit a dead or unready replica (connect error, timeout, 502/503) are
-    retried once on another; nginx never retries a POST that reached a replica.
+    Idempotent requests that hit a dead replica (connect error, timeout, 502) are retried once on
+    another; nginx never retries a POST that reached a replica. A 503 (shed, not ready) reaches
+    the client with its Retry-After.
     """
     p = StackPaths.of(settings)
     nd = p.nginx_dir
@@ -137,6 +145,7 @@ def render_nginx(settings: Settings, replicas: int) -> str:
         f"        server 127.0.0.1:{port} max_fails=2 fail_timeout=5s;"
         for port in api_ports(settings, replicas)
     )
+    stages = _render_stage_fronts(settings)
     return f"""# rendered by recstack.stack; edits are overwritten
 {user}
 worker_processes 1;
@@ -182,13 +191,61 @@ http {{
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_connect_timeout 1s;
             proxy_read_timeout 10s;
-            proxy_next_upstream error timeout http_502 http_503;
+            # Not http_503: a 503 is a replica shedding load (or not ready yet) and nginx would
+            # count it as a failure, take the replica out for fail_timeout and push its traffic
+            # onto the others, which then shed too (seen: both out, every request a 502). The
+            # 503 with Retry-After goes to the client instead.
+            proxy_next_upstream error timeout http_502;
             proxy_next_upstream_tries 2;
             proxy_next_upstream_timeout 5s;
         }}
     }}
-}}
+{stages}}}
 """
+
+
+def _stage_replicas(tuning: object) -> dict[str, int]:
+    return {"candidates": tuning.candidates_replicas,  # type: ignore[attr-defined]
+            "ranking": tuning.ranking_replicas}  # type: ignore[attr-defined]
+
+
+def _render_stage_fronts(settings: Settings) -> str:
+    """Split mode only: an upstream and a loopback listener per stage service.
+
+    The API's own timeouts are the stage budgets, so nginx only fails over on a refused
+    connection or a 502/503 (both idempotent here: scoring has no side effect).
+    """
+    tuning = serving_tuning()
+    if tuning.mode != "split":
+        return ""
+    blocks = []
+    for service, n in _stage_replicas(tuning).items():
+        servers = "\n".join(
+            f"        server 127.0.0.1:{port} max_fails=2 fail_timeout=5s;"
+            for port in stage_ports(settings, service, n)
+        )
+        blocks.append(f"""
+    upstream {service} {{
+        least_conn;
+{servers}
+        keepalive 64;
+        keepalive_timeout 60s;
+    }}
+
+    server {{
+        listen 127.0.0.1:{stage_front_port(settings, service)};
+        location / {{
+            proxy_pass http://{service};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_read_timeout 10s;
+            proxy_next_upstream error http_502 http_503 non_idempotent;
+            proxy_next_upstream_tries 2;
+        }}
+    }}
+""")
+    return "".join(blocks)
 
 
 def render_prometheus(settings: Settings) -> str:
@@ -225,6 +282,14 @@ def render_api_targets(settings: Settings, replicas: int) -> str:
         {"targets": [f"127.0.0.1:{port}"], "labels": {"service": "api", "replica": f"api-{i}"}}
         for i, port in enumerate(api_ports(settings, replicas))
     ]
+    tuning = serving_tuning()
+    if tuning.mode == "split":
+        for service, n in _stage_replicas(tuning).items():
+            entries += [
+                {"targets": [f"127.0.0.1:{port}"],
+                 "labels": {"service": service, "replica": f"{service}-{i}"}}
+                for i, port in enumerate(stage_ports(settings, service, n))
+            ]
     return json.dumps(entries, indent=2) + "\n"
 
 

@@ -24,9 +24,12 @@ from recstack.stack.paths import StackPaths
 from recstack.stack.render import write_configs
 from recstack.stack.services import (
     SERVICE_ORDER,
+    STAGE_SERVICES,
     Program,
     api_ports,
     native_programs,
+    serving_tuning,
+    stage_ports,
 )
 from recstack.stack.supervisor import ProcessInfo, StackError, Supervisor
 
@@ -75,6 +78,8 @@ def _ports(settings: Settings, replicas: int) -> dict[str, int]:
         "nginx": settings.stack.lb_port,
     }
     ports.update({f"api-{i}": p for i, p in enumerate(api_ports(settings, replicas))})
+    for service in STAGE_SERVICES:
+        ports.update({f"{service}-{i}": p for i, p in enumerate(stage_ports(settings, service, 8))})
     return ports
 
 
@@ -188,6 +193,8 @@ def _check_free(settings: Settings, sup: Supervisor, programs: list[Program]) ->
     """Fail fast when a port we are about to bind is held by some other process."""
     states = {p.name: p.state for p in sup.processes()}
     for program in programs:
+        if program.port is None:
+            continue
         if states.get(program.name) not in _ALIVE_STATES and health.port_open(program.port, 0.2):
             raise StackError(
                 f"port {program.port} for {program.name} is already in use by another process; "
@@ -205,7 +212,10 @@ def up(settings: Settings, services: Sequence[str] | None = None, wait: bool = T
     ``StackError`` naming the service and the tail of its log if one is not healthy within
     ``settings.stack.start_timeout_s``.
     """
-    wanted = _check_services(list(services) if services is not None else list(SERVICE_ORDER))
+    if services is None:  # everything, but the stage services only when the api calls them
+        split = serving_tuning().mode == "split"
+        services = [s for s in SERVICE_ORDER if split or s not in STAGE_SERVICES]
+    wanted = _check_services(list(services))
     replicas = _replicas(settings)
     programs = native_programs(settings, replicas)
     changed = write_configs(settings, programs, replicas)

@@ -27,8 +27,23 @@ SERVICE_COMMANDS: dict[str, list[str]] = {
     "prometheus": ["prometheus"],
 }
 
-# Start order: dependencies first (api reads Redis and MLflow; nginx fronts the api).
-SERVICE_ORDER: tuple[str, ...] = ("redis", "mlflow", "prometheus", "api", "nginx")
+# Services the native stack runs that docker-compose.yml does not describe yet (the compose test
+# compares SERVICE_COMMANDS only): the lake sink reads the event stream into the lake.
+NATIVE_ONLY_COMMANDS: dict[str, list[str]] = {
+    "sink": ["python", "-m", "serving.sink"],
+    "candidates": ["uvicorn", "serving.app:create_candidates_app", "--factory"],
+    "ranking": ["uvicorn", "serving.app:create_ranking_app", "--factory"],
+}
+
+# Start order: dependencies first (api reads Redis and MLflow, and in split mode calls the
+# candidate and ranking services; nginx fronts them all; the sink drains what the api appends).
+SERVICE_ORDER: tuple[str, ...] = (
+    "redis", "mlflow", "prometheus", "candidates", "ranking", "api", "nginx", "sink",
+)
+# The split-mode stage services; `up` without a service list starts them only in split mode.
+STAGE_SERVICES: tuple[str, ...] = ("candidates", "ranking")
+# Offsets from api_base_port of the stage services' replica ports.
+_STAGE_PORT_OFFSET = {"candidates": 20, "ranking": 40}
 
 # Every supervised process carries this variable (value: the stack's run_dir), so `down` can find
 # orphans of a supervisord that died hard, and never touch anything else.
@@ -40,7 +55,7 @@ STACK_MARKER_ENV = "RECSTACK_STACK_RUN"
 _ENV_EXCLUDE = {"RECSTACK_STACK__API_REPLICAS", "RECSTACK_STACK__START_TIMEOUT_S"}
 _ENV_EXCLUDE_PREFIXES = ("RECSTACK_LOAD__",)
 
-HealthKind = Literal["redis", "http", "tcp"]
+HealthKind = Literal["redis", "http", "tcp", "process"]
 
 
 class StackConfigError(ValueError):
@@ -49,7 +64,8 @@ class StackConfigError(ValueError):
 
 @dataclass(frozen=True)
 class HealthCheck:
-    """How to tell a started process is serving: a Redis PING, an HTTP 200 on ``path``, or a port."""
+    """How to tell a started process is serving: a Redis PING, an HTTP 200 on ``path``, a port,
+    or (``process``, for workers without a port) supervisord's RUNNING state alone."""
 
     kind: HealthKind
     port: int
@@ -64,7 +80,7 @@ class Program:
     group: str
     argv: list[str]
     env: dict[str, str]
-    port: int
+    port: int | None  # None: a worker that listens on nothing
     health: HealthCheck
     startsecs: int = 1
     stopsignal: str = "TERM"
@@ -76,6 +92,39 @@ def api_ports(settings: Settings, replicas: int | None = None) -> list[int]:
     """Loopback ports of the api replicas: ``api_base_port + i``."""
     n = settings.stack.api_replicas if replicas is None else replicas
     return [settings.stack.api_base_port + i for i in range(n)]
+
+
+def stage_ports(settings: Settings, service: str, replicas: int) -> list[int]:
+    """Loopback ports of a stage service's replicas: ``api_base_port + 20|40 + i``."""
+    base = settings.stack.api_base_port + _STAGE_PORT_OFFSET[service]
+    return [base + i for i in range(replicas)]
+
+
+def stage_front_port(settings: Settings, service: str) -> int:
+    """Where nginx fronts a stage service in split mode: ``lb_port + 1`` / ``lb_port + 2``."""
+    return settings.stack.lb_port + 1 + STAGE_SERVICES.index(service)
+
+
+def serving_tuning() -> Any:
+    """The serving-only knobs (``RECSTACK_SERVING__*`` beyond the kernel's ServingSettings)."""
+    from serving.config import ServingTuning
+
+    return ServingTuning()
+
+
+def tuning_env(settings: Settings, tuning: Any) -> dict[str, str]:
+    """``RECSTACK_SERVING__*`` of the tuning, with the stage URLs of this stack in split mode."""
+    env = {
+        f"RECSTACK_SERVING__{key.upper()}": str(value)
+        for key, value in tuning.model_dump().items() if value not in ("", None)
+    }
+    if tuning.mode == "split":
+        for service in STAGE_SERVICES:
+            env.setdefault(
+                f"RECSTACK_SERVING__{service.upper()}_URL",
+                f"http://127.0.0.1:{stage_front_port(settings, service)}",
+            )
+    return env
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -123,6 +172,30 @@ def _binary(name: str, venv: bool = False) -> str:
             f"{name} is not installed: `make system-deps` installs the Debian packages"
         )
     return found
+
+
+def _uvicorn_program(
+    name: str, group: str, factory: str, port: int, env: dict[str, str]
+) -> Program:
+    """One replica of a serving app (``factory``, e.g. ``serving.app:create_app``) on ``port``."""
+    return Program(
+        name=name,
+        group=group,
+        argv=[
+            _binary("uvicorn", venv=True), factory, "--factory",
+            "--host", "127.0.0.1", "--port", str(port),
+            # Longer than nginx's upstream keepalive_timeout, so the balancer never
+            # reuses a connection the replica is closing (a spurious 502).
+            "--timeout-keep-alive", "75",
+            "--timeout-graceful-shutdown", "5",
+            "--no-access-log",
+        ],
+        env={**env, "RECSTACK_REPLICA": name},
+        port=port,
+        health=HealthCheck("http", port, "/healthz"),
+        startsecs=2,
+        stopwaitsecs=10,
+    )
 
 
 def native_programs(settings: Settings, replicas: int | None = None) -> list[Program]:
@@ -177,28 +250,16 @@ def native_programs(settings: Settings, replicas: int | None = None) -> list[Pro
             health=HealthCheck("http", settings.stack.prometheus_port, "/-/ready"),
         ),
     ]
-    api_env = {**settings_env(settings), **marker}
+    tuning = serving_tuning()
+    api_env = {**settings_env(settings), **tuning_env(settings, tuning), **marker}
+    for service in STAGE_SERVICES:
+        n = tuning.candidates_replicas if service == "candidates" else tuning.ranking_replicas
+        for i, port in enumerate(stage_ports(settings, service, n)):
+            programs.append(_uvicorn_program(
+                f"{service}-{i}", service, NATIVE_ONLY_COMMANDS[service][1], port, api_env))
     for i, port in enumerate(api_ports(settings, replicas)):
-        programs.append(
-            Program(
-                name=f"api-{i}",
-                group="api",
-                argv=[
-                    _binary("uvicorn", venv=True), "serving.app:create_app", "--factory",
-                    "--host", host, "--port", str(port),
-                    # Longer than nginx's upstream keepalive_timeout, so the balancer never
-                    # reuses a connection the replica is closing (a spurious 502).
-                    "--timeout-keep-alive", "75",
-                    "--timeout-graceful-shutdown", "5",
-                    "--no-access-log",
-                ],
-                env={**api_env, "RECSTACK_REPLICA": f"api-{i}"},
-                port=port,
-                health=HealthCheck("http", port, "/healthz"),
-                startsecs=2,
-                stopwaitsecs=10,
-            )
-        )
+        programs.append(_uvicorn_program(f"api-{i}", "api", SERVICE_COMMANDS["api"][1], port,
+                                         api_env))
     programs.append(
         Program(
             name="nginx",
@@ -212,6 +273,20 @@ def native_programs(settings: Settings, replicas: int | None = None) -> list[Pro
             stopsignal="QUIT",  # graceful: finish in-flight requests
         )
     )
+    programs.append(
+        Program(
+            name="sink",
+            group="sink",
+            argv=[_binary("python", venv=True), "-m", "serving.sink"],
+            # A stable consumer name: after a crash the restarted sink re-reads its own pending
+            # entries first.
+            env={**api_env, "RECSTACK_SINK_CONSUMER": "sink-0"},
+            port=None,
+            health=HealthCheck("process", 0),
+            startsecs=2,
+            stopwaitsecs=10,
+        )
+    )
     _check_ports(settings, programs)
     return programs
 
@@ -219,6 +294,8 @@ def native_programs(settings: Settings, replicas: int | None = None) -> list[Pro
 def _check_ports(settings: Settings, programs: list[Program]) -> None:
     owners: dict[int, str] = {settings.stack.supervisor_port: "supervisord"}
     for program in programs:
+        if program.port is None:
+            continue
         other = owners.setdefault(program.port, program.name)
         if other != program.name:
             raise StackConfigError(

@@ -175,7 +175,10 @@ class _StubApi(http.server.BaseHTTPRequestHandler):
         url = urllib.parse.urlparse(self.path)
         k = int(urllib.parse.parse_qs(url.query)["k"][0])
         n = k - 1 if self.short else k
-        body = json.dumps({"items": [{"item_id": i, "score": 1.0 / (i + 1)} for i in range(n)]})
+        body = json.dumps({
+            "request_id": "stub", "model": {"candidates": "1", "ranker": "1"}, "degraded": [],
+            "items": [{"item_id": i, "score": 1.0 / (i + 1), "source": "ann"} for i in range(n)],
+        })
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -222,3 +225,25 @@ def test_mlflow_runs_under_the_stack_with_its_state_in_home(stack_settings: Sett
     family = [row.pid, *(c.pid for c in psutil.Process(row.pid).children(recursive=True))]
     down(s)
     assert not [p for p in family if _alive(p)]
+
+
+def test_the_sink_drains_the_event_stream_into_the_lake(stack_settings: Settings) -> None:
+    import redis
+
+    from recstack import lake
+    from serving.events import EVENTS_STREAM
+
+    s = stack_settings
+    up(s, services=["redis", "sink"])
+    assert _rows(s)["sink"].state == "RUNNING"
+    client = redis.Redis(port=s.redis.port)
+    for i in range(5):
+        client.xadd(EVENTS_STREAM, {
+            "event_id": f"e{i}", "ts": "2026-01-02T03:04:05+00:00", "user_id": "1",
+            "item_id": str(10 + i), "event_type": "impression",
+        })
+    client.xadd(EVENTS_STREAM, {"event_id": "bad", "user_id": "minus one"})
+    _wait_for(lambda: lake.read_events(s.lake_dir).num_rows == 5, 20, "5 events in the lake")
+    _wait_for(lambda: (s.root / "sink" / "dead_letter.jsonl").exists(), 10, "the dead letter")
+    stop_service(s, "sink")
+    assert _rows(s)["sink"].state == "STOPPED"

@@ -21,7 +21,9 @@ from recstack.stack.render import (
     render_supervisord,
     write_configs,
 )
-from recstack.stack.services import STACK_MARKER_ENV, settings_env
+from recstack.stack.services import NATIVE_ONLY_COMMANDS, STACK_MARKER_ENV, settings_env
+
+COMMANDS = {**SERVICE_COMMANDS, **NATIVE_ONLY_COMMANDS}
 from tests.conftest import need_binary
 
 
@@ -38,10 +40,10 @@ def stack_settings(tmp_path: Path) -> Settings:
 
 def test_every_program_starts_with_its_service_command(stack_settings: Settings) -> None:
     programs = native_programs(stack_settings)
-    assert {p.group for p in programs} == set(SERVICE_COMMANDS)
+    assert {p.group for p in programs} == set(COMMANDS)
     assert [p.name for p in programs if p.group == "api"] == ["api-0", "api-1", "api-2"]
     for program in programs:
-        expected = SERVICE_COMMANDS[program.group]
+        expected = COMMANDS[program.group]
         assert Path(program.argv[0]).name == expected[0], program.argv
         assert program.argv[1 : len(expected)] == expected[1:], program.argv
         assert Path(program.argv[0]).is_absolute()
@@ -62,7 +64,7 @@ def test_supervisord_conf_is_accepted_by_supervisor_and_lists_every_program(
     for program in programs:
         section = f"program:{program.name}"
         argv = shlex.split(parser.get(section, "command"))
-        expected = SERVICE_COMMANDS[program.group]
+        expected = COMMANDS[program.group]
         assert Path(argv[0]).name == expected[0] and argv[1 : len(expected)] == expected[1:]
         assert parser.get(section, "stopasgroup") == "true"
         assert parser.get(section, "killasgroup") == "true"
@@ -223,3 +225,33 @@ def test_rules_compute_what_their_names_say(tmp_path: Path) -> None:
     test_file.write_text(RULES_TEST.format(rules=json.dumps(str(RULES_FILE))))
     proc = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_split_mode_adds_stage_services_fronted_by_nginx(
+    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSTACK_SERVING__MODE", "split")
+    monkeypatch.setenv("RECSTACK_SERVING__RANKING_REPLICAS", "2")
+    programs = {p.name: p for p in native_programs(stack_settings)}
+    assert {"candidates-0", "ranking-0", "ranking-1"} <= set(programs)
+    assert programs["ranking-1"].port == stack_settings.stack.api_base_port + 41
+    api_env = programs["api-0"].env
+    assert api_env["RECSTACK_SERVING__MODE"] == "split"
+    assert api_env["RECSTACK_SERVING__CANDIDATES_URL"] == "http://127.0.0.1:28081"
+    assert api_env["RECSTACK_SERVING__RANKING_URL"] == "http://127.0.0.1:28082"
+
+    write_configs(stack_settings, list(programs.values()), replicas=3)
+    p = StackPaths.of(stack_settings)
+    text = p.nginx_conf.read_text()
+    assert "upstream ranking {" in text and "listen 127.0.0.1:28082;" in text
+    assert text.count("server 127.0.0.1:2814") == 2  # ranking-0, ranking-1
+    result = subprocess.run(
+        [need_binary("nginx"), "-t", "-p", str(p.nginx_dir), "-c", str(p.nginx_conf),
+         "-e", "stderr"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    targets = json.loads(p.prometheus_targets.read_text())
+    assert {t["labels"]["service"] for t in targets} == {"api", "candidates", "ranking"}
+
+
+def test_inprocess_mode_has_no_stage_fronts(stack_settings: Settings) -> None:
+    assert "upstream ranking" not in render_nginx(stack_settings, replicas=1)

@@ -1,0 +1,44 @@
+"""The serving benchmark's load: a fixed offered rate of recommendation requests.
+
+Run by ``serving.bench`` (``python -m locust -f loadtests/serving_bench.py --headless ...``);
+imports nothing of the project. Each user sends ``RECSTACK_BENCH_USER_RPS`` requests per second
+(``constant_throughput``), so ``users x user_rps`` is the offered load whatever the latency
+(below saturation). Known users only: the benchmark measures the two-stage path, 500 candidates
+ranked, top ``RECSTACK_LOADTEST_K`` returned. A degraded answer is a success here (the API did
+its job); the benchmark counts degraded answers from the replicas' /metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+from locust import FastHttpUser, constant_throughput, task
+
+N_USERS = int(os.environ.get("RECSTACK_SIM__N_USERS", "3000"))
+K = int(os.environ.get("RECSTACK_LOADTEST_K", "20"))
+USER_RPS = float(os.environ.get("RECSTACK_BENCH_USER_RPS", "5"))
+
+
+class BenchUser(FastHttpUser):
+    wait_time = constant_throughput(USER_RPS)
+
+    @task
+    def recommend(self) -> None:
+        with self.client.get(
+            f"/recommendations/{random.randrange(N_USERS)}?k={K}",
+            name="/recommendations/[user]",
+            catch_response=True,
+        ) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"status {resp.status_code}: {(resp.text or '')[:120]}")
+                return
+            try:
+                body = resp.json()
+            except ValueError:
+                resp.failure("body is not JSON")
+                return
+            if len(body.get("items") or []) != K:
+                resp.failure(f"expected {K} items")
+            else:
+                resp.success()

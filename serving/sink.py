@@ -1,0 +1,207 @@
+"""The lake sink: ``python -m serving.sink`` moves events from the Redis Stream into the lake.
+
+A consumer group (``lake-sink``) on ``recstack:events``: XREADGROUP a batch, write it with
+``recstack.lake.write_events`` under a batch key made of the batch's first and last stream ids,
+then XACK. An entry is acknowledged only after its batch is in the lake, so a crash loses
+nothing: on restart the consumer first re-reads its own pending entries (same ids, same batch
+key, the same file is rewritten) and claims entries other consumers left idle. Readers of the
+lake de-duplicate on ``event_id``, so a batch re-delivered with another composition is harmless.
+Entries that are not valid events go to a dead-letter file, are counted and acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+from pydantic import ValidationError
+
+from recstack import lake
+from recstack.schemas import EVENT_SCHEMA, Event
+from recstack.settings import Settings
+from serving.events import EVENTS_STREAM
+
+logger = logging.getLogger(__name__)
+
+GROUP = "lake-sink"
+
+
+@dataclass
+class SinkStats:
+    """What a sink has done since it started."""
+
+    written: int = 0
+    dead_letter: int = 0
+    batches: int = 0
+    claimed: int = 0
+    files: list[Path] = field(default_factory=list)
+
+
+def _decode(fields: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in fields.items()}
+
+
+class LakeSink:
+    """One consumer of the group; ``run_once`` handles one batch, ``run`` loops until stopped."""
+
+    def __init__(
+        self,
+        client: Any,
+        lake_dir: Path,
+        dead_letter: Path,
+        consumer: str,
+        stream: str = EVENTS_STREAM,
+        batch_size: int = 1000,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        ack_delay_s: float = 0.0,
+    ) -> None:
+        self.client = client
+        self.lake_dir = Path(lake_dir)
+        self.dead_letter = Path(dead_letter)
+        self.consumer = consumer
+        self.stream = stream
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        # Chaos knob (RECSTACK_SINK_ACK_DELAY_S): widens the window between the lake write and
+        # the XACK, where a crash leaves written-but-pending entries, so tests can hit it.
+        self.ack_delay_s = ack_delay_s
+        self.stats = SinkStats()
+        self._own_pending_done = False
+        self._stop = False
+
+    def ensure_group(self) -> None:
+        """Create the consumer group (from the stream's start) unless it exists."""
+        import redis
+
+        try:
+            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _next_batch(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        # 1. Our own pending entries first: written (maybe) but not acknowledged before a crash.
+        if not self._own_pending_done:
+            reply = self.client.xreadgroup(
+                GROUP, self.consumer, {self.stream: "0"}, count=self.batch_size
+            )
+            entries = reply[0][1] if reply else []
+            if entries:
+                return entries
+            self._own_pending_done = True
+        # 2. Entries another (dead) consumer left pending for too long.
+        claimed = self.client.xautoclaim(
+            self.stream, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch_size
+        )
+        entries = [e for e in claimed[1] if e[1] is not None]
+        if entries:
+            self.stats.claimed += len(entries)
+            return entries
+        # 3. New entries.
+        reply = self.client.xreadgroup(
+            GROUP, self.consumer, {self.stream: ">"}, count=self.batch_size, block=self.block_ms
+        )
+        return reply[0][1] if reply else []
+
+    def run_once(self) -> int:
+        """Read, write and acknowledge one batch; returns the number of entries handled."""
+        entries = self._next_batch()
+        if not entries:
+            return 0
+        good: list[dict[str, Any]] = []
+        bad: list[dict[str, Any]] = []
+        for _, fields in entries:
+            raw = _decode(fields)
+            try:
+                good.append(Event.model_validate(raw).model_dump())
+            except ValidationError as exc:
+                bad.append({"entry": raw, "error": str(exc).splitlines()[0]})
+        if good:
+            table = pa.Table.from_pylist(good, schema=EVENT_SCHEMA)
+            first, last = entries[0][0].decode(), entries[-1][0].decode()
+            self.stats.files += lake.write_events(table, self.lake_dir, f"stream-{first}-{last}")
+        if bad:
+            self._dead_letter(bad)
+        if self.ack_delay_s:
+            time.sleep(self.ack_delay_s)
+        # Only now: everything of the batch is stored (lake or dead letter).
+        self.client.xack(self.stream, GROUP, *[entry_id for entry_id, _ in entries])
+        self.stats.written += len(good)
+        self.stats.dead_letter += len(bad)
+        self.stats.batches += 1
+        logger.info("sink: %d events to the lake, %d to the dead letter", len(good), len(bad))
+        return len(entries)
+
+    def _dead_letter(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
+        with self.dead_letter.open("ab") as f:
+            for row in rows:
+                f.write(orjson.dumps(row) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self) -> SinkStats:
+        """Loop until ``stop()`` (SIGTERM/SIGINT); Redis errors are retried with back-off."""
+        import redis
+
+        backoff = 0.2
+        group_ready = False
+        while not self._stop:
+            try:
+                if not group_ready:
+                    self.ensure_group()
+                    group_ready = True
+                self.run_once()
+                backoff = 0.2
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                logger.warning("sink: redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        return self.stats
+
+
+def sink_for(settings: Settings, consumer: str | None = None, **kwargs: Any) -> LakeSink:
+    """A ``LakeSink`` on the settings' Redis and lake; the consumer name defaults to
+    ``$RECSTACK_SINK_CONSUMER`` or the host name (stable across restarts of one program)."""
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.redis.url, socket_timeout=5.0, socket_connect_timeout=2.0
+    )
+    name = consumer or os.environ.get("RECSTACK_SINK_CONSUMER") or socket.gethostname()
+    dead = settings.root / "sink" / "dead_letter.jsonl"
+    kwargs.setdefault("ack_delay_s", float(os.environ.get("RECSTACK_SINK_ACK_DELAY_S", "0")))
+    return LakeSink(client, settings.lake_dir, dead, name, **kwargs)
+
+
+def main() -> None:
+    """Entry point of ``python -m serving.sink``."""
+    from recstack.logs import configure_logging
+    from recstack.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    sink = sink_for(settings)
+    signal.signal(signal.SIGTERM, sink.stop)
+    signal.signal(signal.SIGINT, sink.stop)
+    logger.info("sink %s: %s -> %s", sink.consumer, sink.stream, settings.lake_dir)
+    stats = sink.run()
+    logger.info("sink stopped: %s", stats)
+
+
+if __name__ == "__main__":
+    main()

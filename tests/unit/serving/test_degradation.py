@@ -1,0 +1,125 @@
+"""Deadlines, stage budgets and fallbacks; the concurrency limit; the circuit breaker's states."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from recstack.settings import Settings
+from serving.app import create_app
+from serving.breaker import BreakerState, CircuitBreaker
+from serving.config import ServingTuning
+from tests.unit.serving.conftest import FakeRanker, make_resources
+
+
+class SlowRanker(FakeRanker):
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        time.sleep(self.delay_s)
+        return super().score(features)
+
+
+class DeadCandidates:
+    version = "9"
+    popular = np.array([1003, 1001, 1002], dtype=np.int64)
+
+    def candidates(self, user_id: int, n: int):
+        raise ConnectionError("candidate service refused the connection")
+
+
+def _client(resources, **tuning) -> TestClient:
+    settings = Settings(serving={"k_max": 50, "n_candidates": 100})
+    client = TestClient(create_app(settings, resources, ServingTuning(**tuning)))
+    client.__enter__()
+    return client
+
+
+def test_ranker_slower_than_its_budget_serves_candidate_order() -> None:
+    resources = make_resources(ranker=SlowRanker(0.05))
+    client = _client(resources, ranking_budget_ms=10)
+    resp = client.get("/recommendations/4", params={"k": 5})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["degraded"] == ["ranker_late"]
+    expected = resources.candidates.candidates(4, 100).item_ids[:5].tolist()
+    assert [i["item_id"] for i in body["items"]] == expected
+    assert 'recstack_degraded_total{reason="ranker_late"} 1.0' in client.get("/metrics").text
+
+
+def test_candidates_unavailable_serves_the_popular_list() -> None:
+    client = _client(make_resources(candidates=DeadCandidates()))
+    body = client.get("/recommendations/4", params={"k": 2}).json()
+    assert body["degraded"] == ["candidates_unavailable"]
+    assert [i["item_id"] for i in body["items"]] == [1003, 1001]
+    assert {i["source"] for i in body["items"]} == {"popular"}
+
+
+def test_a_short_client_deadline_skips_stages_and_says_why() -> None:
+    client = _client(make_resources(ranker=SlowRanker(0.01)))
+    resp = client.get("/recommendations/4", params={"k": 3}, headers={"X-Deadline-Ms": "5"})
+    assert resp.status_code == 200
+    assert resp.json()["degraded"] in (["ranker_late"], ["deadline_exceeded"])
+    fast = client.get("/recommendations/4", params={"k": 3}, headers={"X-Deadline-Ms": "500"})
+    assert fast.json()["degraded"] == []
+
+
+def test_a_bad_deadline_header_is_422_with_a_message() -> None:
+    client = _client(make_resources(), max_deadline_ms=200)
+    for bad in ("0", "-3", "201"):
+        resp = client.get("/recommendations/4", headers={"X-Deadline-Ms": bad})
+        assert resp.status_code == 422
+        assert resp.json()["detail"].startswith("X-Deadline-Ms must be a number of milliseconds")
+    resp = client.get("/recommendations/4", headers={"X-Deadline-Ms": "soon"})
+    assert resp.status_code == 422 and "x-deadline-ms" in resp.json()["detail"]
+
+
+def test_beyond_the_concurrency_limit_requests_are_shed_fast() -> None:
+    client = _client(make_resources(ranker=SlowRanker(0.5)), max_in_flight=1, retry_after_s=2,
+                     ranking_budget_ms=2000)
+    slow = threading.Thread(target=lambda: client.get("/recommendations/4"))
+    slow.start()
+    time.sleep(0.15)  # the slow request holds the only slot
+    t = time.perf_counter()
+    resp = client.get("/recommendations/5")
+    elapsed = time.perf_counter() - t
+    assert resp.status_code == 503 and resp.headers["retry-after"] == "2"
+    assert resp.json()["error"] == "overloaded"
+    assert elapsed < 0.1
+    assert client.get("/healthz").status_code == 200  # probes are never shed
+    slow.join()
+    text = client.get("/metrics").text
+    assert 'recstack_shed_requests_total{route="/recommendations"} 1.0' in text
+    assert 'recstack_requests_total{code="503",route="/recommendations"} 1.0' in text
+    assert "recstack_in_flight_requests 0.0" in text
+    assert client.get("/recommendations/5").status_code == 200  # the slot is free again
+
+
+def test_breaker_closed_open_half_open_closed() -> None:
+    now = [0.0]
+    seen: list[tuple[str, BreakerState]] = []
+    b = CircuitBreaker(2, 1.0, name="redis", on_change=lambda n, s: seen.append((n, s)),
+                       clock=lambda: now[0])
+    assert b.allow()
+    b.record(False)
+    assert b.state is BreakerState.CLOSED and b.allow()
+    b.record(False)
+    assert b.state is BreakerState.OPEN and not b.allow()
+    now[0] = 1.0
+    assert b.allow()  # the probe
+    assert not b.allow()  # only one probe at a time
+    b.record(False)  # the probe failed: open for another cooldown
+    assert b.state is BreakerState.OPEN and not b.allow()
+    now[0] = 2.5
+    assert b.allow()
+    b.record(True)
+    assert b.state is BreakerState.CLOSED and b.allow()
+    assert [s for _, s in seen] == [
+        BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.OPEN, BreakerState.HALF_OPEN,
+        BreakerState.CLOSED,
+    ]
