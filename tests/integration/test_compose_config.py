@@ -377,7 +377,8 @@ def test_secrets_agree_across_services(services: dict[str, dict[str, Any]]) -> N
     mlflow_argv = _argv(services["mlflow"]["command"])
     backend = urlsplit(mlflow_argv[mlflow_argv.index("--backend-store-uri") + 1])
     pg_env = services["postgres"]["environment"]
-    assert backend.scheme == "postgresql" and backend.hostname == "postgres"
+    # The driver is named: SQLAlchemy 2.1's default for postgresql:// is psycopg 3, not in the image.
+    assert backend.scheme == "postgresql+psycopg2" and backend.hostname == "postgres"
     assert backend.password == pg_env["POSTGRES_PASSWORD"] == values["POSTGRES_PASSWORD"]
     assert backend.username == pg_env["POSTGRES_USER"]
     assert backend.path.lstrip("/") == pg_env["POSTGRES_DB"]
