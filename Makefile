@@ -4,10 +4,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the native stack runs (binary -> package).
-SYSTEM_BINARIES := redis-server:redis-server prometheus:prometheus nginx:nginx promtool:prometheus docker-compose:docker-compose
+# Debian packages: the native stack's servers, and podman (+ debootstrap) for the compose test.
+STACK_PACKAGES := redis-server prometheus nginx docker-compose
+COMPOSE_PACKAGES := podman runc netavark aardvark-dns catatonit debootstrap iptables
 
-.PHONY: help demo test test-unit test-integration bench venv system-deps down status clean
+.PHONY: help demo test test-unit test-integration test-compose bench venv system-deps compose-deps apt-install down status clean
 
 help:
 	@echo "make demo   - install everything, then run the main job (recstack demo)"
@@ -25,9 +26,15 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 system-deps:
-	@missing=""; for pair in $(SYSTEM_BINARIES); do \
-	  bin=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$pkg"; \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(STACK_PACKAGES)"
+
+compose-deps:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(COMPOSE_PACKAGES)"
+
+# Installs the Debian packages in $(PACKAGES) that are not installed yet (sudo when not root).
+apt-install:
+	@missing=""; for pkg in $(PACKAGES); do \
+	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -38,14 +45,19 @@ system-deps:
 demo: system-deps venv
 	$(BIN)/recstack demo
 
-test: system-deps venv
-	RECSTACK_REQUIRE_SERVICES=$${RECSTACK_REQUIRE_SERVICES:-1} $(BIN)/pytest
+# The main suite, then the compose stack under podman (timed on its own).
+test: system-deps compose-deps venv
+	RECSTACK_REQUIRE_SERVICES=$${RECSTACK_REQUIRE_SERVICES:-1} $(BIN)/pytest -m "not compose"
+	$(MAKE) --no-print-directory test-compose
+
+test-compose: compose-deps venv
+	time RECSTACK_REQUIRE_SERVICES=$${RECSTACK_REQUIRE_SERVICES:-1} $(BIN)/pytest -m compose tests/compose
 
 test-unit: venv
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/unit -m "not compose"
 
 test-integration: system-deps venv
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest tests/integration -m "not compose"
 
 bench: system-deps venv
 	$(BIN)/recstack bench

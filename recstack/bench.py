@@ -92,6 +92,10 @@ def summarize(result: DemoResult, settings: Settings) -> dict[str, object]:
 # suite name -> "module:function"; stage suites live with their stage.
 SUITES: dict[str, str] = {
     "demo": "recstack.bench:bench_demo",
+    "simulator": "simulator.bench:run",
+    "pipelines": "pipelines.bench:run",
+    "training": "training.bench:run",
+    "serving": "recstack.stack.servingbench:run",
 }
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INFRA = ["redis", "mlflow", "prometheus"]
-SERVING = ["api", "nginx"]
+SERVING = ["api", "nginx", "sink"]
 
 
 @dataclass
@@ -107,6 +107,8 @@ def print_demo_result(result: DemoResult, console: Console) -> None:
         for key, value in sorted(result.training.metrics.items()):
             metrics.add_row(key, f"{value:.4f}")
         console.print(metrics)
+        verdict = "promoted to @champion" if result.training.promoted else "champion kept"
+        console.print(f"promotion gate: {verdict} ({result.training.gate_reason})")
     if result.load is not None:
         load = Table("requests", "failures", "RPS", "p50 ms", "p95 ms", "p99 ms",
                      title="Locust through nginx")

@@ -136,7 +136,9 @@ def run_locust(
         stale.unlink()
     env = {
         **os.environ,
-        # The locustfile reads the user-id range from here (it imports nothing of the project).
+        # The locustfile reads the user-id range and the saved world (under RECSTACK_HOME) from
+        # here; it imports only the light simulator.users after Locust has patched the process.
+        "RECSTACK_HOME": str(settings.root),
         "RECSTACK_SIM__N_USERS": str(settings.sim.n_users),
         "RECSTACK_LOADTEST_K": str(settings.serving.k_default),
         **(extra_env or {}),
