@@ -9,6 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from recstack.schemas import (
+    FRESH_FILE,
     ITEM_FEATURE_VIEW_V2,
     ITEM_FEATURES,
     ITEM_FEATURES_FILE,
@@ -74,7 +75,6 @@ ITEM_FEATURES_SCHEMA = _feature_schema("item_id", ITEM_FEATURES)
 USER_FEATURES_V2_FILE = f"{USER_FEATURE_VIEW_V2}.parquet"
 ITEM_FEATURES_V2_FILE = f"{ITEM_FEATURE_VIEW_V2}.parquet"
 USER_CATEGORY_FEATURES_FILE = f"{USER_CATEGORY_FEATURE_VIEW}.parquet"
-FRESH_FILE = "fresh.parquet"  # item_id, age_days, clicks, ctr, rank (the last snapshot day)
 USER_FEATURES_V2_SCHEMA = _feature_schema(
     "user_id", [f for f in RANKER_V2_USER_FEATURES if f not in USER_FEATURES])
 ITEM_FEATURES_V2_SCHEMA = _feature_schema(

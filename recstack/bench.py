@@ -11,45 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
-import os
-import platform
-from importlib import metadata
 from pathlib import Path
 
 from rich.console import Console
 
 from recstack.demo import DemoResult, run_demo
+from recstack.machine import machine_info
 from recstack.settings import Settings
-
-VERSIONED = ["apache-beam", "feast", "mlflow", "fastapi", "uvicorn", "lightgbm", "faiss-cpu",
-             "locust", "redis"]
-
-
-def machine_info() -> dict[str, object]:
-    """The machine and software that produced a figure."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for name in VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "hostname": platform.node(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "versions": versions,
-    }
 
 
 def summarize(result: DemoResult, settings: Settings) -> dict[str, object]:

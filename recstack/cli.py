@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from experiments import cli as experiments_cli
+from monitoring import cli as monitoring_cli
 from pipelines import cli as pipelines_cli
 from recstack.logs import configure_logging
 from recstack.settings import Settings, get_settings
@@ -36,6 +38,9 @@ logger = logging.getLogger(__name__)
 app.add_typer(simulator_cli.app)
 app.add_typer(pipelines_cli.app)
 app.add_typer(training_cli.app)
+app.add_typer(experiments_cli.app)
+experiments_cli.register_root(app)
+monitoring_cli.register_root(app)
 
 
 def _settings() -> Settings:

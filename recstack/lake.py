@@ -25,13 +25,24 @@ def partition_dir(lake_dir: Path, day: dt.date) -> Path:
     return Path(lake_dir) / EVENTS / f"date={day.isoformat()}"
 
 
+def with_event_columns(table: pa.Table) -> pa.Table:
+    """``table`` as EVENT_SCHEMA: missing nullable columns (e.g. ``arm`` outside experiments)
+    are added as nulls, extra columns dropped, types cast."""
+    for field in EVENT_SCHEMA:
+        if field.name not in table.column_names:
+            if not field.nullable:
+                raise ValueError(f"event table lacks the required column {field.name!r}")
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+
+
 def write_events(table: pa.Table, lake_dir: Path, batch_key: str) -> list[Path]:
     """Write ``table`` (EVENT_SCHEMA) into its day partitions as ``part-<batch_key>.parquet``.
 
     Returns the files written. The same ``batch_key`` overwrites the same files, so a retried
     write does not duplicate events.
     """
-    table = table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+    table = with_event_columns(table)
     days = pc.cast(pc.cast(table["ts"], pa.timestamp("us")), pa.date32())
     written = []
     for day in pc.unique(days).to_pylist():

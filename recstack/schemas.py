@@ -29,6 +29,8 @@ EVENT_SCHEMA = pa.schema(
         pa.field("request_id", pa.string()),
         pa.field("position", pa.int32()),
         pa.field("model_version", pa.string()),
+        # The online experiment's arm that served the request (None outside experiments).
+        pa.field("arm", pa.string()),
     ]
 )
 EVENT_COLUMNS = EVENT_SCHEMA.names
@@ -56,6 +58,7 @@ class Event(BaseModel):
     request_id: str | None = Field(None, max_length=128)
     position: int | None = Field(None, ge=0, le=10_000)
     model_version: str | None = Field(None, max_length=128)
+    arm: str | None = Field(None, max_length=64)
 
 
 # Feature tables written by the Beam pipelines and registered in Feast. Every feature name is
@@ -85,6 +88,7 @@ RANKER_FEATURES = USER_FEATURES + ITEM_FEATURES + [CANDIDATE_SCORE_FEATURE]
 USER_FEATURES_FILE = "user_features.parquet"
 ITEM_FEATURES_FILE = "item_features.parquet"
 POPULAR_FILE = "popular.parquet"  # item_id, clicks, rank (the most recent day)
+FRESH_FILE = "fresh.parquet"  # item_id, age_days, clicks, ctr, rank (the last snapshot day)
 LABELS_FILE = "labels.parquet"  # user_id, item_id, event_timestamp, label, request_id, position
 DEAD_LETTER_DIR = "dead_letter"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +72,8 @@ class FeastSettings(BaseModel):
     project: str = "recstack"
     repo_path: Path = REPO_ROOT / "feature_repo"
     feature_service: str = "ranker_v1"
+    # "redis" for one server, "redis_cluster" for a Redis Cluster (connection string: seed nodes).
+    redis_type: Literal["redis", "redis_cluster"] = "redis"
 
 
 class PipelineSettings(BaseModel):
@@ -79,6 +82,9 @@ class PipelineSettings(BaseModel):
     runner: str = "DirectRunner"
     window_days: int = 7
     popular_size: int = 500
+    # Validation: tolerated relative change of a table's row count vs the last good run
+    # (0.5 = +-50%); None disables the check.
+    max_row_swing: float | None = Field(0.5, ge=0)
 
 
 class TrainSettings(BaseModel):
@@ -90,14 +96,76 @@ class TrainSettings(BaseModel):
     negatives_per_positive: int = 4
 
 
+ServingMode = Literal["inprocess", "split"]
+
+
 class ServingSettings(BaseModel):
-    """The serving tier: list sizes and the per-request deadline."""
+    """The serving tier: list sizes, the request deadline, stage budgets, overload limits,
+    the Redis breaker and split-mode addresses of one replica."""
 
     k_default: int = 20
     k_max: int = 100
     n_candidates: int = 500
     deadline_ms: float = 100.0
     item_refresh_s: float = 60.0
+    mode: ServingMode = "inprocess"
+    # Per-stage budgets (DESIGN.md section 7), in ms; a stage past its budget is skipped.
+    # Defaults are about twice DESIGN.md's per-stage targets: on 2 shared cores a thread waits
+    # for the GIL or a core for milliseconds, and a skipped stage costs quality.
+    candidates_budget_ms: float = Field(20.0, gt=0)
+    user_features_budget_ms: float = Field(10.0, gt=0)
+    ranking_budget_ms: float = Field(30.0, gt=0)
+    # A client may shorten (never lengthen past this) its deadline with X-Deadline-Ms.
+    max_deadline_ms: float = Field(1000.0, gt=0)
+    # Requests a replica works on at once; more are shed with 503 + Retry-After.
+    max_in_flight: int = Field(32, ge=1)
+    retry_after_s: int = Field(1, ge=1)
+    # Redis circuit breaker: opens after this many consecutive failures, probes after cooldown.
+    breaker_threshold: int = Field(3, ge=1)
+    breaker_cooldown_s: float = Field(1.0, gt=0)
+    # How often the replica checks whether a materialization finished (item feature refresh).
+    materialization_poll_s: float = Field(5.0, gt=0)
+    # Split mode: where the candidate and ranking services are (their nginx front or a replica);
+    # empty: derived by the native stack from its ports.
+    candidates_url: str = ""
+    ranking_url: str = ""
+    # Replicas of each stage service in the native stack (split mode).
+    candidates_replicas: int = Field(1, ge=1, le=8)
+    ranking_replicas: int = Field(1, ge=1, le=8)
+    # Keep-alive connections per service and replica process (httpx pool).
+    pool_connections: int = Field(32, ge=1)
+    # Chaos knob for tests and experiments: the ranker sleeps this long before scoring.
+    inject_ranking_delay_ms: float = Field(0.0, ge=0)
+
+
+class GateSettings(BaseModel):
+    """When a challenger may replace the champion (``RECSTACK_GATE__*``)."""
+
+    metric: Literal["auc", "ndcg_at_10", "logloss"] = Field(
+        "auc", description="ranker metric compared on the shared holdout (logloss: lower wins)"
+    )
+    margin: float = Field(0.002, ge=0, description="the challenger must win by at least this")
+    max_ndcg_drop: float = Field(
+        0.01, ge=0, description="and may not lose more than this NDCG@10 to the champion"
+    )
+    min_score_std: float = Field(1e-4, ge=0, description="holdout scores must spread this much")
+    min_distinct_scores: int = Field(10, ge=1)
+    latency_rows: int = Field(500, ge=1, description="rows per ranker batch (DESIGN.md s.7)")
+    latency_repeats: int = Field(200, ge=10)
+    latency_p99_ms: float = Field(
+        8.0, gt=0, description="ranker CPU-time p99 budget per batch (DESIGN.md section 7)")
+
+
+class TrainerSettings(BaseModel):
+    """The periodic retraining loop (``recstack trainer``, ``RECSTACK_TRAINER__*``)."""
+
+    every_sim_days: float = Field(1.0, gt=0, description="retrain every N simulated days")
+    speedup: float = Field(
+        86400.0, gt=0, description="simulated seconds per wall second (86400: a day a second)"
+    )
+    run_pipeline: bool = Field(True, description="run `recstack pipeline` before training")
+    pipeline_timeout_s: float = Field(1800.0, gt=0)
+    max_runs: int = Field(0, ge=0, description="stop after this many runs (0: never)")
 
 
 class StackSettings(BaseModel):
@@ -108,6 +176,8 @@ class StackSettings(BaseModel):
     prometheus_port: int = 19090
     api_base_port: int = 18100
     supervisor_port: int = 19001
+    # The drift/freshness monitor's /metrics (scraped by Prometheus).
+    monitor_port: int = 18190
     api_replicas: int = Field(2, ge=1, le=16)
     start_timeout_s: float = 90.0
 
@@ -137,6 +207,8 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     train: TrainSettings = TrainSettings()
     serving: ServingSettings = ServingSettings()
+    gate: GateSettings = GateSettings()
+    trainer: TrainerSettings = TrainerSettings()
     stack: StackSettings = StackSettings()
     load: LoadSettings = LoadSettings()
 
@@ -183,6 +255,7 @@ class Settings(BaseSettings):
             "RECSTACK_FEAST_PROJECT": self.feast.project,
             "RECSTACK_FEAST_REGISTRY": str(self.feast_dir / "registry.db"),
             "RECSTACK_FEAST_REDIS": self.redis.feast_connection_string,
+            "RECSTACK_FEAST_REDIS_TYPE": self.feast.redis_type,
             "RECSTACK_FEATURES_DIR": str(self.features_dir),
         }
 

@@ -19,8 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from recstack.logs import configure_logging
-from recstack.settings import Settings, get_settings
-from serving.config import ServingTuning
+from recstack.settings import ServingSettings, Settings, get_settings
 from serving.errors import ServingError
 from serving.events import RedisStreamSink, stream_client
 from serving.metrics import ServingMetrics
@@ -48,7 +47,6 @@ def create_ranking_app() -> FastAPI:
 def create_app(
     settings: Settings | None = None,
     resources: Resources | None = None,
-    tuning: ServingTuning | None = None,
     role: Role = "api",
 ) -> FastAPI:
     """One replica of ``role``: the API (``/recommendations``, ``/events``), or in split mode
@@ -56,7 +54,7 @@ def create_app(
     loader."""
     own_logging = settings is None
     settings = settings or get_settings()
-    tuning = tuning or ServingTuning()
+    tuning = settings.serving
     if own_logging:  # launched by uvicorn --factory: this is the process entrypoint
         configure_logging(settings.log_level, settings.log_json)
     metrics = ServingMetrics()
@@ -107,7 +105,7 @@ def create_app(
 
 @contextlib.asynccontextmanager
 async def _live_resources(
-    settings: Settings, tuning: ServingTuning, metrics: ServingMetrics, role: Role
+    settings: Settings, tuning: ServingSettings, metrics: ServingMetrics, role: Role
 ) -> AsyncIterator[Resources]:
     """Real resources: async Redis for events and PING, sync Redis for the feature reads (they
     run in the request threads), a background model/feature loader."""

@@ -7,8 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from recstack.settings import Settings
-from serving.config import ServingTuning
+from recstack.settings import ServingSettings, Settings
 from serving.errors import NotReady
 from serving.metrics import ServingMetrics
 from serving.protocols import EventSink
@@ -20,7 +19,7 @@ async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_tuning(request: Request) -> ServingTuning:
+async def get_tuning(request: Request) -> ServingSettings:
     return request.app.state.tuning
 
 
@@ -47,7 +46,7 @@ async def get_event_sink(request: Request) -> EventSink:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-TuningDep = Annotated[ServingTuning, Depends(get_tuning)]
+TuningDep = Annotated[ServingSettings, Depends(get_tuning)]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]

@@ -16,10 +16,9 @@ from typing import Any, Literal
 import numpy as np
 
 from recstack.schemas import ITEM_FEATURE_VIEW, ITEM_FEATURES, USER_FEATURE_VIEW, USER_FEATURES
-from recstack.settings import Settings
+from recstack.settings import ServingSettings, Settings
 from serving.breaker import CircuitBreaker
 from serving.candidates import AnnCandidateSource
-from serving.config import ServingTuning
 from serving.features import ITEM_KEY, USER_KEY, ItemFeatureTable
 from serving.metrics import ServingMetrics
 from serving.onlinestore import RedisFeatureReader
@@ -38,7 +37,7 @@ Ping = Callable[[], Awaitable[bool]]
 Role = Literal["api", "candidates", "ranking"]
 
 
-def budgets_of(settings: Settings, tuning: ServingTuning) -> Budgets:
+def budgets_of(settings: Settings, tuning: ServingSettings) -> Budgets:
     """The per-request deadline and per-stage budgets, in seconds."""
     return Budgets(
         deadline_s=settings.serving.deadline_ms / 1000,
@@ -143,13 +142,13 @@ class Maintainer:
         resources: Resources,
         metrics: ServingMetrics,
         redis_client: Any = None,
-        tuning: ServingTuning | None = None,
+        tuning: ServingSettings | None = None,
         remote: tuple[Any, Any] | None = None,
     ) -> None:
         self.settings = settings
         # Split-mode API: (candidate service client, ranking service client); no local stages.
         self.remote = remote
-        self.tuning = tuning or ServingTuning()
+        self.tuning = tuning or settings.serving
         self.resources = resources
         self.metrics = metrics
         self.redis_client = redis_client

@@ -185,7 +185,7 @@ class _PartitionWriter:
         self.writer = pq.ParquetWriter(self.tmp, EVENT_SCHEMA, compression="zstd")
 
     def write(self, table: pa.Table) -> None:
-        self.writer.write_table(table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA))
+        self.writer.write_table(lake.with_event_columns(table))
 
     def __enter__(self) -> _PartitionWriter:
         return self
@@ -342,6 +342,7 @@ def _event_table(
             "request_id": request_id,
             "position": pa.array(position, type=pa.int32()),
             "model_version": pa.repeat(pa.scalar(model_version, pa.string()), n),
+            "arm": pa.nulls(n, pa.string()),
         },
         schema=EVENT_SCHEMA,
     )

@@ -354,6 +354,7 @@ def _write_chunk(
             "request_id": request_id,
             "position": pa.array(np.zeros(n_imp + n_clk, np.int32)),
             "model_version": pa.repeat(pa.scalar(model_version, pa.string()), n_imp + n_clk),
+            "arm": pa.nulls(n_imp + n_clk, pa.string()),
         },
         schema=EVENT_SCHEMA,
     )

@@ -78,11 +78,10 @@ def trainer(
     max_runs: Annotated[int | None, typer.Option(help="stop after N runs (0: never)")] = None,
 ) -> None:
     """Long-running: retrain every N simulated days; stops cleanly on SIGTERM/SIGINT."""
-    from training.config import TrainingConfig
     from training.scheduler import Trainer
 
     s = _settings()
-    cfg = TrainingConfig().trainer
+    cfg = s.trainer.model_copy()
     if every_sim_days is not None:
         cfg.every_sim_days = every_sim_days
     if speedup is not None:

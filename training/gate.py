@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.config import GateSettings
+from recstack.settings import GateSettings
 
 LOWER_IS_BETTER = {"logloss"}
 

@@ -23,8 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from recstack.clock import SimClock, day_start
-from recstack.settings import REPO_ROOT, Settings
-from training.config import TrainerSettings, TrainingConfig
+from recstack.settings import REPO_ROOT, Settings, TrainerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ class Trainer:
                  clock: SimClock | None = None,
                  retrain: Callable[[Settings], Any] | None = None) -> None:
         self.settings = settings
-        self.cfg = cfg or TrainingConfig().trainer
+        self.cfg = cfg or settings.trainer
         # Simulated time continues the world's calendar: the day after the simulated days.
         start = day_start(settings.sim.start_date + dt.timedelta(days=settings.sim.days))
         self.clock = clock or SimClock(start, speedup=self.cfg.speedup)

@@ -24,10 +24,9 @@ import pandas as pd
 from recstack.clock import day_start
 from recstack.lake import read_events, read_items
 from recstack.schemas import CANDIDATE_SCORE_FEATURE, POPULAR_FILE, RANKER_FEATURES
-from recstack.settings import Settings
+from recstack.settings import GateSettings, Settings
 from training import evaluate as ev
 from training.candidates import CandidateModel, fit_candidate_model, save_artifacts
-from training.config import GateSettings, TrainingConfig
 from training.datasets import TrainingDataError, build_ranker_dataset, time_split
 from training.gate import Verdict, decide, latency_within_budget, sanity_failures
 from training.holdout import Holdout, popular_before
@@ -155,7 +154,7 @@ def train_and_register(settings: Settings, store: Any | None = None,
     """Train both models, evaluate them on the last day, register them, run the gate.
 
     In: the lake, the feature tables and Feast (``store`` defaults to ``open_store(settings)``;
-    tests pass a fake with the same methods); ``gate`` defaults to ``TrainingConfig().gate``.
+    tests pass a fake with the same methods); ``gate`` defaults to ``settings.gate``.
     Out: a :class:`TrainResult`. Both new versions get the alias ``challenger``; they get
     ``champion`` only if the gate passes (training/gate.py), else the champion stays and the
     reason is on the run, on the versions (tags ``gate_decision``, ``gate_reason``) and in
@@ -165,7 +164,7 @@ def train_and_register(settings: Settings, store: Any | None = None,
     timings: dict[str, float] = {}
     clock = _Stopwatch(timings)
     seed, dim = settings.sim.seed, settings.train.embedding_dim
-    gate = gate or TrainingConfig().gate
+    gate = gate or settings.gate
     with clock("setup_s"):
         _check_mlflow(settings.mlflow.uri)  # before minutes of work, not after
         from training import registry

@@ -20,7 +20,6 @@ from recstack.stack.services import (
     Program,
     StackConfigError,
     api_ports,
-    serving_tuning,
     stage_front_port,
     stage_ports,
 )
@@ -215,7 +214,7 @@ def _render_stage_fronts(settings: Settings) -> str:
     The API's own timeouts are the stage budgets, so nginx only fails over on a refused
     connection or a 502/503 (both idempotent here: scoring has no side effect).
     """
-    tuning = serving_tuning()
+    tuning = settings.serving
     if tuning.mode != "split":
         return ""
     blocks = []
@@ -282,7 +281,7 @@ def render_api_targets(settings: Settings, replicas: int) -> str:
         {"targets": [f"127.0.0.1:{port}"], "labels": {"service": "api", "replica": f"api-{i}"}}
         for i, port in enumerate(api_ports(settings, replicas))
     ]
-    tuning = serving_tuning()
+    tuning = settings.serving
     if tuning.mode == "split":
         for service, n in _stage_replicas(tuning).items():
             entries += [

@@ -28,7 +28,6 @@ from recstack.stack.services import (
     Program,
     api_ports,
     native_programs,
-    serving_tuning,
     stage_ports,
 )
 from recstack.stack.supervisor import ProcessInfo, StackError, Supervisor
@@ -213,7 +212,7 @@ def up(settings: Settings, services: Sequence[str] | None = None, wait: bool = T
     ``settings.stack.start_timeout_s``.
     """
     if services is None:  # everything, but the stage services only when the api calls them
-        split = serving_tuning().mode == "split"
+        split = settings.serving.mode == "split"
         services = [s for s in SERVICE_ORDER if split or s not in STAGE_SERVICES]
     wanted = _check_services(list(services))
     replicas = _replicas(settings)

@@ -105,13 +105,6 @@ def stage_front_port(settings: Settings, service: str) -> int:
     return settings.stack.lb_port + 1 + STAGE_SERVICES.index(service)
 
 
-def serving_tuning() -> Any:
-    """The serving-only knobs (``RECSTACK_SERVING__*`` beyond the kernel's ServingSettings)."""
-    from serving.config import ServingTuning
-
-    return ServingTuning()
-
-
 def tuning_env(settings: Settings, tuning: Any) -> dict[str, str]:
     """``RECSTACK_SERVING__*`` of the tuning, with the stage URLs of this stack in split mode."""
     env = {
@@ -250,7 +243,7 @@ def native_programs(settings: Settings, replicas: int | None = None) -> list[Pro
             health=HealthCheck("http", settings.stack.prometheus_port, "/-/ready"),
         ),
     ]
-    tuning = serving_tuning()
+    tuning = settings.serving
     api_env = {**settings_env(settings), **tuning_env(settings, tuning), **marker}
     for service in STAGE_SERVICES:
         n = tuning.candidates_replicas if service == "candidates" else tuning.ranking_replicas

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ import redis
 from pipelines import run_all
 from recstack.featurestore import open_store
 from recstack.schemas import USER_FEATURES
-from recstack.settings import REPO_ROOT
 from tests.conftest import free_port, need_binary, stop_process, wait_for_port
 from tests.unit.pipelines.tinylake import DAY1, at, shown_and_clicked, write_lake
 
@@ -58,22 +56,12 @@ def redis_cluster(tmp_path: Path) -> Iterator[list[int]]:
             stop_process(proc)
 
 
-def _cluster_repo(tmp_path: Path) -> Path:
-    """A copy of feature_repo/ whose online store is a Redis Cluster (redis_type)."""
-    repo = tmp_path / "feature_repo"
-    shutil.copytree(REPO_ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("__pycache__"))
-    yaml = (repo / "feature_store.yaml").read_text()
-    yaml = yaml.replace("  type: redis\n", "  type: redis\n  redis_type: redis_cluster\n")
-    assert "redis_cluster" in yaml
-    (repo / "feature_store.yaml").write_text(yaml)
-    return repo
-
-
 def test_materialize_into_a_redis_cluster_and_read_back(settings, redis_cluster, tmp_path):
     s = settings.model_copy(update={
         "redis": settings.redis.model_copy(update={"port": redis_cluster[0]}),
+        # The setting alone switches Feast's online store to the cluster client.
         "feast": settings.feast.model_copy(update={"project": "cluster_it",
-                                                   "repo_path": _cluster_repo(tmp_path)}),
+                                                   "redis_type": "redis_cluster"}),
     })
     events = []
     for user in range(1, 41):  # enough keys to land on every node's slots

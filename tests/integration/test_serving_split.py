@@ -42,7 +42,6 @@ def candidates_app():  # type: ignore[no-untyped-def]
 def ranking_app():  # type: ignore[no-untyped-def]
     from serving.app import create_app
     from serving.breaker import CircuitBreaker
-    from serving.config import ServingTuning
     from serving.features import USER_KEY
     from serving.metrics import ServingMetrics
     from serving.onlinestore import RedisFeatureReader, sync_redis_client
@@ -56,14 +55,13 @@ def ranking_app():  # type: ignore[no-untyped-def]
     breaker = CircuitBreaker(2, 0.5, on_change=metrics.breaker_changed)
     users = RedisFeatureReader(client, "p", USER_FEATURE_VIEW, USER_FEATURES, USER_KEY, breaker)
     app = create_app(_settings(), make_resources(ranker=ranker, user_features=users),
-                     ServingTuning(), role="ranking")
+                     role="ranking")
     app.state.metrics = metrics  # the breaker reports to this app's /metrics
     return app
 
 
 def api_app():  # type: ignore[no-untyped-def]
     from serving.app import create_app
-    from serving.config import ServingTuning
     from serving.remote import HttpCandidateSource, HttpScorer, http_client
     from tests.unit.serving.conftest import make_resources, tiny_model
 
@@ -74,9 +72,11 @@ def api_app():  # type: ignore[no-untyped-def]
         ranker=None, user_features=None, item_features=None,
     )
     # Generous candidate budget: this test is about the ranking stage, on 2 shared cores.
-    tuning = ServingTuning(max_in_flight=int(os.environ.get("TEST_MAX_IN_FLIGHT", "16")),
-                           candidates_budget_ms=200, ranking_budget_ms=30)
-    return create_app(_settings(), resources, tuning)
+    base = _settings()
+    serving = base.serving.model_copy(update={
+        "max_in_flight": int(os.environ.get("TEST_MAX_IN_FLIGHT", "16")),
+        "candidates_budget_ms": 200, "ranking_budget_ms": 30})
+    return create_app(base.model_copy(update={"serving": serving}), resources)
 
 
 # ---- fixtures ----------------------------------------------------------------------------------

@@ -10,10 +10,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from recstack.settings import Settings
+from recstack.settings import GateSettings, Settings
 from tests.unit.training.synthetic import write_world
 from training import registry, train_and_register
-from training.config import GateSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.mlflow]
 

@@ -17,10 +17,9 @@ import pytest
 from mlflow import MlflowClient
 
 from recstack.schemas import CANDIDATE_ARTIFACTS, RANKER_FEATURES
-from recstack.settings import Settings
+from recstack.settings import GateSettings, Settings
 from tests.unit.training.synthetic import write_world
 from training import train_and_register
-from training.config import GateSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.mlflow]
 

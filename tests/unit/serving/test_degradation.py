@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 from recstack.settings import Settings
 from serving.app import create_app
 from serving.breaker import BreakerState, CircuitBreaker
-from serving.config import ServingTuning
 from tests.unit.serving.conftest import FakeRanker, make_resources
 
 
@@ -34,8 +33,8 @@ class DeadCandidates:
 
 
 def _client(resources, **tuning) -> TestClient:
-    settings = Settings(serving={"k_max": 50, "n_candidates": 100})
-    client = TestClient(create_app(settings, resources, ServingTuning(**tuning)))
+    settings = Settings(serving={"k_max": 50, "n_candidates": 100, **tuning})
+    client = TestClient(create_app(settings, resources))
     client.__enter__()
     return client
 

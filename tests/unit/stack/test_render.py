@@ -230,8 +230,8 @@ def test_rules_compute_what_their_names_say(tmp_path: Path) -> None:
 def test_split_mode_adds_stage_services_fronted_by_nginx(
     stack_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RECSTACK_SERVING__MODE", "split")
-    monkeypatch.setenv("RECSTACK_SERVING__RANKING_REPLICAS", "2")
+    serving = stack_settings.serving.model_copy(update={"mode": "split", "ranking_replicas": 2})
+    stack_settings = stack_settings.model_copy(update={"serving": serving})
     programs = {p.name: p for p in native_programs(stack_settings)}
     assert {"candidates-0", "ranking-0", "ranking-1"} <= set(programs)
     assert programs["ranking-1"].port == stack_settings.stack.api_base_port + 41

@@ -135,7 +135,8 @@ class FakeStore:
 def write_world(settings: Settings, seed: int = 0, **kwargs: int) -> FakeStore:
     """Write lake events + items, labels and popular tables for ``settings``; return a FakeStore."""
     events = make_events(seed=seed, **kwargs)
-    table = pa.Table.from_pandas(events[EVENT_SCHEMA.names], preserve_index=False)
+    table = pa.Table.from_pandas(events[[c for c in EVENT_SCHEMA.names if c in events]],
+                                 preserve_index=False)
     lake.write_events(table, settings.lake_dir, batch_key="synthetic")
     n_items = int(events["item_id"].max()) + 1 + 5  # 5 catalogue items nobody saw
     lake.write_items(pa.table({

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.config import GateSettings, TrainingConfig
+from recstack.settings import GateSettings, Settings
 from training.gate import compare, decide, measure_latency_ms, sanity_failures
 
 GATE = GateSettings(metric="auc", margin=0.01, max_ndcg_drop=0.02)
@@ -77,9 +77,9 @@ def test_gate_settings_from_environment(monkeypatch) -> None:
     monkeypatch.setenv("RECSTACK_GATE__MARGIN", "0.05")
     monkeypatch.setenv("RECSTACK_GATE__METRIC", "ndcg_at_10")
     monkeypatch.setenv("RECSTACK_TRAINER__EVERY_SIM_DAYS", "2")
-    cfg = TrainingConfig()
+    cfg = Settings()
     assert cfg.gate.margin == 0.05 and cfg.gate.metric == "ndcg_at_10"
     assert cfg.trainer.every_sim_days == 2.0
     monkeypatch.setenv("RECSTACK_GATE__METRIC", "accuracy")
     with pytest.raises(ValueError):
-        TrainingConfig()
+        Settings()

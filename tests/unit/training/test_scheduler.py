@@ -8,8 +8,7 @@ import signal
 import threading
 
 from recstack.clock import SimClock
-from recstack.settings import Settings
-from training.config import TrainerSettings
+from recstack.settings import Settings, TrainerSettings
 from training.scheduler import RetrainError, Trainer, retrain_once, run_pipeline_subprocess
 
 SETTINGS = Settings()

@@ -1,0 +1,1 @@
+"""The drift experiment (taste shift, retraining on and off) and the data-bug experiment."""

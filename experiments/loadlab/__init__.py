@@ -1,0 +1,1 @@
+"""Scaling and chaos experiments on the native stack, and the capacity planner."""

@@ -1,0 +1,1 @@
+"""Online experiments: A/B, canary and shadow analysis against simulated users."""
