@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from fastapi.responses import Response
 
 from recstack.logs import configure_logging
 from recstack.settings import ServingSettings, Settings, get_settings
+from serving.arms import Experiment, ShadowRunner, build_experiment
 from serving.errors import ServingError
 from serving.events import RedisStreamSink, stream_client
 from serving.metrics import ServingMetrics
@@ -27,6 +29,7 @@ from serving.middleware import ConcurrencyLimitMiddleware, RequestMetricsMiddlew
 from serving.resources import Maintainer, Resources, Role, budgets_of
 from serving.responses import json_response
 from serving.routes import events, health, recommendations, stages
+from serving.routes import experiment as experiment_routes
 from serving.validation import readable_errors
 
 logger = logging.getLogger(__name__)
@@ -48,28 +51,43 @@ def create_app(
     settings: Settings | None = None,
     resources: Resources | None = None,
     role: Role = "api",
+    experiment: Experiment | None = None,
 ) -> FastAPI:
     """One replica of ``role``: the API (``/recommendations``, ``/events``), or in split mode
     the candidate or ranking service. ``resources`` (fakes in tests) disables the background
-    loader."""
+    loader. The API runs the online experiment of ``settings.ab`` (or ``experiment``, whose
+    arms then carry their own recommenders)."""
     own_logging = settings is None
     settings = settings or get_settings()
     tuning = settings.serving
     if own_logging:  # launched by uvicorn --factory: this is the process entrypoint
         configure_logging(settings.log_level, settings.log_json)
     metrics = ServingMetrics()
+    if role == "api" and experiment is None:
+        experiment = build_experiment(settings.ab, settings.mlflow.serving_alias)
+    if role != "api":
+        experiment = None
+    if experiment is not None:
+        _wire_experiment(experiment, settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if resources is not None:
-            app.state.resources = resources
-            if resources.recommender is not None:
-                metrics.set_models(resources.recommender.versions)
-            yield
-            return
-        async with _live_resources(settings, tuning, metrics, role) as live:
-            app.state.resources = live
-            yield
+        if experiment is not None and experiment.shadow is not None:
+            experiment.shadow.start()
+        try:
+            if resources is not None:
+                app.state.resources = resources
+                if resources.recommender is not None:
+                    metrics.set_models(resources.recommender.versions)
+                yield
+                return
+            async with _live_resources(settings, tuning, metrics, role) as (live, maintainer):
+                app.state.resources = live
+                async with _arm_loader(settings, experiment, live, maintainer):
+                    yield
+        finally:
+            if experiment is not None and experiment.shadow is not None:
+                experiment.shadow.stop()
 
     title = {"api": "recstack API", "candidates": "recstack candidates",
              "ranking": "recstack ranking"}[role]
@@ -77,6 +95,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.tuning = tuning
+    app.state.experiment = experiment
     if resources is not None and resources.budgets is None:
         resources.budgets = budgets_of(settings, tuning)
         resources.rebuild()
@@ -86,6 +105,7 @@ def create_app(
     if role == "api":
         app.include_router(recommendations.router)
         app.include_router(events.router)
+        app.include_router(experiment_routes.router)
     elif role == "candidates":
         app.include_router(stages.candidates_router)
     else:
@@ -103,12 +123,60 @@ def create_app(
     return app
 
 
+def _wire_experiment(exp: Experiment, settings: Settings, metrics: ServingMetrics) -> None:
+    """Metrics, the canary guard and the shadow runner of the replica's experiment."""
+    ab = settings.ab
+    metrics.set_arms({a.name: a.weight for a in exp.arms})
+    if exp.mode == "canary":
+        for arm in exp.arms[1:]:
+            if arm.name not in exp.guards:
+                exp.add_canary_guard(arm.name, ab.canary_window, ab.canary_min_requests,
+                                     ab.canary_max_error_rate, ab.canary_p99_ms)
+
+    def rolled_back(arm: str, reason: str) -> None:
+        metrics.canary_rollbacks.labels(arm=arm).inc()
+        metrics.arm_weight.labels(arm=arm).set(0)
+
+    exp.on_rollback = rolled_back
+    if exp.mode == "shadow" and exp.shadow_arm is not None and exp.shadow is None:
+        exp.shadow = ShadowRunner(exp.shadow_arm, ab.shadow_queue, metrics.shadow_result)
+    logger.info("online experiment %s (%s): %s", exp.name, exp.mode,
+                ", ".join(f"{a.name}={a.models}@{a.weight:g}" for a in exp.arms)
+                + (f", shadow={exp.shadow_arm.models}" if exp.shadow_arm else ""))
+
+
+@contextlib.asynccontextmanager
+async def _arm_loader(
+    settings: Settings, exp: Experiment | None, live: Resources, maintainer: Any = None
+) -> AsyncIterator[None]:
+    """Loads the experiment's non-champion arms in the background (nothing to do without).
+    Arms read features through the maintainer's ``readers_for(source, ranker)`` when it has
+    one (each ranker its own feature set), else through the replica's readers."""
+    from serving.variants import VariantLoader
+
+    if exp is None:
+        yield
+        return
+    loader = VariantLoader(settings, exp, live,
+                           readers=getattr(maintainer, "readers_for", None))
+    if not loader.arms():
+        yield
+        return
+    task = asyncio.create_task(loader.run(), name="experiment-arms")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @contextlib.asynccontextmanager
 async def _live_resources(
     settings: Settings, tuning: ServingSettings, metrics: ServingMetrics, role: Role
-) -> AsyncIterator[Resources]:
+) -> AsyncIterator[tuple[Resources, Maintainer]]:
     """Real resources: async Redis for events and PING, sync Redis for the feature reads (they
-    run in the request threads), a background model/feature loader."""
+    run in the request threads), a background model/feature loader (yielded with them)."""
     import faiss
     import mlflow
 
@@ -151,7 +219,7 @@ async def _live_resources(
     maintainer = Maintainer(settings, live, metrics, features_client, tuning, remote)
     task = asyncio.create_task(maintainer.run(), name="serving-maintainer")
     try:
-        yield live
+        yield live, maintainer
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from recstack.settings import ServingSettings, Settings
+from serving.arms import Experiment
 from serving.errors import NotReady
 from serving.metrics import ServingMetrics
 from serving.protocols import EventSink
@@ -38,6 +39,10 @@ async def get_recommender(request: Request) -> Recommender:
     return recommender
 
 
+async def get_experiment(request: Request) -> Experiment | None:
+    return request.app.state.experiment
+
+
 async def get_event_sink(request: Request) -> EventSink:
     sink = request.app.state.resources.events
     if sink is None:
@@ -50,4 +55,5 @@ TuningDep = Annotated[ServingSettings, Depends(get_tuning)]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
+ExperimentDep = Annotated[Experiment | None, Depends(get_experiment)]
 EventSinkDep = Annotated[EventSink, Depends(get_event_sink)]

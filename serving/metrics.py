@@ -79,6 +79,42 @@ class ServingMetrics:
             "recstack_request_deadline_seconds", "Deadline each recommendation was given.",
             buckets=REQUEST_BUCKETS, registry=r,
         )
+        # Online experiments: arm names come from settings (control, treatment), never users.
+        self.arm_requests = Counter(
+            "recstack_arm_requests", "Recommendations by experiment arm (the assigned arm).",
+            ["arm"], registry=r,
+        )
+        self.arm_errors = Counter(
+            "recstack_arm_errors",
+            "Recommendations of an arm that failed or had a stage unavailable.", ["arm"],
+            registry=r,
+        )
+        self.arm_duration = Histogram(
+            "recstack_arm_recommend_duration_seconds", "Recommendation time by experiment arm.",
+            ["arm"], buckets=REQUEST_BUCKETS, registry=r,
+        )
+        self.arm_weight = Gauge(
+            "recstack_arm_weight", "Current traffic weight of each experiment arm.", ["arm"],
+            registry=r,
+        )
+        self.canary_rollbacks = Counter(
+            "recstack_canary_rollbacks", "Canary arms rolled back by the SLO guard.", ["arm"],
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "recstack_shadow_requests",
+            "Shadow scorings by outcome (scored, dropped, failed, not_loaded).", ["outcome"],
+            registry=r,
+        )
+        self.shadow_duration = Histogram(
+            "recstack_shadow_duration_seconds", "Time the shadow arm took per request.",
+            buckets=REQUEST_BUCKETS, registry=r,
+        )
+        self.shadow_overlap = Histogram(
+            "recstack_shadow_overlap_ratio",
+            "Share of the served list that the shadow arm also returned.",
+            buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), registry=r,
+        )
         for stage in STAGES:  # export zeroed series so dashboards see every stage from start
             self.stage_duration.labels(stage=stage)
 
@@ -88,6 +124,21 @@ class ServingMetrics:
         self.breaker_transitions.labels(
             dependency=dependency, state=BREAKER_STATES[int(state)]
         ).inc()
+
+    def set_arms(self, weights: dict[str, float]) -> None:
+        """Export every arm's series from the start (zeroed counters, current weights)."""
+        for arm, weight in weights.items():
+            self.arm_requests.labels(arm=arm)
+            self.arm_errors.labels(arm=arm)
+            self.arm_weight.labels(arm=arm).set(weight)
+
+    def shadow_result(self, outcome: str, seconds: float, overlap: float | None) -> None:
+        """``ShadowRunner.on_result`` callback."""
+        self.shadow_requests.labels(outcome=outcome).inc()
+        if outcome == "scored":
+            self.shadow_duration.observe(seconds)
+            if overlap is not None:
+                self.shadow_overlap.observe(overlap)
 
     def set_models(self, versions: dict[str, str]) -> None:
         """Replace the model-info series with ``{model: version}``."""

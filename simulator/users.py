@@ -3,8 +3,8 @@
 This is the feedback loop's client side. Locust users and offline replays hand a user the list
 the deployed model served; the user clicks by the world's click model (taste, quality,
 freshness, position bias, and fatigue from what *this* user was shown recently) and returns
-the impression and click events, carrying the response's ``request_id`` and model version, to
-post to ``POST /events``. The next training run then learns from what the model showed
+the impression and click events, carrying the response's ``request_id``, model version and
+experiment arm, to post to ``POST /events``. The next training run then learns from what the model showed
 (exposure bias included).
 
 Light on purpose (numpy and the world only, no pyarrow): the locustfile imports it.
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_ID = 100  # request ids are cut so event ids stay within Event's 128 characters
 _MAX_VERSION = 128
+_MAX_ARM = 64
 
 
 class Clock(Protocol):
@@ -128,10 +129,13 @@ class SimulatedUser:
         return float(self.click_probabilities(self.best_items(k, at), at).sum())
 
     def react(self, response: Mapping[str, Any], at: dt.datetime | None = None) -> Reaction:
-        """React to a ``GET /recommendations`` body (``request_id``, ``items``, ``model``)."""
+        """React to a ``GET /recommendations`` body (``request_id``, ``items``, ``model``,
+        ``arm``); the arm that served the list is copied into every event."""
         items = [int(item["item_id"]) for item in response.get("items") or []]
         request_id = str(response.get("request_id") or f"sim-{self.user_id}-{self.rng.integers(1 << 62):x}")
-        return self.react_to_items(items, request_id, model_version_of(response), at)
+        arm = response.get("arm")
+        arm = str(arm)[:_MAX_ARM] if arm else None
+        return self.react_to_items(items, request_id, model_version_of(response), at, arm)
 
     def react_to_items(
         self,
@@ -139,6 +143,7 @@ class SimulatedUser:
         request_id: str,
         model_version: str | None = None,
         at: dt.datetime | None = None,
+        arm: str | None = None,
     ) -> Reaction:
         """Examine ``items`` top down, click by ground truth, remember the impressions."""
         at = at or self.now()
@@ -148,7 +153,8 @@ class SimulatedUser:
         ts = at.astimezone(dt.UTC)
         events: list[dict[str, Any]] = []
         for position, item in enumerate(items):
-            events.append(self._event(request_id, position, item, "impression", ts, model_version))
+            events.append(
+                self._event(request_id, position, item, "impression", ts, model_version, arm))
         clicked = []
         for position in np.flatnonzero(clicked_mask):
             # Reading time: a couple of seconds, longer further down the list (as the lake).
@@ -156,7 +162,8 @@ class SimulatedUser:
             when = ts + dt.timedelta(seconds=float(delay))
             item = items[int(position)]
             clicked.append(item)
-            events.append(self._event(request_id, int(position), item, "click", when, model_version))
+            events.append(
+                self._event(request_id, int(position), item, "click", when, model_version, arm))
         for item in items:
             self._remember(int(item))
         return Reaction(
@@ -184,6 +191,7 @@ class SimulatedUser:
         kind: str,
         ts: dt.datetime,
         model_version: str | None,
+        arm: str | None = None,
     ) -> dict[str, Any]:
         return {
             "event_id": f"{request_id}-{position:02d}-{kind}",
@@ -194,6 +202,7 @@ class SimulatedUser:
             "request_id": request_id,
             "position": position,
             "model_version": model_version,
+            "arm": arm,
         }
 
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Response
 
-from serving.deps import MetricsDep, RecommenderDep, SettingsDep, TuningDep
+from serving.arms import Experiment, ShadowJob
+from serving.deps import ExperimentDep, MetricsDep, RecommenderDep, SettingsDep, TuningDep
 from serving.errors import InvalidRequest
+from serving.metrics import ServingMetrics
+from serving.recommender import Recommendation, Recommender
 from serving.responses import JSON
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["recommendations"])
+ARM_UNAVAILABLE = "arm_unavailable"  # the arm's models are not loaded: served by the champion
+ARM_FAILED = "arm_failed"  # the arm's recommender raised: served by the champion
 
 
 # A sync endpoint on purpose: the path is CPU work in C (faiss, numpy, LightGBM, which release
@@ -28,6 +35,7 @@ def get_recommendations(
     settings: SettingsDep,
     metrics: MetricsDep,
     tuning: TuningDep,
+    experiment: ExperimentDep,
     k: Annotated[int | None, Query(description="list size, 1..serving.k_max")] = None,
     x_request_id: Annotated[str | None, Header(max_length=128)] = None,
     x_deadline_ms: Annotated[
@@ -50,14 +58,21 @@ def get_recommendations(
             f"X-Deadline-Ms must be a number of milliseconds in (0, {tuning.max_deadline_ms:g}]"
             f" (got {x_deadline_ms:g})"
         )
-    rec = recommender.recommend(user_id, k, deadline_ms / 1000)
+    arm = None
+    if experiment is None:
+        rec, served_by = recommender.recommend(user_id, k, deadline_ms / 1000), recommender
+    else:
+        arm = experiment.choose(user_id).name
+        rec, served_by = _recommend_arm(experiment, arm, recommender, metrics, user_id, k,
+                                        deadline_ms / 1000)
 
     t = time.perf_counter()
     payload = {
         "request_id": x_request_id or uuid.uuid4().hex,
         "user_id": user_id,
         "items": [{"item_id": i.item_id, "score": i.score, "source": i.source} for i in rec.items],
-        "model": recommender.versions,
+        "model": served_by.versions,
+        "arm": arm,
         "degraded": rec.degraded,
         "cold_start": rec.cold_start,
     }
@@ -73,3 +88,39 @@ def get_recommendations(
     metrics.candidates_count.observe(rec.n_candidates)
     metrics.deadline.observe(deadline_ms / 1000)
     return Response(content=body, media_type=JSON)
+
+
+def _recommend_arm(
+    experiment: Experiment, name: str, champion: Recommender, metrics: ServingMetrics,
+    user_id: int, k: int, deadline_s: float,
+) -> tuple[Recommendation, Any]:
+    """The recommendation of the user's arm (the champion's while the arm is not loaded, or if
+    it raised); its latency and outcome go to the arm's metrics and canary guard, and in shadow
+    mode the shadow arm is queued to score the same request."""
+    arm = experiment.arm(name)
+    served_by: Any = champion if arm.main or arm.recommender is None else arm.recommender
+    t = time.perf_counter()
+    ok = True
+    try:
+        rec = served_by.recommend(user_id, k, deadline_s)
+    except Exception:
+        if served_by is champion:
+            raise
+        logger.warning("arm %s failed; serving the champion", name, exc_info=True)
+        ok, served_by = False, champion
+        rec = champion.recommend(user_id, k, deadline_s)
+        rec.degraded.append(ARM_FAILED)
+    seconds = time.perf_counter() - t
+    if served_by is champion and not arm.main and ok:
+        rec.degraded.append(ARM_UNAVAILABLE)
+    elif ok:
+        ok = not any(reason.endswith("_unavailable") for reason in rec.degraded)
+    metrics.arm_requests.labels(arm=name).inc()
+    metrics.arm_duration.labels(arm=name).observe(seconds)
+    if not ok:
+        metrics.arm_errors.labels(arm=name).inc()
+    experiment.record(name, ok, seconds)
+    if experiment.shadow is not None:
+        experiment.shadow.submit(
+            ShadowJob(user_id, k, deadline_s, [i.item_id for i in rec.items]))
+    return rec, served_by

@@ -65,6 +65,16 @@ def test_events_are_valid_and_carry_the_request(world: World) -> None:
     assert user.click_probabilities([world.n_items + 10])[0] == 0.0
 
 
+def test_the_experiment_arm_is_copied_into_every_event(world: World) -> None:
+    user = SimulatedUser(world, 3, rng=np.random.default_rng(4))
+    best = [int(i) for i in user.best_items(10)]  # likely clicked: clicks carry the arm too
+    with_arm = user.react({**_response(best), "arm": "treatment"})
+    assert any(e["event_type"] == "click" for e in with_arm.events)
+    assert {Event.model_validate(e).arm for e in with_arm.events} == {"treatment"}
+    without = user.react(_response(best, "req-2"))  # outside an experiment: no arm
+    assert {Event.model_validate(e).arm for e in without.events} == {None}
+
+
 def test_fatigue_is_remembered_and_bounded(world: World) -> None:
     user = SimulatedUser(world, 3, rng=np.random.default_rng(2), memory=15)
     items = [int(i) for i in user.best_items(10)]
