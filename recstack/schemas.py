@@ -80,9 +80,21 @@ RANKER_V2_ITEM_FEATURES = ITEM_FEATURES + [
     "item_impressions_1d", "item_impressions_28d", "item_clicks_28d", "item_ctr_28d",
     "item_trend_7d_28d", "item_age_days"]
 RANKER_V2_USER_CATEGORY_FEATURES = ["user_category_clicks_28d", "user_category_share_28d"]
+USER_FEATURES_V2 = RANKER_V2_USER_FEATURES[len(USER_FEATURES):]  # the user_features_v2 view
+ITEM_FEATURES_V2 = RANKER_V2_ITEM_FEATURES[len(ITEM_FEATURES):]  # the item_features_v2 view
+# Every stored feature by view, and by the entity whose row holds it (a model's feature list
+# names only features; these say where serving reads each one).
+FEATURE_VIEW_FEATURES = {
+    USER_FEATURE_VIEW: USER_FEATURES, USER_FEATURE_VIEW_V2: USER_FEATURES_V2,
+    ITEM_FEATURE_VIEW: ITEM_FEATURES, ITEM_FEATURE_VIEW_V2: ITEM_FEATURES_V2,
+    USER_CATEGORY_FEATURE_VIEW: RANKER_V2_USER_CATEGORY_FEATURES,
+}
 # Request-time features computed by serving, not stored in Feast.
 CANDIDATE_SCORE_FEATURE = "cand_score"
 RANKER_FEATURES = USER_FEATURES + ITEM_FEATURES + [CANDIDATE_SCORE_FEATURE]
+# Request-time one-hot of the candidate's source (ann / popular / fresh; all 0: none of them,
+# e.g. an item the logging policy showed that today's candidate sources would not return).
+SOURCE_FEATURES = {"ann": "src_ann", "popular": "src_popular", "fresh": "src_fresh"}
 
 # Files under Settings.features_dir.
 USER_FEATURES_FILE = "user_features.parquet"
@@ -101,4 +113,8 @@ CANDIDATE_ARTIFACTS = {
     "index": "index.faiss",  # faiss inner-product index over item_embeddings, same row order
     "popular": "popular.json",  # list of item ids, most popular first (cold start, fill)
     "meta": "meta.json",  # dim, data window, counts
+    "fresh": "fresh.json",  # list of item ids released in the week before training, newest first
+    "item_categories": "item_categories.npy",  # int64 [n_items] aligned with item_ids, -1 unknown
 }
+# Files a model may lack (older versions did not write them): it loads with them empty.
+OPTIONAL_CANDIDATE_ARTIFACTS = ("fresh", "item_categories")

@@ -71,7 +71,7 @@ class FeastSettings(BaseModel):
 
     project: str = "recstack"
     repo_path: Path = REPO_ROOT / "feature_repo"
-    feature_service: str = "ranker_v1"
+    feature_service: str = "ranker_v2"
     # "redis" for one server, "redis_cluster" for a Redis Cluster (connection string: seed nodes).
     redis_type: Literal["redis", "redis_cluster"] = "redis"
 
@@ -85,6 +85,12 @@ class PipelineSettings(BaseModel):
     # Validation: tolerated relative change of a table's row count vs the last good run
     # (0.5 = +-50%); None disables the check.
     max_row_swing: float | None = Field(0.5, ge=0)
+    # `recstack bench --suite pipelines`: lake sizes (events) and DirectRunner modes measured,
+    # e.g. RECSTACK_PIPELINE__BENCH_SCALES='[1000000]' for a quick run.
+    bench_scales: list[int] = Field(default_factory=lambda: [1_000_000, 10_000_000],
+                                    min_length=1)
+    bench_modes: list[Literal["in_memory", "multi_processing"]] = Field(
+        default_factory=lambda: ["in_memory", "multi_processing"], min_length=1)
 
 
 class TrainSettings(BaseModel):
@@ -94,6 +100,10 @@ class TrainSettings(BaseModel):
     ranker_rounds: int = 150
     ranker_learning_rate: float = 0.05
     negatives_per_positive: int = 4
+    # The training benchmark (``recstack bench training``): event counts to train at, each in
+    # its own process, e.g. RECSTACK_TRAIN__BENCH_EVENTS='[10000000]'; and how long one may run.
+    bench_events: list[int] = Field(default_factory=lambda: [1_000_000, 10_000_000])
+    bench_timeout_s: float = Field(1800.0, gt=0)
 
 
 ServingMode = Literal["inprocess", "split"]
@@ -182,12 +192,67 @@ class StackSettings(BaseModel):
     start_timeout_s: float = 90.0
 
 
+class MonitorSettings(BaseModel):
+    """The drift/freshness monitor (``recstack monitor``, ``RECSTACK_MONITOR__*``)."""
+
+    interval_s: float = Field(30.0, gt=0, description="wall seconds between two checks")
+    sample_users: int = Field(200, ge=1, description="active users whose features are read")
+    sample_items: int = Field(200, ge=1, description="served items whose features are read")
+    psi_threshold: float = Field(0.25, gt=0, description="PSI above this is drift")
+    psi_min_rows: int = Field(100, ge=1, description="no PSI verdict on fewer sampled rows")
+    ctr_drop: float = Field(0.15, gt=0, lt=1, description="online CTR this far below baseline")
+    ctr_z: float = Field(3.0, gt=0, description="and this many standard errors below it")
+    ctr_window_impressions: int = Field(2000, ge=100, description="impressions per CTR window")
+    ctr_baseline_impressions: int = Field(4000, ge=100, description="burn-in of a champion")
+    consecutive: int = Field(2, ge=1, description="checks in a row over a threshold to alert")
+    retrain: bool = Field(True, description="run `recstack retrain` when drift is detected")
+    # Signals (name prefixes) that may start a retraining; the others alert only. Feature PSI
+    # alerts but does not retrain by default: the training reference comes from the logging
+    # policy's exposure, so served-item features shift with any new model's exposure, and
+    # count features with traffic volume (see monitoring/README.md).
+    retrain_signals: list[str] = Field(default_factory=lambda: ["online_ctr_ratio"])
+    # After a CTR drop, retrain again each cool-down (at most this often) until the online CTR
+    # is back within ctr_drop of its level before the drop.
+    max_episode_retrains: int = Field(3, ge=0)
+    cooldown_s: float = Field(3600.0, ge=0, description="no retraining sooner after the last")
+    retrain_timeout_s: float = Field(1800.0, gt=0)
+
+
 class LoadSettings(BaseModel):
     """The demo's headless Locust run."""
 
     users: int = 20
     spawn_rate: float = 10.0
     duration_s: int = 30
+
+
+class OnlineExperimentSettings(BaseModel):
+    """The online experiment at the API (``RECSTACK_AB__*``): which arm a user sees, and how the
+    analysis decides. Arms name model versions: an alias (``champion``, ``challenger``) or a
+    ranker version number (its candidates model is the one registered by the same run)."""
+
+    mode: Literal["off", "ab", "canary", "shadow"] = "off"
+    name: str = Field("ab", pattern=r"^[a-z0-9_-]{1,32}$")
+    salt: str = Field("recstack-ab-1", min_length=1, description="new salt = new assignment")
+    control: str = "champion"
+    treatment: str = "challenger"
+    treatment_weight: float = Field(0.5, ge=0, le=1, description="share of users (ab mode)")
+    canary_weight: float = Field(0.05, ge=0, le=1, description="share of users (canary mode)")
+    poll_s: float = Field(30.0, gt=0, description="how often arm aliases are re-resolved")
+    # Canary SLO over the last canary_window requests of the canary arm.
+    canary_window: int = Field(200, ge=10)
+    canary_min_requests: int = Field(50, ge=1)
+    canary_max_error_rate: float = Field(0.05, ge=0, le=1)
+    canary_p99_ms: float = Field(100.0, gt=0)
+    shadow_queue: int = Field(64, ge=1, description="shadow requests waiting; more are dropped")
+    # Analysis: fixed-horizon test at alpha, sized for a relative lift of mde at this power.
+    alpha: float = Field(0.05, gt=0, lt=1)
+    power: float = Field(0.8, gt=0, lt=1)
+    mde: float = Field(0.05, gt=0, description="minimum detectable relative CTR lift")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="guardrail per arm")
+    max_p99_ms: float = Field(100.0, gt=0, description="guardrail per arm")
+    min_coverage_ratio: float = Field(
+        0.5, ge=0, description="treatment catalogue coverage / control's must stay above")
 
 
 class Settings(BaseSettings):
@@ -211,6 +276,8 @@ class Settings(BaseSettings):
     trainer: TrainerSettings = TrainerSettings()
     stack: StackSettings = StackSettings()
     load: LoadSettings = LoadSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    ab: OnlineExperimentSettings = OnlineExperimentSettings()
 
     # Where each kind of state lives under ``home``.
     @property

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recstack.schemas import CANDIDATE_ARTIFACTS
+from recstack.schemas import CANDIDATE_ARTIFACTS, OPTIONAL_CANDIDATE_ARTIFACTS
 from recstack.settings import Settings
 from serving.candidates import CandidateModel
 from serving.errors import ArtifactError
@@ -47,11 +47,17 @@ def load_candidate_model(directory: Path, version: str = "unknown") -> Candidate
     import faiss
 
     directory = Path(directory)
-    missing = [f for f in CANDIDATE_ARTIFACTS.values() if not (directory / f).is_file()]
+    missing = [f for k, f in CANDIDATE_ARTIFACTS.items()
+               if k not in OPTIONAL_CANDIDATE_ARTIFACTS and not (directory / f).is_file()]
     if missing:
         raise ArtifactError(f"candidate artifacts missing in {directory}: {missing}")
     try:
         files = {k: directory / f for k, f in CANDIDATE_ARTIFACTS.items()}
+        # Optional (older models lack them): no fresh source, unknown categories.
+        fresh = (np.array(json.loads(files["fresh"].read_text()), dtype=np.int64)
+                 if files["fresh"].is_file() else np.empty(0, dtype=np.int64))
+        categories = (np.load(files["item_categories"]).astype(np.int64)
+                      if files["item_categories"].is_file() else None)
         item_ids = np.load(files["item_ids"]).astype(np.int64)
         item_emb = np.ascontiguousarray(np.load(files["item_embeddings"]), dtype=np.float32)
         user_ids = np.load(files["user_ids"]).astype(np.int64)
@@ -81,13 +87,33 @@ def load_candidate_model(directory: Path, version: str = "unknown") -> Candidate
         problems.append(f"meta dim {meta['dim']} != embedding dim {item_emb.shape[1]}")
     if len(np.unique(item_ids)) != len(item_ids):
         problems.append("duplicate item ids")
+    if fresh.ndim != 1:
+        problems.append(f"fresh list shape {fresh.shape} is not a list of ids")
+    if categories is not None and categories.shape != item_ids.shape:
+        problems.append(f"item_categories {categories.shape} vs item_ids {item_ids.shape}")
     if problems:
         raise ArtifactError(f"inconsistent candidate model in {directory}: " + "; ".join(problems))
-    return CandidateModel(item_ids, item_emb, user_ids, user_emb, index, popular, meta, version)
+    return CandidateModel(item_ids, item_emb, user_ids, user_emb, index, popular, meta, version,
+                          fresh=fresh, item_categories=categories)
+
+
+def ranker_metadata(directory: Path) -> dict:
+    """The ``metadata`` mapping of the MLmodel file in ``directory`` ({} when absent: a model
+    logged before training recorded its feature service, i.e. ranker_v1)."""
+    import yaml
+
+    path = Path(directory) / "MLmodel"
+    if not path.is_file():
+        return {}
+    try:
+        return dict((yaml.safe_load(path.read_text()) or {}).get("metadata") or {})
+    except (yaml.YAMLError, AttributeError, TypeError) as exc:
+        raise ArtifactError(f"unreadable {path}: {exc}") from exc
 
 
 def load_ranker(root: Path, version: str = "unknown") -> BoosterRanker:
-    """The single ``*.lgb`` booster under ``root``, checked against RANKER_FEATURES."""
+    """The single ``*.lgb`` booster under ``root`` with its recorded feature service and
+    feature names (MLmodel metadata), checked by :class:`BoosterRanker`."""
     import lightgbm
 
     files = sorted(Path(root).rglob("*.lgb"))
@@ -97,26 +123,49 @@ def load_ranker(root: Path, version: str = "unknown") -> BoosterRanker:
         booster = lightgbm.Booster(model_file=str(files[0]))
     except Exception as exc:
         raise ArtifactError(f"unreadable booster {files[0]}: {exc}") from exc
-    return BoosterRanker(booster, version=version)
+    return BoosterRanker(booster, version=version, metadata=ranker_metadata(files[0].parent))
 
 
-def champion_versions(settings: Settings) -> dict[str, str]:
-    """``{"candidates": v, "ranker": v}`` that the serving alias points at now."""
+PAIR_TAG = "candidates_version"  # on a ranker version: the candidates version of its run
+
+
+def champion_versions(settings: Settings, client=None) -> dict[str, str]:
+    """The pair the serving alias names (:func:`alias_pair`)."""
+    return alias_pair(settings, settings.mlflow.serving_alias, client)
+
+
+def alias_pair(settings: Settings, alias: str, client=None) -> dict[str, str]:
+    """``{"candidates": v, "ranker": v}`` to serve: the ranker ``alias`` points at and the
+    candidates version registered by the same training run.
+
+    Resolved from ONE alias read: the gate moves the two aliases one after the other, so
+    reading both could pair a new candidates model with the old ranker. The pair comes from the
+    ranker version's ``candidates_version`` tag, else from the candidates version of the same
+    run; only a ranker with neither (registered by hand) falls back to the candidates alias.
+    """
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=settings.mlflow.uri, registry_uri=settings.mlflow.uri)
     m = settings.mlflow
-    return {
-        key: str(client.get_model_version_by_alias(name, m.serving_alias).version)
-        for key, name in (("candidates", m.candidates_model), ("ranker", m.ranker_model))
-    }
+    client = client or MlflowClient(tracking_uri=m.uri, registry_uri=m.uri)
+    ranker = client.get_model_version_by_alias(m.ranker_model, alias)
+    paired = (getattr(ranker, "tags", None) or {}).get(PAIR_TAG)
+    if not paired and getattr(ranker, "run_id", None):
+        same_run = client.search_model_versions(
+            f"name='{m.candidates_model}' and run_id='{ranker.run_id}'")
+        if same_run:
+            paired = str(max(int(v.version) for v in same_run))
+    if not paired:
+        logger.warning("ranker v%s names no candidates version; using @%s of %s",
+                       ranker.version, alias, m.candidates_model)
+        paired = client.get_model_version_by_alias(m.candidates_model, alias).version
+    return {"candidates": str(paired), "ranker": str(ranker.version)}
 
 
 def load_models(settings: Settings, versions: dict[str, str] | None = None) -> LoadedModels:
     """Download both models' version ``versions[key]`` (default: the serving alias) and load them.
 
-    The alias is resolved once, to versions, so a promotion between the two downloads cannot
-    pair a new candidates model with an old ranker under one reported version.
+    The alias is resolved once, to a pair from one training run (:func:`champion_versions`), so
+    a promotion between the two downloads cannot pair a new candidates model with an old ranker.
     """
     import mlflow.artifacts
     from mlflow import MlflowClient

@@ -55,30 +55,57 @@ class FeastUserFeatures:
 
 
 class ItemFeatureTable:
-    """``ItemFeatureSource`` held in memory: sorted item ids and an aligned float32 matrix."""
+    """``ItemFeatureSource`` held in memory: sorted item ids and an aligned float32 matrix.
 
-    def __init__(self, item_ids: np.ndarray, values: np.ndarray, loaded_at: float | None = None):
+    ``names`` are the columns (default ITEM_FEATURES); ``categories`` (optional, aligned with
+    ``item_ids``) is each item's category, -1 when unknown: serving reads the user x category
+    features of the candidates' categories.
+    """
+
+    def __init__(self, item_ids: np.ndarray, values: np.ndarray, loaded_at: float | None = None,
+                 names: list[str] | None = None, categories: np.ndarray | None = None):
+        self.names = list(names if names is not None else ITEM_FEATURES)
         order = np.argsort(item_ids, kind="stable")
         self.item_ids = np.asarray(item_ids, dtype=np.int64)[order]
         self.values = np.asarray(values, dtype=np.float32)[order]
-        if self.values.shape != (len(self.item_ids), len(ITEM_FEATURES)):
+        if self.values.shape != (len(self.item_ids), len(self.names)):
             raise ValueError(
                 f"item feature table shape {self.values.shape} does not match "
-                f"{len(self.item_ids)} items x {len(ITEM_FEATURES)} features"
+                f"{len(self.item_ids)} items x {len(self.names)} features"
             )
+        self.categories = (np.full(len(self.item_ids), -1, dtype=np.int64) if categories is None
+                           else np.asarray(categories, dtype=np.int64)[order])
+        if self.categories.shape != self.item_ids.shape:
+            raise ValueError(f"categories shape {self.categories.shape} != items "
+                             f"{self.item_ids.shape}")
         self.loaded_at = time.time() if loaded_at is None else loaded_at
+        # Items with at least one value; 0 for a non-empty table: nothing materialized yet.
+        self.n_with_values = (int(np.isfinite(self.values).any(axis=1).sum())
+                              if self.values.shape[1] else len(self.item_ids))
 
     def __len__(self) -> int:
         return len(self.item_ids)
 
-    def lookup(self, item_ids: np.ndarray) -> np.ndarray:
-        out = np.full((len(item_ids), len(ITEM_FEATURES)), np.nan, dtype=np.float32)
-        if len(self.item_ids) == 0:
-            return out
+    def _positions(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pos = np.searchsorted(self.item_ids, item_ids)
         pos = np.minimum(pos, len(self.item_ids) - 1)
-        hit = self.item_ids[pos] == item_ids
+        return pos, self.item_ids[pos] == item_ids
+
+    def lookup(self, item_ids: np.ndarray) -> np.ndarray:
+        out = np.full((len(item_ids), len(self.names)), np.nan, dtype=np.float32)
+        if len(self.item_ids) == 0:
+            return out
+        pos, hit = self._positions(item_ids)
         out[hit] = self.values[pos[hit]]
+        return out
+
+    def categories_of(self, item_ids: np.ndarray) -> np.ndarray:
+        """Each item's category (int64), -1 when unknown."""
+        out = np.full(len(item_ids), -1, dtype=np.int64)
+        if len(self.item_ids) == 0:
+            return out
+        pos, hit = self._positions(item_ids)
+        out[hit] = self.categories[pos[hit]]
         return out
 
 

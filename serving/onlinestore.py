@@ -44,6 +44,27 @@ def entity_key_prefix(join_key: str) -> bytes:
     return struct.pack("<III", 1, _STRING_TYPE, len(name)) + name + struct.pack("<II", _INT64_TYPE, 8)
 
 
+def composite_key_prefixes(join_keys: Sequence[str]) -> tuple[bytes, list[str]]:
+    """(the part of a multi-key entity's Redis key before its values, the keys in that order).
+
+    ``serialize_entity_key`` v3 sorts the join keys by name, writes their count and names,
+    then each value (type, length, bytes) in the same sorted order.
+    """
+    keys = sorted(join_keys)
+    out = struct.pack("<I", len(keys))
+    for name in keys:
+        raw = name.encode()
+        out += struct.pack("<II", _STRING_TYPE, len(raw)) + raw
+    return out, keys
+
+
+def composite_entity_key(values: dict[str, int], project: str) -> bytes:
+    """The Redis key of an entity of several int64 join keys (e.g. user_id + category)."""
+    prefix, keys = composite_key_prefixes(list(values))
+    return prefix + b"".join(struct.pack("<IIq", _INT64_TYPE, 8, values[k]) for k in keys) + (
+        project.encode())
+
+
 def field_key(view: str, feature: str) -> bytes:
     """The hash field of one feature: murmur3_32 of ``view:feature``, little endian."""
     return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))
@@ -176,3 +197,90 @@ def sync_redis_client(url: str, timeout_s: float, max_connections: int = 64) -> 
         max_connections=max_connections, timeout=timeout_s,
     )
     return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+
+class RedisUserContextReader:
+    """A user's features of several views plus the user x category rows of some categories,
+    in ONE Redis round trip (a pipeline of HMGETs: the user's hash, one hash per category).
+
+    Views keyed by user_id share one Redis hash per user (Feast writes every view of an entity
+    into the entity's hash), so all user features are one HMGET. ``names`` are the user
+    features in the order given; ``category_names`` the user x category features.
+    ``read`` (user features only) satisfies ``UserFeatureReader``; ``read_with_categories``
+    adds a ``[len(categories), len(category_names)]`` matrix (NaN: no row, e.g. a category the
+    user never clicked).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        project: str,
+        user_views: Sequence[tuple[str, Sequence[str]]],
+        category_view: tuple[str, Sequence[str]] | None = None,
+        breaker: CircuitBreaker | None = None,
+        user_key: str = "user_id",
+        category_key: str = "category",
+    ) -> None:
+        self.client = client
+        self.project = project.encode()
+        self.breaker = breaker
+        self.names = [n for _, names in user_views for n in names]
+        self._user_fields = [field_key(v, n) for v, names in user_views for n in names]
+        self._user_prefix = entity_key_prefix(user_key)
+        self.category_names = list(category_view[1]) if category_view else []
+        self._cat_fields = ([field_key(category_view[0], n) for n in category_view[1]]
+                            if category_view else [])
+        prefix, order = composite_key_prefixes([user_key, category_key])
+        self._cat_prefix, self._user_first = prefix, order[0] == user_key
+        self.label = ",".join(v for v, _ in user_views) or "user features"
+
+    def user_key(self, user_id: int) -> bytes:
+        return self._user_prefix + struct.pack("<q", user_id) + self.project
+
+    def category_key(self, user_id: int, category: int) -> bytes:
+        u = struct.pack("<IIq", _INT64_TYPE, 8, user_id)
+        c = struct.pack("<IIq", _INT64_TYPE, 8, category)
+        return self._cat_prefix + (u + c if self._user_first else c + u) + self.project
+
+    def read(self, user_id: int) -> np.ndarray:
+        return self.read_with_categories(user_id, ())[0]
+
+    def read_with_categories(
+        self, user_id: int, categories: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        cats = [int(c) for c in categories] if self._cat_fields else []
+
+        def fetch() -> list:
+            if not cats:
+                return [self.client.hmget(self.user_key(user_id), self._user_fields)]
+            with self.client.pipeline(transaction=False) as pipe:
+                if self._user_fields:
+                    pipe.hmget(self.user_key(user_id), self._user_fields)
+                for c in cats:
+                    pipe.hmget(self.category_key(user_id, c), self._cat_fields)
+                replies = pipe.execute()
+            return replies if self._user_fields else [[], *replies]
+
+        by_cat = np.full((len(categories), len(self.category_names)), np.nan, dtype=np.float32)
+        if not self._user_fields and not cats:
+            return np.empty(0, np.float32), by_cat
+        replies = _guarded(self.breaker, self.label, fetch)
+        user = np.array([decode_value(v) for v in replies[0]], dtype=np.float32)
+        for row, values in enumerate(replies[1:]):
+            by_cat[row] = [decode_value(v) for v in values]
+        return user, by_cat
+
+
+def _guarded(breaker: CircuitBreaker | None, label: str, call: Any) -> Any:
+    """``call()`` behind ``breaker``: FeatureUnavailable when open or when the call fails."""
+    if breaker is not None and not breaker.allow():
+        raise FeatureUnavailable(f"{label}: circuit open")
+    try:
+        result = call()
+    except Exception as exc:  # timeouts, refused connections, protocol errors
+        if breaker is not None:
+            breaker.record(ok=False)
+        raise FeatureUnavailable(f"{label}: {type(exc).__name__}: {exc}") from exc
+    if breaker is not None:
+        breaker.record(ok=True)
+    return result

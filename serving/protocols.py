@@ -12,11 +12,13 @@ from recstack.schemas import Event
 
 SOURCE_ANN = "ann"
 SOURCE_POPULAR = "popular"
+SOURCE_FRESH = "fresh"
 
 
 @dataclass(frozen=True, slots=True)
 class Candidates:
-    """Stage-1 output: the first ``n_ann`` items come from the ANN index, the rest are popular.
+    """Stage-1 output, de-duplicated: the first ``n_ann`` items come from the ANN index, the
+    next ``n_fresh`` from the fresh list (new items), the rest are popular.
 
     ``scores`` is the user-item inner product (NaN where unknown, e.g. a popular item without
     an embedding); ``cold_start`` says the user had no embedding.
@@ -26,12 +28,22 @@ class Candidates:
     scores: np.ndarray  # float32 [n]
     n_ann: int
     cold_start: bool = False
+    n_fresh: int = 0
 
     def __len__(self) -> int:
         return int(self.item_ids.shape[0])
 
     def source(self, position: int) -> str:
-        return SOURCE_ANN if position < self.n_ann else SOURCE_POPULAR
+        if position < self.n_ann:
+            return SOURCE_ANN
+        return SOURCE_FRESH if position < self.n_ann + self.n_fresh else SOURCE_POPULAR
+
+    def sources(self) -> np.ndarray:
+        """The source of every position (object array of SOURCE_* strings)."""
+        out = np.full(len(self), SOURCE_POPULAR, dtype=object)
+        out[: self.n_ann] = SOURCE_ANN
+        out[self.n_ann : self.n_ann + self.n_fresh] = SOURCE_FRESH
+        return out
 
 
 class CandidateSource(Protocol):
@@ -43,8 +55,11 @@ class CandidateSource(Protocol):
 
 
 class UserFeatureReader(Protocol):
-    """One user's online features, in ``recstack.schemas.USER_FEATURES`` order (NaN if missing).
+    """One user's online features, in the order of its ``names`` attribute when it has one,
+    else ``recstack.schemas.USER_FEATURES`` (NaN if missing).
 
+    A reader may also offer ``read_with_categories(user_id, categories)`` -> (user vector,
+    ``[len(categories), len(category_names)]`` user x category rows), in one round trip.
     Raises ``serving.errors.FeatureUnavailable`` when the online store does not answer.
     """
 
@@ -52,7 +67,8 @@ class UserFeatureReader(Protocol):
 
 
 class ItemFeatureSource(Protocol):
-    """Item features for many items at once, in ``ITEM_FEATURES`` order (NaN if missing)."""
+    """Item features for many items at once, in the order of its ``names`` attribute when it
+    has one, else ``ITEM_FEATURES`` (NaN if missing); optionally ``categories_of(item_ids)``."""
 
     def lookup(self, item_ids: np.ndarray) -> np.ndarray: ...
 

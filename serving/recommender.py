@@ -24,11 +24,15 @@ from typing import Protocol
 
 import numpy as np
 
-from recstack.schemas import CANDIDATE_SCORE_FEATURE, ITEM_FEATURES, USER_FEATURES
+from recstack.schemas import (
+    CANDIDATE_SCORE_FEATURE,
+    FEATURE_VIEW_FEATURES,
+    ITEM_FEATURES,
+    SOURCE_FEATURES,
+    USER_FEATURES,
+)
 from serving.errors import FeatureUnavailable
 from serving.protocols import (
-    SOURCE_ANN,
-    SOURCE_POPULAR,
     Candidates,
     CandidateSource,
     ItemFeatureSource,
@@ -80,21 +84,62 @@ class Recommendation:
     n_candidates: int = 0
 
 
-def _column_plan(names: Sequence[str]) -> tuple[list[int], list[int], list[int], list[int], int]:
-    """Where each booster column comes from: (user src, user dst, item src, item dst, cand)."""
-    user_src, user_dst, item_src, item_dst, cand = [], [], [], [], -1
+@dataclass(frozen=True, slots=True)
+class ColumnPlan:
+    """Where each booster column comes from: (source index, matrix column) pairs per part."""
+
+    n_columns: int
+    user: tuple[np.ndarray, np.ndarray]
+    item: tuple[np.ndarray, np.ndarray]
+    category: tuple[np.ndarray, np.ndarray]
+    cand: int
+    sources: dict[str, int]
+    unavailable: tuple[str, ...]  # known features no part provides here: NaN columns
+
+    @property
+    def needs_categories(self) -> bool:
+        return len(self.category[0]) > 0
+
+
+def _pairs(pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    src = np.array([p[0] for p in pairs], dtype=np.int64)
+    dst = np.array([p[1] for p in pairs], dtype=np.int64)
+    return src, dst
+
+
+def _column_plan(
+    names: Sequence[str],
+    user_names: Sequence[str] = USER_FEATURES,
+    item_names: Sequence[str] = ITEM_FEATURES,
+    category_names: Sequence[str] = (),
+) -> ColumnPlan:
+    """Map every booster column to the part that provides it: the user vector (``user_names``
+    order), the item matrix (``item_names``), the user x category rows (``category_names``),
+    the candidate score or a source one-hot. Known stored features that no part provides become
+    NaN columns (as in training for a missing snapshot); unknown names raise ValueError."""
+    user_pos = {n: i for i, n in enumerate(user_names)}
+    item_pos = {n: i for i, n in enumerate(item_names)}
+    cat_pos = {n: i for i, n in enumerate(category_names)}
+    source_of = {feature: source for source, feature in SOURCE_FEATURES.items()}
+    stored = {n for group in FEATURE_VIEW_FEATURES.values() for n in group}
+    user, item, cat, sources, unavailable, cand = [], [], [], {}, [], -1
     for col, name in enumerate(names):
-        if name in USER_FEATURES:
-            user_src.append(USER_FEATURES.index(name))
-            user_dst.append(col)
-        elif name in ITEM_FEATURES:
-            item_src.append(ITEM_FEATURES.index(name))
-            item_dst.append(col)
+        if name in user_pos:
+            user.append((user_pos[name], col))
+        elif name in item_pos:
+            item.append((item_pos[name], col))
+        elif name in cat_pos:
+            cat.append((cat_pos[name], col))
         elif name == CANDIDATE_SCORE_FEATURE:
             cand = col
+        elif name in source_of:
+            sources[source_of[name]] = col
+        elif name in stored:
+            unavailable.append(name)
         else:
             raise ValueError(f"ranker feature {name!r} is not served")
-    return user_src, user_dst, item_src, item_dst, cand
+    return ColumnPlan(len(names), _pairs(user), _pairs(item), _pairs(cat), cand, sources,
+                      tuple(unavailable))
 
 
 @dataclass(slots=True)
@@ -122,7 +167,16 @@ class LocalScorer:
         self.item_features = item_features
         self.user_features_budget_s = user_features_budget_s
         self.version = str(ranker.version) if ranker is not None else "none"
-        self._plan = _column_plan(ranker.feature_names) if ranker is not None else None
+        self._user_names = list(getattr(user_features, "names", USER_FEATURES))
+        self._category_names = list(getattr(user_features, "category_names", ()))
+        self._item_names = list(getattr(item_features, "names", ITEM_FEATURES))
+        self._plan = (
+            _column_plan(ranker.feature_names, self._user_names, self._item_names,
+                         self._category_names) if ranker is not None else None
+        )
+        if self._plan is not None and self._plan.unavailable:
+            logger.warning("ranker v%s: features %s are not provided here; scored as missing",
+                           self.version, list(self._plan.unavailable))
 
     def rank(self, user_id: int, cands: Candidates, budget_s: float) -> Scored:
         """Scores of ``cands`` for ``user_id``; ``scores`` None when the ranker cannot score
@@ -130,15 +184,20 @@ class LocalScorer:
         end = time.perf_counter() + budget_s
         timings: dict[str, float] = {}
         degraded: list[str] = []
-        user_vec = self._user_vector(user_id, end, timings, degraded)
 
         t = time.perf_counter()
+        categories = None
         if self.item_features is None:
-            item_mat = np.full((len(cands), len(ITEM_FEATURES)), np.nan, dtype=np.float32)
+            item_mat = np.full((len(cands), len(self._item_names)), np.nan, dtype=np.float32)
             degraded.append(ITEM_FEATURES_UNAVAILABLE)
         else:
             item_mat = self.item_features.lookup(cands.item_ids)
+            if (self._plan is not None and self._plan.needs_categories
+                    and hasattr(self.item_features, "categories_of")
+                    and hasattr(self.user_features, "read_with_categories")):
+                categories = self.item_features.categories_of(cands.item_ids)
         timings["item_features"] = time.perf_counter() - t
+        user_vec, cat_mat = self._user_vector(user_id, categories, end, timings, degraded)
 
         if self.ranker is None or self._plan is None:
             degraded.append(RANKER_UNAVAILABLE)
@@ -148,7 +207,8 @@ class LocalScorer:
             return Scored(None, degraded, timings)
         t = time.perf_counter()
         try:
-            scores = np.asarray(self.ranker.score(self._matrix(cands, user_vec, item_mat)))
+            x = self._matrix(cands, user_vec, item_mat, cat_mat)
+            scores = np.asarray(self.ranker.score(x))
             if scores.shape != (len(cands),):
                 raise ValueError(f"ranker returned shape {scores.shape} for {len(cands)} rows")
         except Exception:  # a broken ranker must not break the response
@@ -163,37 +223,63 @@ class LocalScorer:
         return Scored(scores, degraded, timings)
 
     def _user_vector(
-        self, user_id: int, end: float, timings: dict[str, float], degraded: list[str]
-    ) -> np.ndarray:
-        """The user's features, or NaNs (reason recorded) when unavailable, late or no time."""
-        missing = np.full(len(USER_FEATURES), np.nan, dtype=np.float32)
+        self, user_id: int, categories: np.ndarray | None, end: float,
+        timings: dict[str, float], degraded: list[str],
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the user's features, the user x category rows of each candidate or None), NaNs
+        (reason recorded) when unavailable, late or no time. One round trip either way."""
+        missing = np.full(len(self._user_names), np.nan, dtype=np.float32)
         if self.user_features is None:
             degraded.append(USER_FEATURES_UNAVAILABLE)
-            return missing
+            return missing, None
         budget = min(self.user_features_budget_s, end - time.perf_counter())
         if budget <= 0:
             degraded.append(DEADLINE_EXCEEDED)
-            return missing
+            return missing, None
         t = time.perf_counter()
+        cat_mat = None
         try:
-            vec = self.user_features.read(user_id)
+            if categories is not None:
+                wanted = np.unique(categories[categories >= 0])
+                vec, rows = self.user_features.read_with_categories(  # type: ignore[attr-defined]
+                    user_id, wanted.tolist())
+                cat_mat = np.full((len(categories), len(self._category_names)), np.nan,
+                                  dtype=np.float32)
+                known = categories >= 0
+                if len(wanted):
+                    cat_mat[known] = rows[np.searchsorted(wanted, categories[known])]
+            else:
+                vec = self.user_features.read(user_id)
         except FeatureUnavailable as exc:
             logger.debug("degraded: %s", exc)
             degraded.append(USER_FEATURES_UNAVAILABLE)
-            vec = missing
+            vec, cat_mat = missing, None
         timings["user_features"] = elapsed = time.perf_counter() - t
         if elapsed > budget and vec is not missing:
             degraded.append(USER_FEATURES_LATE)
-            return missing
-        return vec
+            return missing, None
+        return vec, cat_mat
 
-    def _matrix(self, cands: Candidates, user_vec: np.ndarray, item_mat: np.ndarray) -> np.ndarray:
-        user_src, user_dst, item_src, item_dst, cand = self._plan  # type: ignore[misc]
-        x = np.empty((len(cands), len(user_dst) + len(item_dst) + (cand >= 0)), dtype=np.float32)
-        x[:, user_dst] = user_vec[user_src]
-        x[:, item_dst] = item_mat[:, item_src]
-        if cand >= 0:
-            x[:, cand] = cands.scores
+    def _matrix(self, cands: Candidates, user_vec: np.ndarray, item_mat: np.ndarray,
+                cat_mat: np.ndarray | None = None) -> np.ndarray:
+        plan = self._plan
+        assert plan is not None
+        x = np.full((len(cands), plan.n_columns), np.nan, dtype=np.float32)
+        src, dst = plan.user
+        if len(dst):
+            x[:, dst] = user_vec[src]
+        src, dst = plan.item
+        if len(dst):
+            x[:, dst] = item_mat[:, src]
+        src, dst = plan.category
+        if len(dst) and cat_mat is not None:
+            x[:, dst] = cat_mat[:, src]
+        if plan.cand >= 0:
+            x[:, plan.cand] = cands.scores
+        if plan.sources:
+            sources = cands.sources()
+            for source, col in plan.sources.items():
+                x[:, col] = sources == source
         return x
 
 
@@ -272,11 +358,8 @@ class Recommender:
             return Recommendation(_in_order(cands, k), degraded, False, timings, len(cands))
         scores = scored.scores
         top = _top_k(scores, k)
-        ids, n_ann = cands.item_ids, cands.n_ann
-        items = [
-            RankedItem(int(ids[i]), float(scores[i]), SOURCE_ANN if i < n_ann else SOURCE_POPULAR)
-            for i in top.tolist()
-        ]
+        ids = cands.item_ids
+        items = [RankedItem(int(ids[i]), float(scores[i]), cands.source(i)) for i in top.tolist()]
         return Recommendation(items, degraded, False, timings, len(cands))
 
     def _candidates(

@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from recstack.schemas import ITEM_FEATURE_VIEW, ITEM_FEATURES, USER_FEATURE_VIEW, USER_FEATURES
+from recstack.schemas import (
+    FEATURE_VIEW_FEATURES,
+    ITEM_FEATURE_VIEW,
+    ITEM_FEATURE_VIEW_V2,
+    USER_CATEGORY_FEATURE_VIEW,
+    USER_FEATURE_VIEW,
+    USER_FEATURE_VIEW_V2,
+)
 from recstack.settings import ServingSettings, Settings
 from serving.breaker import CircuitBreaker
 from serving.candidates import AnnCandidateSource
 from serving.features import ITEM_KEY, USER_KEY, ItemFeatureTable
 from serving.metrics import ServingMetrics
-from serving.onlinestore import RedisFeatureReader
+from serving.onlinestore import RedisFeatureReader, RedisUserContextReader
 from serving.protocols import (
     CandidateSource,
     EventSink,
@@ -32,6 +41,9 @@ from serving.protocols import (
 from serving.recommender import Budgets, Recommender, Scorer
 
 logger = logging.getLogger(__name__)
+
+USER_VIEWS = (USER_FEATURE_VIEW, USER_FEATURE_VIEW_V2)  # keyed by user_id: one Redis hash
+ITEM_VIEWS = (ITEM_FEATURE_VIEW, ITEM_FEATURE_VIEW_V2)  # keyed by item_id
 
 Ping = Callable[[], Awaitable[bool]]
 Role = Literal["api", "candidates", "ranking"]
@@ -86,6 +98,9 @@ class Resources:
         if self.role != "candidates" and self.scorer is None:  # ranks here
             parts |= {"ranker model": self.ranker, "user features": self.user_features,
                       "item features": self.item_features}
+            if self.item_features is not None and getattr(
+                    self.item_features, "n_with_values", 1) == 0:
+                parts["item features (none in the online store yet)"] = None
         if self.role == "api":
             parts["event stream"] = self.events
         return [name for name, part in parts.items() if part is None]
@@ -127,13 +142,30 @@ def materialization_stamp(store: Any, view: str) -> tuple[int, str] | None:
     return len(intervals), str(intervals[-1][1])
 
 
+def registry_file_stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime in ns, size) of the Feast registry file, None if it is not a local file.
+
+    Every ``feast apply`` and materialization rewrites the registry file, so an unchanged
+    stamp means no materialization finished: one ``stat`` instead of opening the store and
+    parsing the registry every poll.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 class Maintainer:
     """Loads the champion models, keeps item features and models fresh.
 
-    Every ``materialization_poll_s`` it checks whether a materialization finished (the Feast
-    registry's intervals of the item view) and reloads the in-process item table if so; every
-    ``item_refresh_s`` it polls the MLflow alias and hot-swaps new versions. Retries with
-    back-off while MLflow, Feast or Redis are unreachable (the app stays alive and not ready).
+    Every ``materialization_poll_s`` it checks whether a materialization finished and reloads
+    the in-process item table if so; every ``item_refresh_s`` it polls the MLflow alias and
+    hot-swaps new versions. A new model is swapped in together with its item table and user
+    feature reader (built for the columns that model reads), so no request sees a model with
+    another model's features. A step where nothing changed costs one ``stat`` of the Feast
+    registry file (and, when due, one alias read): no store, no rebuild. Retries with back-off
+    while MLflow, Feast or Redis are unreachable (the app stays alive and not ready).
     """
 
     def __init__(
@@ -156,7 +188,11 @@ class Maintainer:
         self.versions: dict[str, str] = {}
         self.models_checked_at = -float("inf")
         self.item_stamp: tuple[int, str] | None = None
+        self.registry_path = Path(settings.feast_env()["RECSTACK_FEAST_REGISTRY"])
+        self.registry_stamp: tuple[int, int] | None = None
+        self._pending: tuple[Any, Any] | None = None
         self.items_loaded = False
+        self.rebuilds = 0
         self.breaker = CircuitBreaker(
             self.tuning.breaker_threshold, self.tuning.breaker_cooldown_s, name="redis",
             on_change=metrics.breaker_changed,
@@ -180,54 +216,125 @@ class Maintainer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    def _reader(self, view: str, features: list[str], key: str, breaker: Any) -> RedisFeatureReader:
-        return RedisFeatureReader(
-            self.redis_client, self.settings.feast.project, view, features, key, breaker
+    def _user_reader(self, ranker: Ranker) -> RedisUserContextReader:
+        """One-round-trip reader of the user (and user x category) features ``ranker`` reads."""
+        wanted = set(ranker.feature_names)
+        user_views = [(view, [n for n in FEATURE_VIEW_FEATURES[view] if n in wanted])
+                      for view in USER_VIEWS]
+        cat_names = [n for n in FEATURE_VIEW_FEATURES[USER_CATEGORY_FEATURE_VIEW]
+                     if n in wanted]
+        return RedisUserContextReader(
+            self.redis_client, self.settings.feast.project,
+            [(v, names) for v, names in user_views if names],
+            (USER_CATEGORY_FEATURE_VIEW, cat_names) if cat_names else None,
+            self.breaker, user_key=USER_KEY,
         )
+
+    def _item_table(self, source: AnnCandidateSource, ranker: Ranker) -> ItemFeatureTable:
+        """The item features ``ranker`` reads, for every item ``source`` can return."""
+        wanted = set(ranker.feature_names)
+        items = source.item_ids
+        names: list[str] = []
+        blocks = []
+        for view in ITEM_VIEWS:
+            view_names = [n for n in FEATURE_VIEW_FEATURES[view] if n in wanted]
+            if view_names:
+                reader = RedisFeatureReader(self.redis_client, self.settings.feast.project,
+                                            view, view_names, ITEM_KEY, None)
+                blocks.append(reader.read_many(items.tolist()))
+                names += view_names
+        values = (np.concatenate(blocks, axis=1) if blocks
+                  else np.empty((len(items), 0), dtype=np.float32))
+        table = ItemFeatureTable(items, values, names=names, categories=source.item_categories)
+        logger.info("item features loaded: %d items x %d features, %d with values",
+                    len(items), len(names), table.n_with_values)
+        return table
+
+    def readers_for(self, source: AnnCandidateSource, ranker: Ranker
+                    ) -> tuple[RedisUserContextReader, ItemFeatureTable]:
+        """(user reader, item table) for another model pair's own columns (an experiment arm
+        whose feature service differs from the champion's); reads Redis for the item table."""
+        return self._user_reader(ranker), self._item_table(source, ranker)
+
+    def _materialization_changed(self) -> bool:
+        """Did a materialization finish since the item table was loaded? A ``stat`` of the
+        registry file first; the registry itself is read only when that file changed."""
+        file_stamp = registry_file_stamp(self.registry_path)
+        if file_stamp is not None and file_stamp == self.registry_stamp:
+            return False
+        from recstack.featurestore import open_store
+
+        if self.store is None:
+            self.store = open_store(self.settings)
+        stamp = materialization_stamp(self.store, ITEM_FEATURE_VIEW)
+        # Committed by step() once the table is loaded, so a failed load is retried.
+        self._pending = (file_stamp, stamp)
+        if stamp == self.item_stamp:
+            self.registry_stamp = file_stamp
+            return False
+        return True
 
     def step(self) -> None:
         """One pass: new model versions if the alias moved (when due), item features when a
-        materialization finished (or the model changed, or they never loaded)."""
-        from recstack.featurestore import open_store
+        materialization finished (or the model changed, or they never loaded). Swaps and
+        rebuilds the recommender only when something changed."""
         from serving.artifacts import champion_versions, load_models
 
         r = self.resources
-        models_changed = False
+        loaded = None
         now = time.monotonic()
         if now - self.models_checked_at >= self.settings.serving.item_refresh_s:
             versions = champion_versions(self.settings)
             self.models_checked_at = now
             if versions != self.versions:
                 loaded = load_models(self.settings, versions)
-                r.popular = loaded.candidates.popular
-                if self.remote is not None:
-                    from serving.remote import HttpCandidateSource, HttpScorer
+        ranks_here = self.remote is None and r.role != "candidates"
+        materialized = ranks_here and self._materialization_changed()
+        if loaded is None and not materialized and (self.items_loaded or not ranks_here):
+            return  # the steady state: nothing to swap, nothing to rebuild
 
-                    r.candidates = HttpCandidateSource(self.remote[0], r.popular)
-                    r.scorer = HttpScorer(self.remote[1])
-                else:
-                    r.candidates = AnnCandidateSource(loaded.candidates)
-                    r.ranker = loaded.ranker
-                    if self.tuning.inject_ranking_delay_ms:
-                        r.ranker = DelayedRanker(loaded.ranker, self.tuning.inject_ranking_delay_ms)
-                self.versions = versions
-                self.metrics.set_models(versions)
-                models_changed = True
-                r.rebuild()  # items new to this model are NaN until the refresh below
-        if self.remote is not None or r.role == "candidates":
-            return  # features are read where the ranking runs
-        if r.user_features is None:
-            r.user_features = self._reader(USER_FEATURE_VIEW, USER_FEATURES, USER_KEY, self.breaker)
-        if self.store is None:
-            self.store = open_store(self.settings)
-        stamp = materialization_stamp(self.store, ITEM_FEATURE_VIEW)
-        if models_changed or stamp != self.item_stamp or not self.items_loaded:
-            items = r.candidates.item_ids  # type: ignore[union-attr]
-            reader = self._reader(ITEM_FEATURE_VIEW, ITEM_FEATURES, ITEM_KEY, None)
-            values = reader.read_many(items.tolist())
-            r.item_features = ItemFeatureTable(items, values)
-            self.item_stamp, self.items_loaded = stamp, True
-            found = int(np.isfinite(values).any(axis=1).sum())
-            logger.info("item features loaded (materialization %s): %d items, %d with values",
-                        stamp, len(items), found)
-        r.rebuild()
+        if loaded is not None and not ranks_here:
+            r.popular = loaded.candidates.popular
+            if self.remote is not None:
+                from serving.remote import HttpCandidateSource, HttpScorer
+
+                r.candidates = HttpCandidateSource(self.remote[0], r.popular)
+                r.scorer = HttpScorer(self.remote[1])
+            else:
+                r.candidates = AnnCandidateSource(loaded.candidates)
+            self._swapped(loaded)
+            return
+        if loaded is None and r.candidates is None:
+            return  # no model yet (the alias check is not due): nothing to attach features to
+
+        # Build everything the new state needs first, then swap in one rebuild.
+        source = (AnnCandidateSource(loaded.candidates) if loaded is not None
+                  else r.candidates)
+        ranker: Any = loaded.ranker if loaded is not None else r.ranker
+        table = self._item_table(source, ranker)  # type: ignore[arg-type]
+        user_reader = (self._user_reader(ranker) if loaded is not None or r.user_features is None
+                       else r.user_features)
+        if loaded is not None:
+            r.popular = loaded.candidates.popular
+            r.candidates = source
+            r.ranker = (DelayedRanker(ranker, self.tuning.inject_ranking_delay_ms)
+                        if self.tuning.inject_ranking_delay_ms else ranker)
+        r.user_features = user_reader
+        r.item_features = table
+        self.items_loaded = True
+        if self._pending is not None:
+            self.registry_stamp, self.item_stamp = self._pending
+            self._pending = None
+        if loaded is not None:
+            self._swapped(loaded)
+        else:
+            self._rebuild()
+
+    def _swapped(self, loaded: Any) -> None:
+        self.versions = loaded.versions
+        self.metrics.set_models(self.versions)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self.resources.rebuild()
+        self.rebuilds += 1

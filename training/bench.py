@@ -2,8 +2,10 @@
 for a 500-row batch, native LightGBM booster vs the MLflow pyfunc wrapper, side by side.
 
 ``run(settings, console)`` is the suite (registered in recstack/bench.py as
-``training.bench:run``). Each training size runs in its own child process
-(``python -m training.bench --events N``) so its peak RSS is its own, not the suite's.
+``training.bench:run``); its sizes are ``settings.train.bench_events`` (default 1M and 10M;
+``RECSTACK_TRAIN__BENCH_EVENTS='[1000000]'`` for 1M only). Each size runs in its own child
+process (``python -m training.bench --events N``) so its peak RSS is its own, not the suite's.
+The ranker is trained on the current feature service's column count (ranker_v2: 24 columns).
 
 The events are synthetic (Zipf-popular items, users of varying activity, CTR ~5%), made here
 with numpy: the training stage may not import the simulator, and what is measured is the
@@ -26,13 +28,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recstack.schemas import RANKER_FEATURES
+from recstack.schemas import (
+    CANDIDATE_SCORE_FEATURE,
+    RANKER_V2_ITEM_FEATURES,
+    RANKER_V2_USER_CATEGORY_FEATURES,
+    RANKER_V2_USER_FEATURES,
+)
 from recstack.settings import REPO_ROOT, Settings
 
 logger = logging.getLogger(__name__)
 
-SIZES = (1_000_000, 10_000_000)
-SIZE_TIMEOUT_S = 300.0  # the ~5 minutes a size may take before the suite gives it up
+# The ranker_v2 columns (feature service order, then the candidate score).
+BENCH_FEATURES = (RANKER_V2_USER_FEATURES + RANKER_V2_ITEM_FEATURES
+                  + RANKER_V2_USER_CATEGORY_FEATURES + [CANDIDATE_SCORE_FEATURE])
 CTR = 0.05
 BATCH_ROWS = 500
 REPEATS = 300
@@ -54,11 +62,11 @@ def synthetic_events(n_events: int, seed: int = 0) -> pd.DataFrame:
 
 
 def ranker_rows(n_rows: int, seed: int = 0) -> pd.DataFrame:
-    """RANKER_FEATURES + label, with some signal so trees have something to split on."""
+    """BENCH_FEATURES + label, with some signal so trees have something to split on."""
     rng = np.random.default_rng(seed)
-    x = rng.random((n_rows, len(RANKER_FEATURES))).astype(np.float32)
+    x = rng.random((n_rows, len(BENCH_FEATURES))).astype(np.float32)
     logit = -1.5 + 2.0 * x[:, -1] + 0.5 * x[:, 2] + rng.normal(0, 1, n_rows)
-    df = pd.DataFrame(x, columns=RANKER_FEATURES)
+    df = pd.DataFrame(x, columns=BENCH_FEATURES)
     df["label"] = (logit > 0.5).astype(np.int8)
     return df
 
@@ -83,7 +91,7 @@ def train_at_size(n_events: int, dim: int, rounds: int, negatives_per_positive: 
     n_clicks = int((events["event_type"] == "click").sum())
     rows = ranker_rows(n_clicks * (1 + negatives_per_positive))
     t0 = time.perf_counter()
-    train_ranker(rows, rounds=rounds)
+    train_ranker(rows, rounds=rounds, names=BENCH_FEATURES)
     t_rank = time.perf_counter() - t0
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {
@@ -104,17 +112,17 @@ def inference_side_by_side(rounds: int, repeats: int = REPEATS) -> dict[str, flo
 
     from training.ranker import train_ranker
 
-    booster = train_ranker(ranker_rows(20_000), rounds=rounds)
-    x = ranker_rows(BATCH_ROWS, seed=1)[RANKER_FEATURES].to_numpy(np.float32)
+    booster = train_ranker(ranker_rows(20_000), rounds=rounds, names=BENCH_FEATURES)
+    x = ranker_rows(BATCH_ROWS, seed=1)[BENCH_FEATURES].to_numpy(np.float32)
     with tempfile.TemporaryDirectory(prefix="recstack-bench-") as tmp:
         mlflow.lightgbm.save_model(booster, str(Path(tmp) / "ranker"))
         pyfunc = mlflow.pyfunc.load_model(str(Path(tmp) / "ranker"))
-    frame = pd.DataFrame(x, columns=RANKER_FEATURES)
+    frame = pd.DataFrame(x, columns=BENCH_FEATURES)
     calls = {
         "native": lambda: booster.predict(x, num_threads=1),
         "pyfunc_dataframe": lambda: pyfunc.predict(frame),
         # What serving would pay: its features are a numpy matrix, pyfunc wants a DataFrame.
-        "pyfunc_from_numpy": lambda: pyfunc.predict(pd.DataFrame(x, columns=RANKER_FEATURES)),
+        "pyfunc_from_numpy": lambda: pyfunc.predict(pd.DataFrame(x, columns=BENCH_FEATURES)),
     }
     np.testing.assert_allclose(np.asarray(calls["pyfunc_dataframe"]()).ravel(),
                                calls["native"](), rtol=1e-6)
@@ -135,28 +143,30 @@ def inference_side_by_side(rounds: int, repeats: int = REPEATS) -> dict[str, flo
     out["pyfunc_over_native_median_ratio"] = round(
         out[f"ranker_pyfunc_from_numpy_{BATCH_ROWS}rows_median_ms"] / native, 2)
     out["ranker_trees"] = booster.num_trees()
+    out["ranker_columns"] = len(BENCH_FEATURES)
     return out
 
 
 def run(settings: Settings, console: Any | None = None) -> dict[str, Any]:
     """The suite: {"train_at_<n>_events": {...}, inference figures}; sizes that do not finish
-    within SIZE_TIMEOUT_S are reported as such, not waited for."""
+    within ``settings.train.bench_timeout_s`` are reported as such, not waited for."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
     t = settings.train
-    figures: dict[str, Any] = {"sizes_timeout_s": SIZE_TIMEOUT_S}
-    for n in SIZES:
+    timeout_s = t.bench_timeout_s
+    figures: dict[str, Any] = {"sizes_timeout_s": timeout_s}
+    for n in t.bench_events:
         with console.status(f"training at {n:,} events (child process)"):
             cmd = [sys.executable, "-m", "training.bench", "--events", str(n), "--dim",
                    str(t.embedding_dim), "--rounds", str(t.ranker_rounds),
                    "--negatives", str(t.negatives_per_positive)]
             try:
                 proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
-                                      timeout=SIZE_TIMEOUT_S, check=True)
+                                      timeout=timeout_s, check=True)
                 result = json.loads(proc.stdout.strip().splitlines()[-1])
             except subprocess.TimeoutExpired:
-                result = {"error": f"did not finish in {SIZE_TIMEOUT_S:.0f} s"}
+                result = {"error": f"did not finish in {timeout_s:.0f} s"}
             except subprocess.CalledProcessError as exc:
                 result = {"error": (exc.stderr or "").strip().splitlines()[-1:]}
         figures[f"train_at_{n}_events"] = result

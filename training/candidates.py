@@ -159,11 +159,15 @@ def save_artifacts(
     out_dir: Path,
     popular: list[int],
     meta: dict[str, object],
+    fresh: list[int] | None = None,
+    item_categories: pd.Series | None = None,
 ) -> dict[str, Path]:
     """Write the CANDIDATE_ARTIFACTS files into ``out_dir``; returns {artifact key: path}.
 
-    ``popular`` is a list of item ids, most popular first; ``meta`` is merged into meta.json
-    with the dim, counts and index type.
+    ``popular`` is a list of item ids, most popular first; ``fresh`` the fresh source's items
+    (newest first; default none); ``item_categories`` the category by item_id (serving reads
+    the user x category features of a candidate's category; unknown items get -1); ``meta``
+    is merged into meta.json with the dim, counts and index type.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,12 +179,17 @@ def save_artifacts(
     index = build_index(model.item_embeddings)
     faiss.write_index(index, str(paths["index"]))
     paths["popular"].write_text(json.dumps([int(i) for i in popular]))
+    paths["fresh"].write_text(json.dumps([int(i) for i in fresh or []]))
+    cats = (item_categories if item_categories is not None else pd.Series(dtype="int64"))
+    np.save(paths["item_categories"],
+            cats.reindex(model.item_ids).fillna(-1).to_numpy(np.int64))
     full_meta = {
         "dim": model.dim,
         "n_users": len(model.user_ids),
         "n_items": len(model.item_ids),
         "n_items_with_embedding": int(np.any(model.item_embeddings != 0, axis=1).sum()),
         "n_popular": len(popular),
+        "n_fresh": len(fresh or []),
         "index_type": type(index).__name__,
         "metric": "inner_product",
         "score_feature": CANDIDATE_SCORE_FEATURE,
@@ -205,6 +214,17 @@ def load_artifacts(directory: Path) -> tuple[CandidateModel, faiss.Index, list[i
     popular = json.loads((d / CANDIDATE_ARTIFACTS["popular"]).read_text())
     meta = json.loads((d / CANDIDATE_ARTIFACTS["meta"]).read_text())
     return model, index, popular, meta
+
+
+def load_optional_artifacts(directory: Path) -> tuple[list[int], np.ndarray | None]:
+    """(fresh item ids, item categories aligned with item_ids or None) of a CANDIDATE_ARTIFACTS
+    directory; an older model without these files has no fresh items and no categories."""
+    d = Path(directory)
+    fresh_path = d / CANDIDATE_ARTIFACTS["fresh"]
+    cat_path = d / CANDIDATE_ARTIFACTS["item_categories"]
+    fresh = json.loads(fresh_path.read_text()) if fresh_path.is_file() else []
+    categories = np.load(cat_path) if cat_path.is_file() else None
+    return fresh, categories
 
 
 def _json_default(value: object) -> object:

@@ -1,9 +1,11 @@
 """The ranker's training set: labelled impressions joined with point-in-time-correct features.
 
 In:  ``features_dir/labels.parquet`` (user_id, item_id, event_timestamp, label, request_id,
-     position) and the Feast feature service ``settings.feast.feature_service``.
-Out: one row per kept impression with USER_FEATURES + ITEM_FEATURES columns, a ``day`` column
-     and the label; the candidate score is added later (it needs a model, see ``train.py``).
+     position), the lake's item catalogue (the item's ``category``, the key of the
+     user x category view) and the Feast feature service ``settings.feast.feature_service``.
+Out: one row per kept impression with the service's feature columns (in the service's order,
+     ``df.attrs["stored_features"]``), a ``day`` column and the label; the candidate score and
+     source are added later (they need a model, see ``train.py``).
 
 Only :func:`fetch_features` talks to Feast, so everything else is tested on plain DataFrames.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,10 +23,11 @@ import pandas as pd
 from recstack.schemas import (
     DEAD_LETTER_DIR,
     ITEM_FEATURE_VIEW,
-    ITEM_FEATURES,
+    ITEM_FEATURE_VIEW_V2,
     LABELS_FILE,
+    USER_CATEGORY_FEATURE_VIEW,
     USER_FEATURE_VIEW,
-    USER_FEATURES,
+    USER_FEATURE_VIEW_V2,
 )
 from recstack.settings import Settings
 
@@ -33,8 +37,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ["user_id", "item_id", "event_timestamp", "label", "request_id", "position"]
-STORED_FEATURES = USER_FEATURES + ITEM_FEATURES
-VIEW_KEYS = {USER_FEATURE_VIEW: "user_id", ITEM_FEATURE_VIEW: "item_id"}
+# The join keys of each view (feature_repo/definitions.py).
+VIEW_KEYS: dict[str, tuple[str, ...]] = {
+    USER_FEATURE_VIEW: ("user_id",), USER_FEATURE_VIEW_V2: ("user_id",),
+    ITEM_FEATURE_VIEW: ("item_id",), ITEM_FEATURE_VIEW_V2: ("item_id",),
+    USER_CATEGORY_FEATURE_VIEW: ("user_id", "category"),
+}
+NO_CATEGORY = -1  # the category of an item missing from the catalogue: no user x category row
 DEAD_LETTER_FILE = "training_labels.parquet"
 
 
@@ -131,34 +140,73 @@ def downsample_negatives(
     return df[keep].reset_index(drop=True), rate
 
 
+def service_features(store: FeatureStore | Any, feature_service: str
+                     ) -> list[tuple[str, tuple[str, ...], list[str]]]:
+    """``[(view, join keys, feature names)]`` of the service, in the service's order."""
+    service = store.get_feature_service(feature_service)
+    out = []
+    for projection in service.feature_view_projections:
+        if projection.name not in VIEW_KEYS:
+            raise TrainingDataError(f"feature service {feature_service} uses view "
+                                    f"{projection.name}, whose join keys training does not know")
+        out.append((projection.name, VIEW_KEYS[projection.name],
+                    [f.name for f in projection.features]))
+    return out
+
+
+def stored_feature_names(store: FeatureStore | Any, feature_service: str) -> list[str]:
+    """The service's feature names in order (the ranker's columns before request-time ones)."""
+    return [n for _, _, names in service_features(store, feature_service) for n in names]
+
+
 def fetch_features(
     store: FeatureStore | Any, entity_df: pd.DataFrame, feature_service: str
 ) -> pd.DataFrame:
     """The Feast calls: point-in-time join of the feature service's views onto ``entity_df``.
 
-    ``entity_df`` holds user_id, item_id, event_timestamp and any pass-through columns; each row
-    gets the feature values as of its own timestamp (never later), which is what keeps
-    tomorrow's clicks out of today's features. Out: ``entity_df`` plus the feature columns.
+    ``entity_df`` holds user_id, item_id, event_timestamp (and ``category`` when the service
+    has the user x category view) and any pass-through columns; each row gets the feature
+    values as of its own timestamp (never later), which is what keeps tomorrow's clicks out of
+    today's features. Out: ``entity_df`` plus the feature columns (their names in order in
+    ``attrs["stored_features"]``).
 
     Feast 0.67's file offline store silently drops entity rows that share the first view's join
     key and timestamp (feast-dev/feast#6787), and every item of one request shares
-    (user_id, ts). So each view is fetched on its de-duplicated (key, event_timestamp) pairs
-    and merged back on them: no row is lost, and each (key, time) is looked up once.
+    (user_id, ts). So each view is fetched on its de-duplicated (keys, event_timestamp) rows
+    and merged back on them: no row is lost, and each (keys, time) is looked up once.
     """
-    service = store.get_feature_service(feature_service)
     out = entity_df.copy()
     out["event_timestamp"] = _utc(out["event_timestamp"])
-    for projection in service.feature_view_projections:
-        key = VIEW_KEYS[projection.name]
-        names = [f.name for f in projection.features]
-        pairs = out[[key, "event_timestamp"]].drop_duplicates().reset_index(drop=True)
+    views = service_features(store, feature_service)
+    for view, keys, names in views:
+        pairs = out[[*keys, "event_timestamp"]].drop_duplicates().reset_index(drop=True)
         got = store.get_historical_features(
-            entity_df=pairs, features=[f"{projection.name}:{n}" for n in names]
+            entity_df=pairs, features=[f"{view}:{n}" for n in names]
         ).to_df()
         got["event_timestamp"] = _utc(got["event_timestamp"])
-        got = got[[key, "event_timestamp", *names]].drop_duplicates([key, "event_timestamp"])
-        out = out.merge(got, on=[key, "event_timestamp"], how="left")
+        for key in keys:
+            got[key] = got[key].astype("int64")
+        got = got[[*keys, "event_timestamp", *names]].drop_duplicates([*keys, "event_timestamp"])
+        out = out.merge(got, on=[*keys, "event_timestamp"], how="left")
+    out.attrs["stored_features"] = [n for _, _, names in views for n in names]
     return out
+
+
+def item_categories(settings: Settings) -> pd.Series:
+    """The catalogue's category per item_id (int64), from the lake's items table."""
+    from recstack.lake import read_items
+
+    items = read_items(settings.lake_dir).to_pandas()
+    if items.empty:
+        return pd.Series(dtype="int64", name="category")
+    return (items.drop_duplicates("item_id", keep="last").set_index("item_id")["category"]
+            .astype("int64"))
+
+
+def with_categories(df: pd.DataFrame, categories: pd.Series) -> pd.DataFrame:
+    """``df`` plus the ``category`` of its ``item_id`` (NO_CATEGORY for unknown items)."""
+    cat = categories.reindex(df["item_id"].to_numpy()).fillna(NO_CATEGORY).astype("int64")
+    return df.assign(category=cat.to_numpy())
 
 
 def _utc(column: pd.Series) -> pd.Series:
@@ -166,21 +214,23 @@ def _utc(column: pd.Series) -> pd.Series:
     return pd.to_datetime(column, utc=True).astype("datetime64[ns, UTC]")
 
 
-def join_features(labels: pd.DataFrame, joined: pd.DataFrame) -> pd.DataFrame:
-    """Put the fetched feature columns back onto ``labels`` by its ``_row`` key.
+def join_features(labels: pd.DataFrame, joined: pd.DataFrame,
+                  names: list[str]) -> pd.DataFrame:
+    """Put the fetched feature columns ``names`` back onto ``labels`` by its ``_row`` key.
 
     Features a row has no value for (a user or item without a snapshot yet, or one older than
-    the view's TTL) stay NaN: LightGBM learns where missing values go, and serving passes NaN
-    for the same cases, so training and serving see the same inputs.
+    the view's TTL, a category the user never clicked) stay NaN: LightGBM learns where missing
+    values go, and serving passes NaN for the same cases, so training and serving see the same
+    inputs.
     """
-    missing = [f for f in STORED_FEATURES if f not in joined.columns]
+    missing = [f for f in names if f not in joined.columns]
     if missing:
         raise TrainingDataError(
             f"the feature service returned no {missing}; got {list(joined.columns)}"
         )
-    features = joined[["_row", *STORED_FEATURES]].drop_duplicates("_row").set_index("_row")
+    features = joined[["_row", *names]].drop_duplicates("_row").set_index("_row")
     out = labels.join(features, on="_row")
-    out[STORED_FEATURES] = out[STORED_FEATURES].astype("float64")
+    out[names] = out[names].astype("float64")
     return out
 
 
@@ -191,11 +241,12 @@ def build_ranker_dataset(
 
     In: the labels table and the Feast feature service (``store`` defaults to
     ``open_store(settings)``; tests pass any object with ``get_feature_service`` and
-    ``get_historical_features``). Out: LABEL_COLUMNS + ``day`` + USER/ITEM features, sorted by
-    time. The last day (the holdout) keeps all its rows, so evaluation sees the true CTR and
-    whole requests; ``df.attrs`` carries ``negative_rate``, ``holdout_day`` and ``n_dead``.
+    ``get_historical_features``). Out: LABEL_COLUMNS + ``day`` + ``category`` + the service's
+    features, sorted by time. The last day (the holdout) keeps all its rows, so evaluation sees
+    the true CTR and whole requests; ``df.attrs`` carries ``negative_rate``, ``holdout_day``,
+    ``n_dead`` and ``stored_features`` (the service's feature names in order).
     """
-    labels = read_labels(settings)
+    labels = with_categories(read_labels(settings), item_categories(settings))
     holdout_day = max(labels["day"])
     train, valid = time_split(labels, holdout_day)
     train, rate = downsample_negatives(
@@ -207,13 +258,15 @@ def build_ranker_dataset(
         from recstack.featurestore import open_store
 
         store = open_store(settings)
-    entity_df = sampled[["user_id", "item_id", "event_timestamp", "_row"]]
+    entity_df = sampled[["user_id", "item_id", "category", "event_timestamp", "_row"]]
     joined = fetch_features(store, entity_df, settings.feast.feature_service)
-    out = join_features(sampled, joined).drop(columns="_row")
+    names = joined.attrs["stored_features"]
+    out = join_features(sampled, joined, names).drop(columns="_row")
     out = out.sort_values(["event_timestamp", "request_id", "position"], kind="stable")
     out = out.reset_index(drop=True)
     out.attrs.update(
-        negative_rate=rate, holdout_day=holdout_day, n_dead=labels.attrs.get("n_dead", 0)
+        negative_rate=rate, holdout_day=holdout_day, n_dead=labels.attrs.get("n_dead", 0),
+        stored_features=names,
     )
     logger.info(
         "ranker dataset: %d rows (%d train after sampling negatives at %.3f, %d holdout on %s)",
@@ -222,37 +275,73 @@ def build_ranker_dataset(
     return out
 
 
+@dataclass
+class Snapshot:
+    """Stored features as serving would read them at one time, per entity."""
+
+    users: pd.DataFrame  # user features (every user view's names) by user_id
+    items: pd.DataFrame  # item features by item_id
+    user_category: pd.DataFrame  # user x category features, MultiIndex (user_id, category)
+
+    def for_pairs(self, names: list[str], user_ids: np.ndarray, item_ids: np.ndarray,
+                  categories: np.ndarray) -> np.ndarray:
+        """``[n, len(names)]`` float32: the stored features ``names`` of (user, item) pairs, the
+        user x category ones for the item's category; NaN where there is no value."""
+        n = len(user_ids)
+        x = np.full((n, len(names)), np.nan, dtype=np.float32)
+        u = self.users.reindex(user_ids)
+        i = self.items.reindex(item_ids)
+        uc = self.user_category.reindex(pd.MultiIndex.from_arrays(
+            [np.asarray(user_ids, np.int64), np.asarray(categories, np.int64)]))
+        for col, name in enumerate(names):
+            for table in (u, i, uc):
+                if name in table.columns:
+                    x[:, col] = table[name].to_numpy(np.float32)
+                    break
+        return x
+
+
 def features_as_of(
     store: FeatureStore | Any,
     feature_service: str,
     user_ids: np.ndarray,
     item_ids: np.ndarray,
     as_of: dt.datetime,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    categories: np.ndarray | None = None,
+) -> Snapshot:
     """Every user's and item's stored features as of ``as_of`` (what serving would read then).
 
-    Out: (USER_FEATURES indexed by user_id, ITEM_FEATURES indexed by item_id); entities without
-    a snapshot get NaN, as at serving. One point-in-time fetch per view, on distinct keys.
+    Out: a :class:`Snapshot` (users by user_id, items by item_id, user x category rows for every
+    user x ``categories``); entities without a snapshot get NaN, as at serving. One
+    point-in-time fetch per view, on distinct keys.
     """
-    service = store.get_feature_service(feature_service)
-    ts = pd.Timestamp(as_of)
-    wanted = {"user_id": np.unique(np.asarray(user_ids, dtype=np.int64)),
-              "item_id": np.unique(np.asarray(item_ids, dtype=np.int64))}
-    out: dict[str, pd.DataFrame] = {}
-    for projection in service.feature_view_projections:
-        key = VIEW_KEYS[projection.name]
-        names = [f.name for f in projection.features]
-        other = "item_id" if key == "user_id" else "user_id"
-        entity_df = pd.DataFrame({key: wanted[key], other: -1, "event_timestamp": ts})
-        entity_df["event_timestamp"] = _utc(entity_df["event_timestamp"])
+    ts = _utc(pd.Series([pd.Timestamp(as_of)]))[0]
+    users = np.unique(np.asarray(user_ids, dtype=np.int64))
+    items = np.unique(np.asarray(item_ids, dtype=np.int64))
+    cats = np.unique(np.asarray(categories if categories is not None else [], dtype=np.int64))
+    wanted = {
+        ("user_id",): pd.DataFrame({"user_id": users}),
+        ("item_id",): pd.DataFrame({"item_id": items}),
+        ("user_id", "category"): pd.DataFrame(
+            {"user_id": np.repeat(users, len(cats)), "category": np.tile(cats, len(users))}),
+    }
+    tables: dict[tuple[str, ...], list[pd.DataFrame]] = {k: [] for k in wanted}
+    for view, keys, names in service_features(store, feature_service):
+        entity_df = wanted[keys].assign(event_timestamp=ts)
+        if entity_df.empty:
+            continue
         got = store.get_historical_features(
-            entity_df=entity_df[[key, "event_timestamp"]],
-            features=[f"{projection.name}:{n}" for n in names],
-        ).to_df()
-        out[key] = (got[[key, *names]].drop_duplicates(key).set_index(key)
-                    .reindex(wanted[key]).astype("float64"))
-    empty_u = pd.DataFrame(index=wanted["user_id"], columns=USER_FEATURES, dtype="float64")
-    empty_i = pd.DataFrame(index=wanted["item_id"], columns=ITEM_FEATURES, dtype="float64")
-    users = out.get("user_id", empty_u).reindex(columns=USER_FEATURES)
-    items = out.get("item_id", empty_i).reindex(columns=ITEM_FEATURES)
-    return users, items
+            entity_df=entity_df, features=[f"{view}:{n}" for n in names]).to_df()
+        for key in keys:
+            got[key] = got[key].astype("int64")
+        tables[keys].append(got[[*keys, *names]].drop_duplicates(list(keys))
+                            .set_index(list(keys)).astype("float64"))
+
+    def combined(keys: tuple[str, ...]) -> pd.DataFrame:
+        index = (pd.Index(wanted[keys][keys[0]], name=keys[0]) if len(keys) == 1
+                 else pd.MultiIndex.from_frame(wanted[keys]))
+        parts = [t.reindex(index) for t in tables[keys]]
+        return pd.concat(parts, axis=1) if parts else pd.DataFrame(index=index)
+
+    return Snapshot(combined(("user_id",)), combined(("item_id",)),
+                    combined(("user_id", "category")))

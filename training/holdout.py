@@ -23,15 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recstack.schemas import (
-    CANDIDATE_SCORE_FEATURE,
-    ITEM_FEATURES,
-    RANKER_FEATURES,
-    USER_FEATURES,
-    EventType,
-)
+from recstack.schemas import CANDIDATE_SCORE_FEATURE, RANKER_FEATURES, EventType
 from training import evaluate as ev
 from training.candidates import CandidateModel, build_index, search
+from training.datasets import NO_CATEGORY, Snapshot
 from training.sources import SOURCES, merge_candidates
 
 TOP_N = 20
@@ -44,15 +39,16 @@ class Holdout:
     """Everything the evaluation may know about the held-out day (see module docstring)."""
 
     day: dt.date
-    rows: pd.DataFrame  # label, request_id, position, user_id, item_id, RANKER_FEATURES
+    rows: pd.DataFrame  # label, request_id, position, user_id, item_id, the ranker's features
     train_events: pd.DataFrame  # events of days < day (user_id, item_id, event_type)
     day_events: pd.DataFrame  # events of the held-out day
     prior_model: CandidateModel  # fit on train_events only
     catalogue: np.ndarray  # every item id
     popular: list[int]  # most clicked before the day, first
     fresh: list[int]  # released in the week before the day, newest first
-    user_features: pd.DataFrame  # USER_FEATURES by user_id, as of the day's start
-    item_features: pd.DataFrame  # ITEM_FEATURES by item_id, as of the day's start
+    features: Snapshot  # stored features of users, items, user x category at the day's start
+    item_categories: pd.Series  # category by item_id (the catalogue)
+    feature_names: list[str] = field(default_factory=lambda: list(RANKER_FEATURES))
 
 
 @dataclass
@@ -74,17 +70,18 @@ def ranker_scores_for(
     items: list[np.ndarray],
 ) -> list[np.ndarray]:
     """Score each user's candidate items the way serving does: user features broadcast, item
-    features by id, the prior model's dot product as CANDIDATE_SCORE_FEATURE."""
-    col = {name: i for i, name in enumerate(RANKER_FEATURES)}
+    features by id, the user's row of each item's category, the prior model's dot product as
+    CANDIDATE_SCORE_FEATURE; columns are ``holdout.feature_names``."""
+    names = holdout.feature_names
     lengths = [len(i) for i in items]
     flat_items = np.concatenate(items) if items else np.array([], dtype=np.int64)
     flat_users = np.repeat(users, lengths)
-    x = np.full((len(flat_items), len(RANKER_FEATURES)), np.nan, dtype=np.float32)
-    uf = holdout.user_features.reindex(flat_users)[USER_FEATURES].to_numpy(np.float32)
-    itf = holdout.item_features.reindex(flat_items)[ITEM_FEATURES].to_numpy(np.float32)
-    x[:, [col[f] for f in USER_FEATURES]] = uf
-    x[:, [col[f] for f in ITEM_FEATURES]] = itf
-    x[:, col[CANDIDATE_SCORE_FEATURE]] = holdout.prior_model.score(flat_users, flat_items)
+    cats = (holdout.item_categories.reindex(flat_items).fillna(NO_CATEGORY).to_numpy(np.int64)
+            if len(flat_items) else np.array([], dtype=np.int64))
+    x = holdout.features.for_pairs(names, flat_users, flat_items, cats)
+    if CANDIDATE_SCORE_FEATURE in names:
+        x[:, names.index(CANDIDATE_SCORE_FEATURE)] = holdout.prior_model.score(
+            flat_users, flat_items)
     scores = predict(x) if len(x) else np.array([])
     return np.split(np.asarray(scores), np.cumsum(lengths)[:-1]) if lengths else []
 
@@ -97,11 +94,11 @@ def evaluate(
     n_candidates: int,
     seed: int,
 ) -> Evaluation:
-    """Every row of the table on the holdout day; ``predict`` maps a RANKER_FEATURES matrix
-    to the booster's (uncalibrated) probabilities."""
+    """Every row of the table on the holdout day; ``predict`` maps a matrix of
+    ``holdout.feature_names`` to the booster's (uncalibrated) probabilities."""
     rows = holdout.rows
     y = rows["label"].to_numpy()
-    raw = np.asarray(predict(rows[RANKER_FEATURES].to_numpy(np.float32)), dtype=np.float64)
+    raw = np.asarray(predict(rows[holdout.feature_names].to_numpy(np.float32)), dtype=np.float64)
     prob = ev.calibrate(raw, negative_rate)
     pop_counts = dict(zip(holdout.popular, range(len(holdout.popular), 0, -1), strict=True))
     pop_scores = np.array([pop_counts.get(int(i), 0) for i in rows["item_id"]], dtype=np.float64)

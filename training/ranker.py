@@ -1,8 +1,9 @@
-"""Stage 2 model: a LightGBM binary classifier of click given impression, on RANKER_FEATURES.
+"""Stage 2 model: a LightGBM binary classifier of click given impression.
 
-In:  a DataFrame with the RANKER_FEATURES columns and ``label`` (0/1).
-Out: a native ``lightgbm.Booster`` whose ``feature_name()`` equals RANKER_FEATURES, in order:
-     serving builds its feature matrix in that order and checks it on load.
+In:  a DataFrame with the ranker's feature columns (``names``: the feature service's stored
+     features, then the request-time ones; RANKER_FEATURES for ranker_v1) and ``label`` (0/1).
+Out: a native ``lightgbm.Booster`` whose ``feature_name()`` equals ``names``, in order:
+     serving builds its feature matrix from those names and checks them on load.
 
 The native API (``lgb.train``) rather than ``LGBMClassifier``: MLflow 3.17 logs sklearn-API
 models with skops and refuses unknown types, while a native booster is saved as a plain
@@ -23,18 +24,20 @@ logger = logging.getLogger(__name__)
 
 
 class FeatureOrderError(ValueError):
-    """A booster's features are not RANKER_FEATURES in order; serving would mis-read it."""
+    """A booster's features are not the expected names in order; serving would mis-read it."""
 
 
-def feature_matrix(df: pd.DataFrame) -> pd.DataFrame:
-    """The RANKER_FEATURES columns of ``df`` as float32, in contract order."""
-    missing = [f for f in RANKER_FEATURES if f not in df.columns]
+def feature_matrix(df: pd.DataFrame, names: list[str] | None = None) -> pd.DataFrame:
+    """The ``names`` columns (default RANKER_FEATURES) of ``df`` as float32, in that order."""
+    names = list(names or RANKER_FEATURES)
+    missing = [f for f in names if f not in df.columns]
     if missing:
         raise ValueError(f"ranker input lacks features {missing}")
-    return df[RANKER_FEATURES].astype(np.float32)
+    return df[names].astype(np.float32)
 
 
-def ranker_params(learning_rate: float, seed: int = 0) -> dict[str, object]:
+def ranker_params(learning_rate: float, seed: int = 0, names: list[str] | None = None
+                  ) -> dict[str, object]:
     """LightGBM parameters: few, shallow trees, and ``cand_score`` constrained to be monotone.
 
     Class imbalance is handled by down-sampling negatives before training (datasets.py), not
@@ -48,7 +51,7 @@ def ranker_params(learning_rate: float, seed: int = 0) -> dict[str, object]:
     fewer days than the one that scores the holdout (so its scale differs); a monotone
     constraint keeps "more affinity never lowers the score" true whatever the scale.
     """
-    monotone = [1 if name == CANDIDATE_SCORE_FEATURE else 0 for name in RANKER_FEATURES]
+    monotone = [1 if name == CANDIDATE_SCORE_FEATURE else 0 for name in names or RANKER_FEATURES]
     return {
         "objective": "binary",
         "metric": ["auc", "binary_logloss"],
@@ -76,33 +79,35 @@ def train_ranker(
     rounds: int = 150,
     learning_rate: float = 0.05,
     seed: int = 0,
+    names: list[str] | None = None,
 ) -> lgb.Booster:
-    """Train ``rounds`` trees on ``train`` (RANKER_FEATURES + label); returns the booster.
+    """Train ``rounds`` trees on ``train`` (``names`` + label); returns the booster.
 
     No early stopping on the holdout: the holdout day must stay unseen to report honest
     metrics, and at this data size a fixed, small number of rounds does not over-fit much.
     """
     if train["label"].nunique() < 2:
         raise ValueError("the ranker's training rows need both clicks and non-clicks")
-    params = ranker_params(learning_rate, seed)
+    names = list(names or RANKER_FEATURES)
+    params = ranker_params(learning_rate, seed, names)
     dtrain = lgb.Dataset(
-        feature_matrix(train), label=train["label"].to_numpy(), feature_name=RANKER_FEATURES,
+        feature_matrix(train, names), label=train["label"].to_numpy(), feature_name=names,
         free_raw_data=False,
     )
     booster = lgb.train(params, dtrain, num_boost_round=rounds)
-    check_feature_order(booster)
+    check_feature_order(booster, names)
     logger.info("ranker: %d trees on %d rows", booster.num_trees(), len(train))
     return booster
 
 
 def predict(booster: lgb.Booster, df: pd.DataFrame) -> np.ndarray:
     """Click probabilities (as trained, i.e. before calibration) for the rows of ``df``."""
-    return booster.predict(feature_matrix(df))
+    return booster.predict(feature_matrix(df, booster.feature_name()).to_numpy(), num_threads=1)
 
 
-def check_feature_order(booster: lgb.Booster) -> None:
-    """Raise :class:`FeatureOrderError` unless the booster's features are RANKER_FEATURES."""
-    if booster.feature_name() != RANKER_FEATURES:
-        raise FeatureOrderError(
-            f"booster features {booster.feature_name()} != RANKER_FEATURES {RANKER_FEATURES}"
-        )
+def check_feature_order(booster: lgb.Booster, names: list[str] | None = None) -> None:
+    """Raise :class:`FeatureOrderError` unless the booster's features are ``names`` (default
+    RANKER_FEATURES) in order."""
+    names = list(names or RANKER_FEATURES)
+    if booster.feature_name() != names:
+        raise FeatureOrderError(f"booster features {booster.feature_name()} != {names}")

@@ -98,7 +98,7 @@ def log_candidates(
     """Log the CANDIDATE_ARTIFACTS files in ``artifact_dir`` as a pyfunc model in the active
     run and register it as ``name``; returns the ModelInfo (``registered_model_version``)."""
     artifacts = {key: str(Path(artifact_dir) / f) for key, f in CANDIDATE_ARTIFACTS.items()}
-    missing = [p for p in artifacts.values() if not Path(p).exists()]
+    missing = [p for p in artifacts.values() if not Path(p).exists()]  # every file, new models
     if missing:
         raise FileNotFoundError(f"candidate artifacts missing: {missing}")
     output_example = pd.DataFrame({"user_id": [0], "rank": [0], "item_id": [0], "score": [0.0]})
@@ -118,20 +118,31 @@ def log_candidates(
     )
 
 
-def log_ranker(booster: Any, name: str, input_example: pd.DataFrame) -> ModelInfo:
+def log_ranker(booster: Any, name: str, input_example: pd.DataFrame,
+               feature_service: str = "ranker_v1") -> ModelInfo:
     """Log the native LightGBM ``booster`` (saved as ``model.lgb``) in the active run and
-    register it as ``name``; returns the ModelInfo."""
+    register it as ``name``; returns the ModelInfo.
+
+    The MLmodel file's ``metadata`` records the feature service and the ordered feature names
+    (``feature_service``, ``feature_names``): serving reads which views to fetch from it and
+    builds exactly those columns. A version without it is a ranker_v1 model.
+    """
     return mlflow.lightgbm.log_model(
         booster,
         name=name,
         input_example=input_example,
         registered_model_name=name,
         pip_requirements=_requirements("mlflow", "lightgbm", "numpy", "pandas"),
+        metadata={"feature_service": feature_service,
+                  "feature_names": list(booster.feature_name())},
     )
 
 
 CHALLENGER = "challenger"
 KINDS = ("candidates", "ranker")
+# On a ranker version: the candidates version its run registered (serving/artifacts.py reads
+# the pair from the ranker's alias alone, so the two alias moves need not be atomic).
+PAIR_TAG = "candidates_version"
 
 
 def client_for(settings: Settings) -> MlflowClient:
@@ -229,6 +240,8 @@ def paired_versions(client: MlflowClient, settings: Settings, ranker_version: st
     """The candidates version registered by the same run as ranker ``ranker_version``."""
     names = model_names(settings)
     ranker = client.get_model_version(names["ranker"], str(ranker_version))
+    if (ranker.tags or {}).get(PAIR_TAG):
+        return {"candidates": str(ranker.tags[PAIR_TAG]), "ranker": str(ranker.version)}
     found = [v for v in client.search_model_versions(f"name='{names['candidates']}'")
              if v.run_id == ranker.run_id]
     if not found:

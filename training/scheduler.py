@@ -18,7 +18,9 @@ import logging
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,18 +36,51 @@ class RetrainError(RuntimeError):
     """A retraining step failed; the champion is unchanged. The message says which step."""
 
 
-def run_pipeline_subprocess(settings: Settings, timeout_s: float = 1800.0) -> None:
+class RetrainAborted(RetrainError):
+    """A stop was requested before anything was registered; the champion is unchanged."""
+
+
+STOP_GRACE_S = 30.0  # how long a stopped pipeline child may take to exit before it is killed
+
+
+def run_pipeline_subprocess(settings: Settings, timeout_s: float = 1800.0,
+                            stop: threading.Event | None = None) -> None:
     """``python -m recstack.cli pipeline`` (Beam features + feast apply + materialize) in a child
-    process with this process's environment; raises RetrainError with its last output lines."""
+    process with this process's environment; raises RetrainError with its last output lines.
+
+    When ``stop`` is set meanwhile, the child gets SIGTERM (what supervisord's ``stopasgroup``
+    would send it), is waited for (killed after STOP_GRACE_S) and RetrainAborted is raised.
+    """
     cmd = [sys.executable, "-m", "recstack.cli", "pipeline"]
+    with tempfile.TemporaryFile("w+") as out, subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, text=True) as proc:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if stop is not None and stop.is_set():
+                _end(proc)
+                raise RetrainAborted("stop requested during the pipeline; nothing registered")
+            if time.monotonic() > deadline:
+                _end(proc)
+                raise RetrainError(f"pipeline took longer than {timeout_s:.0f}s")
+        if proc.returncode != 0:
+            out.seek(0)
+            tail = " | ".join(out.read().strip().splitlines()[-3:])
+            raise RetrainError(f"pipeline exited {proc.returncode}: {tail}")
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after STOP_GRACE_S; returns once the child is gone."""
+    proc.terminate()
     try:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise RetrainError(f"pipeline took longer than {timeout_s:.0f}s") from exc
-    if proc.returncode != 0:
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        raise RetrainError(f"pipeline exited {proc.returncode}: {tail}")
+        proc.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def retrain_once(
@@ -53,24 +88,43 @@ def retrain_once(
     run_pipeline: bool = True,
     pipeline: PipelineRunner | None = None,
     train: Callable[[Settings], Any] | None = None,
+    stop: threading.Event | None = None,
 ) -> Any:
     """One retraining: the pipeline (unless ``run_pipeline`` is False), then training and the
-    gate. ``pipeline`` and ``train`` default to the subprocess and ``train_and_register``."""
+    gate. ``pipeline`` and ``train`` default to the subprocess and ``train_and_register``.
+
+    ``stop`` (set by SIGTERM in the trainer) aborts the run at the next safe point — during the
+    pipeline, between the steps, or in training before the first MLflow write — with
+    RetrainAborted; once registration has begun the run finishes it, so MLflow never holds
+    half a registration.
+    """
     if run_pipeline:
         logger.info("retrain: running the feature pipeline and materialization")
-        (pipeline or run_pipeline_subprocess)(settings)
-    if train is None:
-        from training.train import train_and_register as train
+        if pipeline is None:
+            run_pipeline_subprocess(settings, settings.trainer.pipeline_timeout_s, stop)
+        else:
+            pipeline(settings)
+    if stop is not None and stop.is_set():
+        raise RetrainAborted("stop requested after the pipeline; nothing registered")
     logger.info("retrain: training and gate")
+    if train is None:
+        from training.train import TrainingAborted, train_and_register
+
+        try:
+            return train_and_register(settings, stop=stop)
+        except TrainingAborted as exc:
+            raise RetrainAborted(str(exc)) from exc
     return train(settings)
 
 
 class Trainer:
     """Retrains every ``every_sim_days`` simulated days on a :class:`SimClock` until stopped.
 
-    SIGTERM/SIGINT set a stop flag: a run in progress finishes (MLflow never sees half a
-    registration) and the loop exits; between runs the wait is interrupted at once. A failed
-    run is logged and retried at the next tick — the champion stays whatever happens.
+    SIGTERM/SIGINT set a stop flag: a run in progress stops at its next safe point (the
+    pipeline child is terminated; training stops before its first MLflow write) or, once
+    registration has begun, finishes it (MLflow never sees half a registration); then the loop
+    exits. Between runs the wait is interrupted at once. A failed run is logged and retried at
+    the next tick — the champion stays whatever happens.
     """
 
     def __init__(self, settings: Settings, cfg: TrainerSettings | None = None,
@@ -81,10 +135,12 @@ class Trainer:
         # Simulated time continues the world's calendar: the day after the simulated days.
         start = day_start(settings.sim.start_date + dt.timedelta(days=settings.sim.days))
         self.clock = clock or SimClock(start, speedup=self.cfg.speedup)
+        self.stop_event = threading.Event()
         self.retrain = retrain or (lambda s: retrain_once(
             s, run_pipeline=self.cfg.run_pipeline,
-            pipeline=lambda st: run_pipeline_subprocess(st, self.cfg.pipeline_timeout_s)))
-        self.stop_event = threading.Event()
+            pipeline=lambda st: run_pipeline_subprocess(st, self.cfg.pipeline_timeout_s,
+                                                        self.stop_event),
+            stop=self.stop_event))
         self.runs = 0
         self.failures = 0
 
@@ -101,6 +157,9 @@ class Trainer:
         logger.info("trainer: run %d at simulated %s", self.runs, self.clock.now().isoformat())
         try:
             result = self.retrain(self.settings)
+        except RetrainAborted as exc:
+            logger.warning("trainer: run %d aborted, champion unchanged: %s", self.runs, exc)
+            return False
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failed run
             self.failures += 1
             logger.error("trainer: run %d failed, champion unchanged: %s: %s",

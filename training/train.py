@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,16 @@ import pandas as pd
 
 from recstack.clock import day_start
 from recstack.lake import read_events, read_items
-from recstack.schemas import CANDIDATE_SCORE_FEATURE, POPULAR_FILE, RANKER_FEATURES
+from recstack.schemas import CANDIDATE_SCORE_FEATURE, POPULAR_FILE
 from recstack.settings import GateSettings, Settings
 from training import evaluate as ev
 from training.candidates import CandidateModel, fit_candidate_model, save_artifacts
-from training.datasets import TrainingDataError, build_ranker_dataset, time_split
+from training.datasets import (
+    TrainingDataError,
+    build_ranker_dataset,
+    item_categories,
+    time_split,
+)
 from training.gate import Verdict, decide, latency_within_budget, sanity_failures
 from training.holdout import Holdout, popular_before
 from training.holdout import evaluate as evaluate_holdout
@@ -35,6 +41,10 @@ from training.ranker import predict, ranker_params, train_ranker
 from training.sources import fresh_items
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingAborted(RuntimeError):
+    """A stop was requested before the first MLflow write: nothing was logged or registered."""
 
 
 @dataclass
@@ -114,11 +124,17 @@ def training_rows(train: pd.DataFrame) -> pd.DataFrame:
     return train[train["day"] > days[0]].reset_index(drop=True)
 
 
-def feature_reference(train: pd.DataFrame) -> dict[str, dict[str, float]]:
+def ranker_feature_names(stored: list[str]) -> list[str]:
+    """The ranker's columns: the feature service's stored features in its order, then the
+    request-time candidate score (serving builds exactly these, by name)."""
+    return [*stored, CANDIDATE_SCORE_FEATURE]
+
+
+def feature_reference(train: pd.DataFrame, names: list[str]) -> dict[str, dict[str, float]]:
     """Per ranker feature: count, NaN share, mean, std and quantiles on the training rows (the
     reference a drift monitor compares live features against)."""
     out = {}
-    for name in RANKER_FEATURES:
+    for name in names:
         col = train[name].astype("float64")
         q = col.quantile([0.01, 0.1, 0.5, 0.9, 0.99]).to_dict() if col.notna().any() else {}
         out[name] = {"n": len(col), "nan_share": float(col.isna().mean()),
@@ -130,6 +146,7 @@ def feature_reference(train: pd.DataFrame) -> dict[str, dict[str, float]]:
 def build_holdout(
     settings: Settings, store: Any, holdout: pd.DataFrame, events: pd.DataFrame,
     prior_model: CandidateModel, item_ids: np.ndarray, holdout_day: dt.date,
+    names: list[str],
 ) -> Holdout:
     """The holdout day and what was known before it (features as of its midnight)."""
     from training.datasets import features_as_of
@@ -138,19 +155,21 @@ def build_holdout(
     start = day_start(holdout_day)
     train_events = events[events["day"] < holdout_day]
     day_events = events[events["day"] == holdout_day]
-    users_f, items_f = features_as_of(
+    categories = item_categories(settings)
+    snapshot = features_as_of(
         store, settings.feast.feature_service, np.unique(day_events["user_id"].to_numpy()),
-        item_ids, start)
+        item_ids, start, categories=categories.unique())
     return Holdout(
         day=holdout_day, rows=holdout, train_events=train_events, day_events=day_events,
         prior_model=prior_model, catalogue=item_ids, popular=popular_before(train_events),
         fresh=fresh_items(read_items(settings.lake_dir).to_pandas(), start),
-        user_features=users_f, item_features=items_f,
+        features=snapshot, item_categories=categories, feature_names=names,
     )
 
 
 def train_and_register(settings: Settings, store: Any | None = None,
-                       gate: GateSettings | None = None) -> TrainResult:
+                       gate: GateSettings | None = None,
+                       stop: threading.Event | None = None) -> TrainResult:
     """Train both models, evaluate them on the last day, register them, run the gate.
 
     In: the lake, the feature tables and Feast (``store`` defaults to ``open_store(settings)``;
@@ -159,7 +178,8 @@ def train_and_register(settings: Settings, store: Any | None = None,
     ``champion`` only if the gate passes (training/gate.py), else the champion stays and the
     reason is on the run, on the versions (tags ``gate_decision``, ``gate_reason``) and in
     the log. Any exception before the gate leaves the champion untouched. Raises
-    TrainingDataError with a clear message when inputs are missing.
+    TrainingDataError with a clear message when inputs are missing, and TrainingAborted when
+    ``stop`` is set before the first MLflow write (after it, the run completes).
     """
     timings: dict[str, float] = {}
     clock = _Stopwatch(timings)
@@ -180,18 +200,23 @@ def train_and_register(settings: Settings, store: Any | None = None,
         item_ids = catalogue_items(settings, events, data)
     holdout_day: dt.date = data.attrs["holdout_day"]
     negative_rate: float = data.attrs["negative_rate"]
+    _check_stop(stop, "the dataset")
 
     with clock("candidate_scores_s"):
         data, prior_models = add_candidate_scores(data, events, item_ids, dim, seed)
     train_all, holdout = time_split(data, holdout_day)
     train = training_rows(train_all)
+    features = ranker_feature_names(data.attrs["stored_features"])
+    service = settings.feast.feature_service
 
+    _check_stop(stop, "the candidate scores")
     with clock("ranker_s"):
         booster = train_ranker(train, settings.train.ranker_rounds,
-                               settings.train.ranker_learning_rate, seed)
+                               settings.train.ranker_learning_rate, seed, features)
+    _check_stop(stop, "the ranker")
     with clock("evaluate_s"):
         hold = build_holdout(settings, store, holdout, events, prior_models[holdout_day],
-                             item_ids, holdout_day)
+                             item_ids, holdout_day, features)
         base_rate = float(ev.calibrate(np.array([train["label"].mean()]), negative_rate)[0])
         evaluation = evaluate_holdout(
             hold, lambda x: booster.predict(x, num_threads=1), negative_rate, base_rate,
@@ -199,7 +224,7 @@ def train_and_register(settings: Settings, store: Any | None = None,
     metrics = evaluation.metrics
     holdout_scores = predict(booster, holdout)
     with clock("latency_s"):
-        batch = holdout[RANKER_FEATURES].to_numpy(np.float32)
+        batch = holdout[features].to_numpy(np.float32)
         batch = np.resize(batch, (gate.latency_rows, batch.shape[1])) if len(batch) else batch
         latency = latency_within_budget(lambda x: booster.predict(x, num_threads=1), batch,
                                         gate)
@@ -218,6 +243,7 @@ def train_and_register(settings: Settings, store: Any | None = None,
         "n_dead_label_rows": int(data.attrs.get("n_dead", 0)),
         "n_train_rows_dropped_first_day": len(train_all) - len(train),
     }
+    _check_stop(stop, "the evaluation")  # the last point: then it logs, registers, gates
     import mlflow
 
     with clock("mlflow_setup_s"):
@@ -230,17 +256,17 @@ def train_and_register(settings: Settings, store: Any | None = None,
         fresh_now = fresh_items(read_items(settings.lake_dir).to_pandas(),
                                 day_start(days[-1] + dt.timedelta(days=1)))
         save_artifacts(served, Path(tmp), popular,
-                       {**window, **counts, "git_sha": sha, "fresh_items": fresh_now})
+                       {**window, **counts, "git_sha": sha, "fresh_items": fresh_now},
+                       fresh=fresh_now, item_categories=item_categories(settings))
         with mlflow.start_run(run_name=f"train-{window['data_end']}") as run:
-            mlflow.set_tags({"git_sha": sha, "feature_service": settings.feast.feature_service,
-                             **window})
+            mlflow.set_tags({"git_sha": sha, "feature_service": service, **window})
             mlflow.log_params({
                 "embedding_dim": dim, "ranker_rounds": settings.train.ranker_rounds,
                 "ranker_learning_rate": settings.train.ranker_learning_rate,
                 "negatives_per_positive": settings.train.negatives_per_positive,
                 "negative_rate": round(negative_rate, 6), "seed": seed,
-                "feature_service": settings.feast.feature_service,
-                "ranker_features": ",".join(RANKER_FEATURES), "git_sha": sha,
+                "feature_service": service, "ranker_features": ",".join(features),
+                "git_sha": sha,
                 **{f"ranker_{k}": v for k, v in ranker_params(0.0).items()
                    if k in ("num_leaves", "min_data_in_leaf", "objective")},
                 **{f"gate_{k}": v for k, v in gate.model_dump().items()},
@@ -252,23 +278,28 @@ def train_and_register(settings: Settings, store: Any | None = None,
             mlflow.log_text(evaluation.calibration.to_markdown(index=False)
                             if _has_tabulate() else evaluation.calibration.to_string(index=False),
                             "calibration.md")
-            mlflow.log_dict(feature_reference(train), "feature_reference.json")
+            mlflow.log_dict({"feature_service": service, "feature_names": features},
+                            "ranker_features.json")
+            mlflow.log_dict(feature_reference(train, features), "feature_reference.json")
             cand_info = registry.log_candidates(
                 Path(tmp), settings.mlflow.candidates_model,
                 pd.DataFrame({"user_id": served.user_ids[:3].astype("int64")}),
             )
             rank_info = registry.log_ranker(
                 booster, settings.mlflow.ranker_model,
-                holdout[RANKER_FEATURES].astype("float32").head(5),
+                holdout[features].astype("float32").head(5), service,
             )
             mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
             versions = {"candidates": str(cand_info.registered_model_version),
                         "ranker": str(rank_info.registered_model_version)}
-            tags = {"git_sha": sha, "feature_service": settings.feast.feature_service,
+            tags = {"git_sha": sha, "feature_service": service,
                     "run_id": run.info.run_id, **window,
                     **{k: f"{v:.5f}" for k, v in metrics.items()
                        if k.startswith(("ranker_", "candidates_recall"))}}
             names = registry.model_names(settings)
+            # Before any alias moves: serving resolves the pair from the ranker version alone.
+            client.set_model_version_tag(names["ranker"], versions["ranker"], registry.PAIR_TAG,
+                                         versions["candidates"])
             for kind in registry.KINDS:
                 registry.set_alias(client, names[kind], versions[kind], registry.CHALLENGER, tags)
 
@@ -307,7 +338,7 @@ def run_gate(
     same holdout rows (the champion's ranker re-scored here, not its logged metrics)."""
     from training import registry
 
-    x = holdout[RANKER_FEATURES].to_numpy(np.float32)
+    x = holdout[booster.feature_name()].to_numpy(np.float32)
     probe = x[: min(len(x), 200)]
     problems = registry.pair_problems(client, settings, versions, probe,
                                       booster.predict(probe, num_threads=1))
@@ -320,9 +351,18 @@ def run_gate(
         old = registry.load_champion_ranker(client, settings, champion["ranker"])
         old_run = client.get_model_version(settings.mlflow.ranker_model, champion["ranker"]).run_id
         old_rate = float(client.get_run(old_run).data.params.get("negative_rate", negative_rate))
-        theirs = _ranker_metrics(holdout, old.predict(x, num_threads=1), old_rate)
     except Exception as exc:  # noqa: BLE001 - a champion that cannot be evaluated cannot defend its title
         return decide(failures, mine, None, gate, champion_problem=f"{type(exc).__name__}: {exc}")
+    lacking = [n for n in old.feature_name() if n not in holdout.columns]
+    if lacking:
+        # A champion reading features this run did not fetch (another feature service) cannot
+        # be compared on these rows; promoting blind could lose quality: keep the champion.
+        failures = [*failures, f"champion ranker v{champion['ranker']} reads {lacking[:5]}, "
+                    "which this run's feature service lacks: no comparison, champion kept"]
+        return decide(failures, mine, None, gate)
+    theirs = _ranker_metrics(
+        holdout, old.predict(holdout[old.feature_name()].to_numpy(np.float32), num_threads=1),
+        old_rate)
     logger.info("gate: challenger %s vs champion ranker v%s %s on %d holdout rows",
                 mine, champion["ranker"], theirs, len(holdout))
     return decide(failures, mine, theirs, gate)
@@ -332,6 +372,12 @@ def _ranker_metrics(holdout: pd.DataFrame, scores: np.ndarray, negative_rate: fl
                     ) -> dict[str, float]:
     m = ev.ranking_metrics("r", holdout, scores, ev.calibrate(scores, negative_rate))
     return {k.removeprefix("r_"): v for k, v in m.items()}
+
+
+def _check_stop(stop: threading.Event | None, after: str) -> None:
+    if stop is not None and stop.is_set():
+        raise TrainingAborted(f"stop requested before registration (checked after {after}); "
+                              "nothing logged or registered")
 
 
 def _has_tabulate() -> bool:

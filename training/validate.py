@@ -15,9 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from recstack.schemas import CANDIDATE_ARTIFACTS, RANKER_FEATURES
+from recstack.schemas import (
+    CANDIDATE_ARTIFACTS,
+    CANDIDATE_SCORE_FEATURE,
+    FEATURE_VIEW_FEATURES,
+    OPTIONAL_CANDIDATE_ARTIFACTS,
+    SOURCE_FEATURES,
+)
 
 logger = logging.getLogger(__name__)
+
+SERVABLE_FEATURES = frozenset(
+    [n for names in FEATURE_VIEW_FEATURES.values() for n in names]
+    + [CANDIDATE_SCORE_FEATURE, *SOURCE_FEATURES.values()])
 
 
 def candidate_problems(root: Path) -> list[str]:
@@ -26,7 +36,8 @@ def candidate_problems(root: Path) -> list[str]:
     if not metas:
         return [f"no {CANDIDATE_ARTIFACTS['meta']} under the candidates artifact"]
     directory = metas[0].parent
-    missing = [f for f in CANDIDATE_ARTIFACTS.values() if not (directory / f).is_file()]
+    missing = [f for k, f in CANDIDATE_ARTIFACTS.items()
+               if k not in OPTIONAL_CANDIDATE_ARTIFACTS and not (directory / f).is_file()]
     if missing:
         return [f"candidate files missing: {missing}"]
     try:
@@ -55,6 +66,16 @@ def candidate_problems(root: Path) -> list[str]:
         problems.append("no items")
     if not isinstance(popular, list):
         problems.append("popular list is not a list")
+    try:
+        from training.candidates import load_optional_artifacts
+
+        fresh, categories = load_optional_artifacts(directory)
+    except Exception as exc:  # noqa: BLE001 - present but unreadable is a problem
+        return [*problems, f"optional candidate file unreadable: {type(exc).__name__}: {exc}"]
+    if not isinstance(fresh, list) or not all(isinstance(i, int) for i in fresh):
+        problems.append("fresh list is not a list of item ids")
+    if categories is not None and categories.shape != (n_items,):
+        problems.append(f"item_categories shape {categories.shape} != ({n_items},)")
     return problems
 
 
@@ -62,7 +83,8 @@ def ranker_problems(
     root: Path, rows: np.ndarray | None = None, expected: np.ndarray | None = None
 ) -> list[str]:
     """What is wrong with the ranker artifact under ``root``: one readable ``*.lgb`` booster
-    with RANKER_FEATURES in order that, given ``rows``, reproduces ``expected`` scores."""
+    whose features serving can build (and, when the MLmodel metadata lists them, exactly
+    those in that order) that, given ``rows``, reproduces ``expected`` scores."""
     import lightgbm as lgb
 
     files = sorted(Path(root).rglob("*.lgb"))
@@ -72,10 +94,27 @@ def ranker_problems(
         booster = lgb.Booster(model_file=str(files[0]))
     except Exception as exc:  # noqa: BLE001 - LightGBM raises its own error types
         return [f"ranker booster unreadable: {type(exc).__name__}: {exc}"]
-    if booster.feature_name() != RANKER_FEATURES:
-        return [f"ranker features {booster.feature_name()} != {RANKER_FEATURES}"]
+    names = booster.feature_name()
+    unknown = [n for n in names if n not in SERVABLE_FEATURES]
+    if unknown:
+        return [f"ranker features {unknown} are not servable (known: stored views, "
+                f"{CANDIDATE_SCORE_FEATURE}, source one-hots)"]
+    meta = ranker_metadata(files[0].parent)
+    if meta.get("feature_names") is not None and list(meta["feature_names"]) != names:
+        return [f"ranker features {names} != the artifact's recorded {meta['feature_names']}"]
     if rows is not None and expected is not None:
         got = booster.predict(np.asarray(rows, dtype=np.float32), num_threads=1)
         if not np.allclose(got, expected, rtol=1e-5, atol=1e-7):
             return ["the loaded ranker's scores differ from the trained booster's"]
     return []
+
+
+def ranker_metadata(directory: Path) -> dict:
+    """The ``metadata`` of the MLmodel file in ``directory`` ({} when absent or unreadable)."""
+    import yaml
+
+    path = Path(directory) / "MLmodel"
+    try:
+        return dict((yaml.safe_load(path.read_text()) or {}).get("metadata") or {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}

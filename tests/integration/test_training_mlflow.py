@@ -6,6 +6,7 @@ replaced by its DataFrame fake (the real Feast join is covered by the end-to-end
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import faiss
@@ -16,7 +17,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from recstack.schemas import CANDIDATE_ARTIFACTS, RANKER_FEATURES
+from recstack.schemas import (
+    CANDIDATE_ARTIFACTS,
+    ITEM_FEATURES,
+    RANKER_V2_USER_CATEGORY_FEATURES,
+    USER_FEATURES,
+)
 from recstack.settings import GateSettings, Settings
 from tests.unit.training.synthetic import write_world
 from training import train_and_register
@@ -55,7 +61,10 @@ def test_train_registers_champions_that_serving_can_load(
         assert champion.tags["feature_service"] == settings.feast.feature_service
         assert champion.tags["git_sha"]
     run = client.get_run(result.run_id)
-    assert run.data.params["feature_service"] == "ranker_v1"
+    assert run.data.params["feature_service"] == settings.feast.feature_service == "ranker_v2"
+    # The ranker version names the candidates version of its run (serving pairs by it).
+    ranker_version = client.get_model_version("ranker", result.ranker_version)
+    assert ranker_version.tags["candidates_version"] == result.candidates_version
     assert run.data.params["data_start"] == "2026-01-01"
     assert run.data.params["data_end"] == "2026-01-03"
     assert run.data.metrics["ranker_auc"] == pytest.approx(result.metrics["ranker_auc"])
@@ -89,9 +98,21 @@ def test_train_registers_champions_that_serving_can_load(
     lgb_files = list(rank_dir.rglob("*.lgb"))
     assert len(lgb_files) == 1
     booster = lgb.Booster(model_file=str(lgb_files[0]))
-    assert booster.feature_name() == RANKER_FEATURES
-    p = booster.predict(np.zeros((3, len(RANKER_FEATURES)), dtype=np.float32))
+    # The fake store's ranker_v2: the v1 views and the user x category view, then cand_score.
+    names = USER_FEATURES + ITEM_FEATURES + RANKER_V2_USER_CATEGORY_FEATURES + ["cand_score"]
+    assert booster.feature_name() == names
+    p = booster.predict(np.zeros((3, len(names)), dtype=np.float32))
     assert p.shape == (3,) and ((0 <= p) & (p <= 1)).all()
+    # The artifact records its feature service and columns; serving loads and checks them.
+    from serving.artifacts import champion_versions, load_ranker
+
+    served = load_ranker(rank_dir, "x")
+    assert served.feature_service == "ranker_v2" and list(served.feature_names) == names
+    assert champion_versions(settings) == {"candidates": result.candidates_version,
+                                           "ranker": result.ranker_version}
+    assert json.loads((art / CANDIDATE_ARTIFACTS["fresh"]).read_text()) == []  # none new
+    assert np.load(art / CANDIDATE_ARTIFACTS["item_categories"]).tolist() == [
+        i % 3 for i in item_ids.tolist()]
 
     # Retraining the same data gives the same model: it does not beat the champion by the
     # margin, so it is registered as challenger and champion stays.

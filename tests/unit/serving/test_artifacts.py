@@ -105,3 +105,100 @@ def test_rejects_a_missing_or_corrupt_booster(tmp_path: Path) -> None:
     (tmp_path / "bad.lgb").write_text("not a model")
     with pytest.raises(ArtifactError, match="unreadable"):
         load_ranker(tmp_path)
+
+
+def test_older_model_without_optional_files_loads_with_no_fresh_items(tmp_path: Path) -> None:
+    directory = write_candidates(tmp_path)
+    for key in ("fresh", "item_categories"):
+        assert not (directory / CANDIDATE_ARTIFACTS[key]).exists()
+    model = load_candidate_model(directory)
+    assert model.fresh.tolist() == [] and model.item_categories is None
+    cands = AnnCandidateSource(model).candidates(user_id=3, n=20)
+    assert cands.n_fresh == 0 and "fresh" not in set(cands.sources())
+    # A required file is still required.
+    (directory / CANDIDATE_ARTIFACTS["popular"]).unlink()
+    with pytest.raises(ArtifactError, match="popular.json"):
+        load_candidate_model(directory)
+
+
+def test_fresh_source_is_labelled_and_deduplicated(tmp_path: Path) -> None:
+    directory = write_candidates(tmp_path)
+    # 100 is also popular, 999 has no embedding (a brand-new item), 998 appears twice.
+    (directory / CANDIDATE_ARTIFACTS["fresh"]).write_text(json.dumps([999, 100, 998, 998, 129]))
+    np.save(directory / CANDIDATE_ARTIFACTS["item_categories"], np.arange(30) % 3)
+    model = load_candidate_model(directory)
+    source = AnnCandidateSource(model)
+    assert {999, 998}.issubset(set(source.item_ids.tolist()))
+    assert source.item_categories[source.item_ids.tolist().index(101)] == 1
+    assert source.item_categories[source.item_ids.tolist().index(999)] == -1
+    cands = source.candidates(user_id=3, n=40)  # 30 indexed items + 2 new: 32 distinct
+    ids = cands.item_ids.tolist()
+    assert len(ids) == len(set(ids)) == 32
+    labels = dict(zip(ids, cands.sources(), strict=True))
+    assert labels[999] == labels[998] == "fresh"
+    assert [cands.source(i) for i in range(len(cands))] == list(cands.sources())
+    assert np.isnan(cands.scores[ids.index(999)])  # no embedding: no inner product
+    assert labels[100] == "ann"  # found by the ANN first: listed once, as ann
+    assert list(cands.sources()[:cands.n_ann]) == ["ann"] * cands.n_ann
+    # A damaged optional file is an error, not a silently empty source.
+    np.save(directory / CANDIDATE_ARTIFACTS["item_categories"], np.arange(5))
+    with pytest.raises(ArtifactError, match="item_categories"):
+        load_candidate_model(directory)
+
+
+def test_a_v2_ranker_records_its_features_and_a_v1_ranker_still_loads(tmp_path: Path) -> None:
+    from recstack.schemas import RANKER_V2_USER_CATEGORY_FEATURES
+
+    v1 = load_ranker(write_booster(tmp_path / "v1").parent.parent, version="1")
+    assert v1.feature_service == "ranker_v1" and list(v1.feature_names) == RANKER_FEATURES
+    names = ["user_clicks_28d", *RANKER_V2_USER_CATEGORY_FEATURES, "item_age_days",
+             "cand_score"]
+    path = write_booster(tmp_path / "v2", names)
+    with pytest.raises(ArtifactError, match="records no feature list"):
+        load_ranker(path.parent)  # other names and no metadata: refused
+    (path.parent / "MLmodel").write_text(
+        "flavors: {}\nmetadata:\n  feature_service: ranker_v2\n  feature_names: "
+        + json.dumps(names) + "\n")
+    v2 = load_ranker(path.parent, version="2")
+    assert v2.feature_service == "ranker_v2" and list(v2.feature_names) == names
+    (path.parent / "MLmodel").write_text(
+        "metadata:\n  feature_names: " + json.dumps(names[::-1]) + "\n")
+    with pytest.raises(ArtifactError, match="recorded"):
+        load_ranker(path.parent)
+
+
+class _Version:
+    def __init__(self, version: str, run_id: str, tags: dict | None = None) -> None:
+        self.version, self.run_id, self.tags = version, run_id, tags or {}
+
+
+class _Registry:
+    """An MLflow client with two runs' versions; the aliases as the gate leaves them."""
+
+    def __init__(self, aliases: dict[str, str], tagged: bool) -> None:
+        self.aliases = aliases
+        self.versions = {
+            ("candidates", "1"): _Version("1", "run-a"), ("candidates", "2"): _Version("2", "run-b"),
+            ("ranker", "1"): _Version("1", "run-a", {"candidates_version": "1"} if tagged else {}),
+            ("ranker", "2"): _Version("2", "run-b", {"candidates_version": "2"} if tagged else {}),
+        }
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> _Version:
+        return self.versions[(name, self.aliases[name])]
+
+    def search_model_versions(self, query: str) -> list[_Version]:
+        return [v for (name, _), v in self.versions.items()
+                if f"name='{name}'" in query and f"run_id='{v.run_id}'" in query]
+
+
+@pytest.mark.parametrize("tagged", [True, False])
+def test_champion_pair_comes_from_the_rankers_run_not_two_alias_reads(tagged: bool) -> None:
+    from recstack.settings import Settings
+    from serving.artifacts import champion_versions
+
+    settings = Settings()
+    # Between the gate's two alias moves: candidates already at v2, the ranker still at v1.
+    mid_promotion = _Registry({"candidates": "2", "ranker": "1"}, tagged)
+    assert champion_versions(settings, mid_promotion) == {"candidates": "1", "ranker": "1"}
+    done = _Registry({"candidates": "2", "ranker": "2"}, tagged)
+    assert champion_versions(settings, done) == {"candidates": "2", "ranker": "2"}

@@ -8,7 +8,10 @@ import pytest
 from recstack.schemas import ITEM_FEATURES, USER_FEATURES
 from serving.errors import FeatureUnavailable
 from serving.features import (
-    CircuitBreaker, FeastUserFeatures, ItemFeatureTable, fetch_item_features,
+    CircuitBreaker,
+    FeastUserFeatures,
+    ItemFeatureTable,
+    fetch_item_features,
 )
 
 
@@ -78,3 +81,83 @@ def test_breaker_stops_calling_a_dead_store_then_retries() -> None:
     store.fail = False
     assert reader.read(1).shape == (len(USER_FEATURES),)  # the trial call closes it
     assert not reader.breaker.open
+
+
+class _ContextReader:
+    """A v2 user reader: two user features and the user x category rows, one 'round trip'."""
+
+    names = ["user_clicks_28d", "user_ctr_7d"]
+    category_names = ["user_category_clicks_28d", "user_category_share_28d"]
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, list[int]]] = []
+
+    def read(self, user_id: int) -> np.ndarray:
+        raise AssertionError("a ranker with category features reads them in the same call")
+
+    def read_with_categories(self, user_id: int, categories: list[int]):
+        self.calls.append((user_id, list(categories)))
+        rows = np.array([[10.0 * c, c / 10] for c in categories], dtype=np.float32)
+        return np.array([28.0, 0.5], dtype=np.float32), rows.reshape(len(categories), 2)
+
+
+class _Ranker:
+    version = "2"
+    feature_names = ["user_category_share_28d", "item_age_days", "user_clicks_28d",
+                     "src_fresh", "cand_score", "user_category_clicks_28d", "item_ctr_28d"]
+
+    def __init__(self) -> None:
+        self.x: np.ndarray | None = None
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        self.x = x
+        return np.arange(len(x), dtype=np.float64)
+
+
+def test_v2_columns_are_built_by_name_with_the_candidates_categories() -> None:
+    from serving.protocols import Candidates
+    from serving.recommender import LocalScorer
+
+    table = ItemFeatureTable(np.array([5, 6, 7]), np.array([[1, .1], [2, .2], [3, .3]]),
+                             names=["item_age_days", "item_ctr_28d"],
+                             categories=np.array([4, -1, 2]))
+    reader, ranker = _ContextReader(), _Ranker()
+    scorer = LocalScorer(ranker, reader, table, user_features_budget_s=60.0)
+    # Items 7 (category 2, ann), 5 (category 4, fresh), 6 (unknown category), 9 (no row).
+    cands = Candidates(np.array([7, 5, 6, 9]), np.array([.9, .8, .7, .6], np.float32),
+                       n_ann=1, n_fresh=1)
+    scored = scorer.rank(user_id=3, cands=cands, budget_s=1.0)
+    assert scored.scores is not None and scored.degraded == []
+    assert reader.calls == [(3, [2, 4])]  # one call, the distinct known categories
+    x = ranker.x
+    nan = np.nan
+    expected = np.array([
+        # share, age, clicks, src_fresh, cand, cat clicks, ctr
+        [0.2, 3, 28, 0, .9, 20, .3],
+        [0.4, 1, 28, 1, .8, 40, .1],
+        [nan, 2, 28, 0, .7, nan, .2],
+        [nan, nan, 28, 0, .6, nan, nan],
+    ], dtype=np.float32)
+    np.testing.assert_allclose(x, expected, rtol=1e-6)
+
+
+def test_a_v1_ranker_with_a_plain_reader_reads_no_categories() -> None:
+    from recstack.schemas import RANKER_FEATURES
+    from serving.protocols import Candidates
+    from serving.recommender import LocalScorer
+
+    class _V1:
+        version, feature_names = "1", RANKER_FEATURES
+
+        def score(self, x: np.ndarray) -> np.ndarray:
+            assert x.shape == (2, len(RANKER_FEATURES))
+            return x[:, RANKER_FEATURES.index("user_clicks_7d")].astype(np.float64)
+
+    class _Plain:
+        def read(self, user_id: int) -> np.ndarray:
+            return np.arange(len(USER_FEATURES), dtype=np.float32)
+
+    table = ItemFeatureTable(np.array([1, 2]), np.zeros((2, len(ITEM_FEATURES))))
+    scored = LocalScorer(_V1(), _Plain(), table, user_features_budget_s=60.0).rank(
+        0, Candidates(np.array([1, 2]), np.zeros(2, np.float32), n_ann=2), 1.0)
+    assert scored.scores.tolist() == [1.0, 1.0]

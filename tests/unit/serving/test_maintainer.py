@@ -113,3 +113,86 @@ def test_item_features_reload_when_a_materialization_finishes(world) -> None:
     world["store"].intervals.append((day, day))  # same end, another run: still new rows
     maintainer.step()
     assert world["fetches"] == 3
+
+
+def _with_registry(tmp_path) -> tuple[Maintainer, Resources, object]:
+    settings = Settings(home=tmp_path, serving={"item_refresh_s": 3600})
+    registry = settings.feast_dir / "registry.db"
+    registry.parent.mkdir(parents=True)
+    registry.write_bytes(b"v1")
+    resources = Resources()
+    return Maintainer(settings, resources, ServingMetrics(), object()), resources, registry
+
+
+def test_steady_state_step_is_one_stat_no_store_no_rebuild(world, tmp_path) -> None:
+    maintainer, resources, registry = _with_registry(tmp_path)
+    store = world["store"]
+    maintainer.step()
+    assert resources.missing() == ["event stream"]
+    assert (store.refreshes, world["fetches"], maintainer.rebuilds) == (1, 1, 1)
+    recommender = resources.recommender
+    for _ in range(5):
+        maintainer.step()
+    assert (store.refreshes, world["fetches"], maintainer.rebuilds) == (1, 1, 1)
+    assert resources.recommender is recommender  # untouched: nothing was swapped
+
+    registry.write_bytes(b"v2 - feast apply, no materialization")
+    maintainer.step()  # the registry is read, the stamp is the same: no reload, no rebuild
+    assert (store.refreshes, world["fetches"], maintainer.rebuilds) == (2, 1, 1)
+    maintainer.step()
+    assert store.refreshes == 2
+
+    day = dt.datetime(2026, 1, 3, tzinfo=dt.UTC)
+    store.intervals.append((day - dt.timedelta(days=1), day))
+    registry.write_bytes(b"v3 - materialized")
+    maintainer.step()
+    assert (store.refreshes, world["fetches"], maintainer.rebuilds) == (3, 2, 2)
+
+
+def test_not_ready_until_item_features_have_values(world, monkeypatch, tmp_path) -> None:
+    calls = {"n": 0}
+
+    def nothing_materialized(self, entities, chunk=2000):
+        calls["n"] += 1
+        return np.full((len(entities), len(self.features)), np.nan, dtype=np.float32)
+
+    monkeypatch.setattr(RedisFeatureReader, "read_many", nothing_materialized)
+    maintainer, resources, registry = _with_registry(tmp_path)
+    maintainer.step()
+    assert "item features (none in the online store yet)" in resources.missing()
+
+    monkeypatch.setattr(RedisFeatureReader, "read_many", lambda self, e, chunk=2000: np.ones(
+        (len(e), len(self.features)), dtype=np.float32))
+    world["store"].intervals.append((dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+                                     dt.datetime(2026, 1, 3, tzinfo=dt.UTC)))
+    registry.write_bytes(b"materialized")
+    maintainer.step()
+    assert resources.missing() == ["event stream"]
+
+
+def test_a_v2_ranker_gets_a_reader_and_table_for_its_own_columns(world, monkeypatch,
+                                                                 tmp_path) -> None:
+    from recstack.schemas import RANKER_V2_USER_CATEGORY_FEATURES
+    from serving.onlinestore import RedisUserContextReader
+
+    names = ["user_clicks_28d", "user_ctr_7d", *RANKER_V2_USER_CATEGORY_FEATURES,
+             "item_age_days", "item_ctr_7d", "cand_score"]
+
+    def load_v2(settings, versions):
+        model = tiny_model()
+        object.__setattr__(model, "version", versions["candidates"])
+        ranker = FakeRanker()
+        ranker.version, ranker.feature_names = versions["ranker"], names
+        return LoadedModels(model, ranker)
+
+    monkeypatch.setattr(serving.artifacts, "load_models", load_v2)
+    monkeypatch.setattr(RedisFeatureReader, "read_many", lambda self, e, chunk=2000: np.ones(
+        (len(e), len(self.features)), dtype=np.float32))
+    maintainer, resources, _ = _with_registry(tmp_path)
+    maintainer.step()
+    reader = resources.user_features
+    assert isinstance(reader, RedisUserContextReader)
+    assert reader.names == ["user_ctr_7d", "user_clicks_28d"]  # v1 view first, then v2
+    assert reader.category_names == RANKER_V2_USER_CATEGORY_FEATURES
+    assert resources.item_features.names == ["item_ctr_7d", "item_age_days"]
+    assert resources.missing() == ["event stream"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from tests.unit.serving.conftest import (
-    BrokenRanker, FakeUserFeatures, make_resources,
+    BrokenRanker,
+    FakeUserFeatures,
+    make_resources,
 )
 
 

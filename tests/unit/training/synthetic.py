@@ -23,6 +23,8 @@ from recstack.schemas import (
     ITEM_SCHEMA,
     LABELS_FILE,
     POPULAR_FILE,
+    RANKER_V2_USER_CATEGORY_FEATURES,
+    USER_CATEGORY_FEATURE_VIEW,
     USER_FEATURE_VIEW,
     USER_FEATURES,
 )
@@ -90,6 +92,24 @@ def daily_features(events: pd.DataFrame, key: str, names: list[str]) -> pd.DataF
     return pd.concat(out, ignore_index=True)
 
 
+def daily_user_category(events: pd.DataFrame) -> pd.DataFrame:
+    """Per (user, category, day) snapshot at midnight: the user's clicks on the category
+    (items' category = item_id % GROUPS) before that day and their share of the user's clicks."""
+    events = events.assign(day=pd.to_datetime(events["ts"], utc=True).dt.floor("D"),
+                           category=events["item_id"] % GROUPS)
+    clicks_name, share_name = RANKER_V2_USER_CATEGORY_FEATURES
+    out = []
+    for day in sorted(events["day"].unique()):
+        past = events[(events["day"] < day) & (events.event_type == "click")]
+        if past.empty:
+            continue
+        f = past.groupby(["user_id", "category"]).size().rename(clicks_name).reset_index()
+        f[share_name] = f[clicks_name] / f.groupby("user_id")[clicks_name].transform("sum")
+        f["event_timestamp"] = day
+        out.append(f)
+    return pd.concat(out, ignore_index=True)
+
+
 class FakeJob:
     def __init__(self, df: pd.DataFrame) -> None:
         self.df = df
@@ -109,24 +129,33 @@ class FakeStore:
     user_features: pd.DataFrame
     item_features: pd.DataFrame
     services_asked: list | None = None
+    # With it, the service "ranker_v2" also has the user x category view (keyed user_id +
+    # category), as in feature_repo/definitions.py.
+    user_category: pd.DataFrame | None = None
 
     def get_feature_service(self, name: str) -> SimpleNamespace:
         if self.services_asked is not None:
             self.services_asked.append(name)
-        return SimpleNamespace(name=name, feature_view_projections=[
+        views = [
             SimpleNamespace(name=USER_FEATURE_VIEW,
                             features=[SimpleNamespace(name=f) for f in USER_FEATURES]),
             SimpleNamespace(name=ITEM_FEATURE_VIEW,
                             features=[SimpleNamespace(name=f) for f in ITEM_FEATURES]),
-        ])
+        ]
+        if name == "ranker_v2" and self.user_category is not None:
+            views.append(SimpleNamespace(name=USER_CATEGORY_FEATURE_VIEW, features=[
+                SimpleNamespace(name=f) for f in RANKER_V2_USER_CATEGORY_FEATURES]))
+        return SimpleNamespace(name=name, feature_view_projections=views)
 
     def get_historical_features(self, entity_df: pd.DataFrame, features: list[str]) -> FakeJob:
         views = {ref.split(":", 1)[0] for ref in features}
         df = entity_df.sort_values("event_timestamp")
-        for view, key, table in ((USER_FEATURE_VIEW, "user_id", self.user_features),
-                                  (ITEM_FEATURE_VIEW, "item_id", self.item_features)):
+        for view, key, table in ((USER_FEATURE_VIEW, ["user_id"], self.user_features),
+                                  (ITEM_FEATURE_VIEW, ["item_id"], self.item_features),
+                                  (USER_CATEGORY_FEATURE_VIEW, ["user_id", "category"],
+                                   self.user_category)):
             if view in views:
-                df = df.drop_duplicates([key, "event_timestamp"])  # the Feast bug, reproduced
+                df = df.drop_duplicates([*key, "event_timestamp"])  # the Feast bug, reproduced
                 df = pd.merge_asof(df, table.sort_values("event_timestamp"), on="event_timestamp",
                                    by=key, direction="backward")
         return FakeJob(df.sample(frac=1.0, random_state=0))  # Feast does not keep row order
@@ -155,4 +184,5 @@ def write_world(settings: Settings, seed: int = 0, **kwargs: int) -> FakeStore:
     popular["rank"] = np.arange(1, len(popular) + 1)
     popular.to_parquet(settings.features_dir / POPULAR_FILE, index=False)
     return FakeStore(daily_features(events, "user_id", USER_FEATURES),
-                     daily_features(events, "item_id", ITEM_FEATURES))
+                     daily_features(events, "item_id", ITEM_FEATURES),
+                     user_category=daily_user_category(events))

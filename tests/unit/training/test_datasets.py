@@ -88,3 +88,25 @@ def test_build_ranker_dataset_joins_point_in_time_features(settings) -> None:
                           expected.reindex(rows["user_id"]).to_numpy())
     # Day-1 rows have no earlier snapshot: missing (NaN), as serving passes them.
     assert df.loc[df["day"] == dt.date(2026, 1, 1), "user_clicks_7d"].isna().all()
+
+
+def test_ranker_v2_joins_the_row_of_the_items_category(settings) -> None:
+    from recstack.schemas import RANKER_V2_USER_CATEGORY_FEATURES
+    from tests.unit.training.synthetic import daily_user_category
+
+    s = settings.model_copy(update={"feast": settings.feast.model_copy(
+        update={"feature_service": "ranker_v2"})})
+    store = write_world(s, n_users=20, n_items=15, days=3)
+    df = build_ranker_dataset(s, store)
+    assert df.attrs["stored_features"] == (USER_FEATURES + ITEM_FEATURES
+                                           + RANKER_V2_USER_CATEGORY_FEATURES)
+    # The category comes from the lake's catalogue (synthetic: item_id % 3).
+    assert (df["category"] == df["item_id"] % 3).all()
+    events = make_events(n_users=20, n_items=15, days=3)
+    snap = daily_user_category(events)
+    at = snap[snap["event_timestamp"] == pd.Timestamp("2026-01-03", tz="UTC")]
+    expected = at.set_index(["user_id", "category"])["user_category_clicks_28d"]
+    rows = df[df["day"] == df.attrs["holdout_day"]]
+    want = expected.reindex(pd.MultiIndex.from_arrays([rows["user_id"], rows["category"]]))
+    np.testing.assert_array_equal(rows["user_category_clicks_28d"].to_numpy(), want.to_numpy())
+    assert rows["user_category_clicks_28d"].notna().any() and want.isna().any()

@@ -76,3 +76,70 @@ def test_pipeline_subprocess_failure_is_one_clear_error(settings, monkeypatch) -
         assert "pipeline exited" in str(exc)
     else:
         raise AssertionError("the pipeline should fail without a lake")
+
+
+def test_stop_during_the_pipeline_terminates_it_and_registers_nothing(settings, monkeypatch
+                                                                      ) -> None:
+    import sys
+    import time
+
+    import training.scheduler as scheduler
+    from training.scheduler import RetrainAborted
+
+    # A pipeline child that would run for a minute; the stop comes 0.3 s in.
+    slow = [sys.executable, "-c", "import time; time.sleep(60)"]
+    real_popen = scheduler.subprocess.Popen
+    children = []
+
+    def popen(cmd, **kwargs):
+        child = real_popen(slow, **kwargs)
+        children.append(child)
+        return child
+
+    monkeypatch.setattr(scheduler.subprocess, "Popen", popen)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    trained = []
+    t0 = time.monotonic()
+    try:
+        retrain_once(settings, train=lambda s: trained.append(s), stop=stop)
+    except RetrainAborted as exc:
+        assert "during the pipeline" in str(exc)
+    else:
+        raise AssertionError("the run should have been aborted")
+    assert time.monotonic() - t0 < 30  # not the child's minute (generous: shared machine)
+    assert trained == [] and children and children[0].poll() is not None
+
+
+def test_stop_before_registration_leaves_mlflow_untouched(settings, tmp_path) -> None:
+    from tests.unit.training.synthetic import write_world
+    from training.train import TrainingAborted, train_and_register
+
+    mlruns = tmp_path / "mlruns"
+    settings.mlflow.tracking_uri = f"file://{mlruns}"
+    settings.train.embedding_dim = 4
+    settings.train.ranker_rounds = 5
+    store = write_world(settings, n_users=20, n_items=15, days=3)
+    stop = threading.Event()
+    stop.set()
+    try:
+        train_and_register(settings, store=store, stop=stop)
+    except TrainingAborted as exc:
+        assert "nothing logged or registered" in str(exc)
+    else:
+        raise AssertionError("training should stop before its first MLflow write")
+    assert not mlruns.exists()
+
+
+def test_an_aborted_run_stops_the_trainer_without_counting_a_failure() -> None:
+    from training.scheduler import RetrainAborted
+
+    cfg = TrainerSettings(every_sim_days=1.0, speedup=1.0)
+    t = Trainer(SETTINGS, cfg)
+
+    def aborted(settings: object) -> str:
+        t.stop()
+        raise RetrainAborted("stop requested during the pipeline; nothing registered")
+
+    t.retrain = aborted
+    assert t.run_forever(install_signals=False) == 1 and t.failures == 0

@@ -62,16 +62,29 @@ def test_features_as_of_reads_the_snapshot_of_that_midnight() -> None:
     import datetime as dt
 
     from recstack.clock import day_start
-    from recstack.schemas import ITEM_FEATURES, USER_FEATURES
+    from recstack.schemas import ITEM_FEATURES, RANKER_V2_USER_CATEGORY_FEATURES, USER_FEATURES
     from training.datasets import features_as_of
+
+    from .synthetic import daily_user_category
 
     events = make_events(n_users=6, n_items=12, days=3)
     store = FakeStore(daily_features(events, "user_id", USER_FEATURES),
-                      daily_features(events, "item_id", ITEM_FEATURES))
-    users, items = features_as_of(store, "ranker_v1", np.array([0, 1, 99]), np.arange(12),
-                                  day_start(dt.date(2026, 1, 3)))
+                      daily_features(events, "item_id", ITEM_FEATURES),
+                      user_category=daily_user_category(events))
+    snap = features_as_of(store, "ranker_v2", np.array([0, 1, 99]), np.arange(12),
+                          day_start(dt.date(2026, 1, 3)), categories=np.array([0, 1, 2]))
+    users, items = snap.users, snap.items
     assert list(users.columns) == USER_FEATURES and list(items.columns) == ITEM_FEATURES
+    assert list(snap.user_category.columns) == RANKER_V2_USER_CATEGORY_FEATURES
     day1 = events[pd.to_datetime(events["ts"], utc=True).dt.date < dt.date(2026, 1, 3)]
     expected = (day1[(day1.user_id == 0) & (day1.event_type == "impression")]).shape[0]
     assert users.loc[0, "user_impressions_7d"] == expected
+    clicks = day1[(day1.user_id == 1) & (day1.event_type == "click")]
+    own = int((clicks.item_id % 3 == 1).sum())
+    assert own > 0
+    # A pair's user x category value is the row of the item's category (item 4 -> category 1).
+    x = snap.for_pairs(["user_category_clicks_28d", "item_impressions_7d"], np.array([1, 99]),
+                       np.array([4, 4]), np.array([1, 1]))
+    assert x[0, 0] == own and np.isnan(x[1, 0])
+    assert x[0, 1] == x[1, 1] == items.loc[4, "item_impressions_7d"]
     assert np.isnan(users.loc[99]).all()  # unknown user: NaN, as at serving
