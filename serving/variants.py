@@ -16,6 +16,7 @@ from typing import Any
 
 from recstack.settings import Settings
 from serving.arms import Arm, Experiment
+from serving.artifacts import alias_pair
 from serving.candidates import AnnCandidateSource
 from serving.recommender import Recommender
 from serving.resources import Resources
@@ -35,10 +36,7 @@ def resolve_versions(client: Any, settings: Settings, spec: str) -> dict[str, st
         if not found:
             raise LookupError(f"no {m.candidates_model} version from the run of ranker v{spec}")
         return {"candidates": str(found[0].version), "ranker": str(ranker.version)}
-    return {
-        key: str(client.get_model_version_by_alias(name, spec).version)
-        for key, name in (("candidates", m.candidates_model), ("ranker", m.ranker_model))
-    }
+    return alias_pair(settings, spec, client)  # one alias read: never a half-moved pair
 
 
 def compose(arm_parts: tuple[Any, Any], resources: Resources,

@@ -25,13 +25,15 @@ class FakeRegistry:
                          "ranker": [Version("8", "run-a"), Version("9", "run-b")]}
 
     def get_model_version_by_alias(self, name: str, alias: str) -> Version:
-        return Version(self.aliases[(name, alias)], "?")
+        return self.get_model_version(name, self.aliases[(name, alias)])
 
     def get_model_version(self, name: str, version: str) -> Version:
         return next(v for v in self.versions[name] if v.version == version)
 
     def search_model_versions(self, query: str) -> list[Version]:
-        return self.versions[query.split("'")[1]]
+        parts = query.split("'")  # name='x' [and run_id='y']
+        found = self.versions[parts[1]]
+        return [v for v in found if v.run_id == parts[3]] if len(parts) > 3 else found
 
 
 @dataclass
