@@ -202,8 +202,9 @@ class MonitorSettings(BaseModel):
     psi_min_rows: int = Field(100, ge=1, description="no PSI verdict on fewer sampled rows")
     ctr_drop: float = Field(0.15, gt=0, lt=1, description="online CTR this far below baseline")
     ctr_z: float = Field(3.0, gt=0, description="and this many standard errors below it")
-    ctr_window_impressions: int = Field(2000, ge=100, description="impressions per CTR window")
-    ctr_baseline_impressions: int = Field(4000, ge=100, description="burn-in of a champion")
+    ctr_window_impressions: int = Field(2000, ge=100, description="latest impressions compared")
+    ctr_baseline_impressions: int = Field(
+        4000, ge=100, description="impressions just before the window: the lagged baseline")
     consecutive: int = Field(2, ge=1, description="checks in a row over a threshold to alert")
     retrain: bool = Field(True, description="run `recstack retrain` when drift is detected")
     # Signals (name prefixes) that may start a retraining; the others alert only. Feature PSI

@@ -1,0 +1,312 @@
+"""``recstack experiment drift``: drift -> detection -> retraining -> recovery, on a private stack.
+
+1. bootstrap: a small world's ``warm_days`` of logging-policy traffic -> pipeline -> train
+   (champion); the champion pair also gets the alias ``frozen``;
+2. two API processes: ``live`` serves ``@champion`` (retrained by the monitor), ``frozen``
+   serves ``@frozen`` (the counterfactual: retraining disabled); the same simulated users at
+   the same simulated moments query both; only the live arm's events reach the stream, the
+   sink and the lake;
+3. every simulated hour the drift monitor (monitoring.monitor) checks the stream, the online
+   features and sampled answers; a drift alert runs ``recstack retrain`` (synchronously: the
+   simulated clock waits for it) and the live API hot-swaps the new champion; every simulated
+   midnight the feature pipeline runs (fresh features for both arms).
+Out: the report folder (timeline CSV and plot, summary.json).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recstack.clock import day_start
+from recstack.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DriftConfig:
+    scenario: str = "taste-shift"
+    n_users: int = 1000
+    n_items: int = 400
+    n_categories: int = 8
+    seed: int = 42
+    warm_days: int = 5  # logging-policy days in the lake before the live run
+    burn_in_days: int = 1  # live traffic before the monitor watches (users reach steady state)
+    live_days: int = 4  # burn-in included
+    shift_day: int = 7  # 0-based simulated day the scenario starts (a live day)
+    requests_per_hour: int = 40
+    k: int = 10
+    retrain: bool = True
+    cooldown_hours: float = 12.0
+    recovery_level: float = 0.9
+
+
+def _settings(base: Settings, cfg: DriftConfig, home: Any, redis_port: int, mlflow_port: int
+              ) -> Settings:
+    return base.model_copy(update={
+        "home": home,
+        "sim": base.sim.model_copy(update={
+            "n_users": cfg.n_users, "n_items": cfg.n_items, "n_categories": cfg.n_categories,
+            "seed": cfg.seed, "days": cfg.warm_days}),
+        "redis": base.redis.model_copy(update={"port": redis_port, "password": None}),
+        "mlflow": base.mlflow.model_copy(update={"port": mlflow_port, "tracking_uri": None}),
+        "monitor": base.monitor.model_copy(update={
+            "ctr_baseline_impressions": 4000, "ctr_window_impressions": 4000,
+            "ctr_z": 2.5, "consecutive": 3, "cooldown_s": cfg.cooldown_hours * 3600, "retrain": cfg.retrain,
+            "sample_users": 200, "sample_items": 200}),
+    })
+
+
+def shifted_scenario(name: str, day: int) -> Any:
+    from simulator.scenarios import load_scenario
+
+    sc = load_scenario(name)
+    first = sc.first_day
+    return sc.model_copy(update={"drifts": [d.model_copy(update={"day": d.day - first + day})
+                                            for d in sc.drifts]})
+
+
+def run_drift(base: Settings, cfg: DriftConfig, console: Any = None) -> dict[str, Any]:
+    """Runs the experiment; returns the summary (also written into the report folder)."""
+    import redis as redis_lib
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from experiments.drift.ministack import MiniStack, free_port
+    from experiments.drift.traffic import Arm, play_hour, post_events, warm_memories
+    from experiments.report import ReportFolder
+    from monitoring.monitor import DriftMonitor
+    from monitoring.onlinestore import RedisOnlineStore
+    from monitoring.service import api_sampler
+    from simulator.world import World
+
+    console = console or Console(stderr=True)
+    report = ReportFolder.create(base, "drift", f"Drift experiment: {cfg.scenario}")
+    settings = _settings(base, cfg, base.root / "experiments" / report.path.name, free_port(),
+                         free_port())
+    t_start = time.perf_counter()
+    marks: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []
+    with MiniStack.create(settings, {
+        "RECSTACK_SERVING__ITEM_REFRESH_S": "1", "RECSTACK_SERVING__MATERIALIZATION_POLL_S": "1",
+        "RECSTACK_SERVING__DEADLINE_MS": "1000", "RECSTACK_SERVING__CANDIDATES_BUDGET_MS": "300",
+        "RECSTACK_SERVING__RANKING_BUDGET_MS": "300",
+        "RECSTACK_SERVING__USER_FEATURES_BUDGET_MS": "200",
+    }) as stack:
+        with console.status("bootstrap: Redis, MLflow, simulate, pipeline, train"):
+            stack.start_infra(settings.redis.port, settings.mlflow.port)
+            for verb in (("simulate", "--days", str(cfg.warm_days)), ("pipeline",), ("train",)):
+                proc = stack.run_cli(*verb)
+                if proc.returncode:
+                    raise RuntimeError(f"bootstrap `recstack {' '.join(verb)}` failed: "
+                                       f"{(proc.stderr or proc.stdout)[-500:]}")
+            _alias_frozen(settings)
+            stack.start_sink()
+            live = Arm("live", stack.start_api("api-live", "champion"), post_events=True)
+            frozen = Arm("frozen", stack.start_api("api-frozen", "frozen"), post_events=False)
+        console.print(f"bootstrap done in {time.perf_counter() - t_start:.0f}s")
+        world = World.generate(settings.sim)
+        scenario = shifted_scenario(cfg.scenario, cfg.shift_day)
+        first_live = settings.sim.start_date + dt.timedelta(days=cfg.warm_days)
+        t0 = day_start(first_live)
+        shift_at = day_start(settings.sim.start_date + dt.timedelta(days=cfg.shift_day))
+        marks.append({"kind": "shift", "at": shift_at.isoformat(), "detail": cfg.scenario})
+        rclient = redis_lib.Redis(port=settings.redis.port)
+        warm_memories([live, frozen], world, _last_impressions(settings), t0)
+        sim_now = {"t": t0}
+
+        def retrainer(cause: str) -> int:
+            marks.append({"kind": "retrain", "at": sim_now["t"].isoformat(), "detail": cause})
+            _drain(rclient)
+            proc = stack.run_cli("retrain")
+            verdict = _last_line(proc, "gate")
+            marks.append({"kind": "retrain_done", "at": sim_now["t"].isoformat(),
+                          "detail": f"exit {proc.returncode}: {verdict}"})
+            return proc.returncode
+
+        monitor = DriftMonitor(
+            settings, redis=rclient, store=RedisOnlineStore(rclient, settings.feast.project),
+            sample_api=api_sampler(live.url, k=cfg.k), retrainer=retrainer,
+            clock=lambda: sim_now["t"].timestamp(), background_retrain=False)
+        rng = np.random.default_rng([cfg.seed, 9])
+        worlds: dict[int, World] = {}
+        last_model = None
+        hours = 24 * cfg.live_days
+        with Progress(console=console) as progress:
+            task = progress.add_task("simulated hours", total=hours)
+            for hour in range(hours):
+                at = t0 + dt.timedelta(hours=hour)
+                sim_now["t"] = at
+                day_index = cfg.warm_days + hour // 24
+                if day_index not in worlds:
+                    worlds[day_index] = scenario.world_on(world, day_index)
+                arms = [live, frozen]
+                figures, events = play_hour(arms, worlds[day_index], hour, at,
+                                            cfg.requests_per_hour, cfg.k, rng)
+                rows += [f.row() for f in figures]
+                if events:
+                    post_events(live, events)
+                if figures[0].model and figures[0].model != last_model:
+                    if last_model is not None:
+                        marks.append({"kind": "promotion", "at": at.isoformat(),
+                                      "detail": figures[0].model})
+                    last_model = figures[0].model
+                sim_now["t"] = at + dt.timedelta(hours=1)
+                if hour < 24 * cfg.burn_in_days:  # the stack "was already running"
+                    monitor.last_id = "$"  # the monitor starts after the burn-in
+                    if hour % 24 == 23:
+                        _drain(rclient)
+                        stack.run_cli("pipeline")
+                    progress.update(task, advance=1)
+                    continue
+                if monitor.last_id == "$":
+                    monitor.last_id = _last_stream_id(rclient)
+                result = monitor.check()
+                checks.append({"hour": hour, "at": sim_now["t"].isoformat(), **result.values,
+                               "alerting": ",".join(result.alerting),
+                               "retrain": result.retrain_cause or ""})
+                if result.alerting:
+                    retrainable = [a for a in result.alerting if any(
+                        a.startswith(p) for p in settings.monitor.retrain_signals)]
+                    marks.append({"kind": "alert" if retrainable else "feature_alert",
+                                  "at": sim_now["t"].isoformat(),
+                                  "detail": ",".join(result.alerting)})
+                if hour % 24 == 23:  # simulated midnight: the daily feature pipeline
+                    _drain(rclient)
+                    proc = stack.run_cli("pipeline")
+                    if proc.returncode:
+                        marks.append({"kind": "pipeline_failed", "at": sim_now["t"].isoformat(),
+                                      "detail": (proc.stderr or "")[-200:]})
+                progress.update(task, advance=1, description=(
+                    f"day {day_index} h{hour % 24:02d} live {figures[0].row()['fraction_of_oracle']:.2f}"
+                    f" frozen {figures[1].row()['fraction_of_oracle']:.2f}"))
+    timeline = pd.DataFrame(rows)
+    summary = summarize(timeline, marks, shift_at, t0, cfg)
+    summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    from experiments.drift.plots import timeline_figure
+    from experiments.drift.replay import false_alarms
+
+    with console.status("false alarms: offline replay of a 7-day run without a scenario"):
+        summary.update(false_alarms(settings, cfg))
+    report.csv("timeline", timeline)
+    report.csv("checks", pd.DataFrame(checks))
+    report.csv("marks", pd.DataFrame(marks))
+    report.figure("timeline", timeline_figure(timeline, marks, t0, cfg),
+                  "Fraction of the oracle's expected clicks per simulated hour (6-hour mean), "
+                  "live (drift monitor retrains) vs frozen (retraining disabled).")
+    report.text("## Figures\n```json\n" + json.dumps(summary, indent=2, default=str) + "\n```")
+    report.table(marks, ["kind", "at", "detail"])
+    path = report.finish(summary, settings_used=asdict(cfg))
+    summary["report"] = str(path)
+    return summary
+
+
+def _last_impressions(settings: Settings, memory: int = 20) -> dict[int, list[int]]:
+    """Each user's last ``memory`` impressions in the lake, oldest first."""
+    from recstack.lake import read_events
+
+    ev = read_events(settings.lake_dir).to_pandas()
+    ev = ev[ev["event_type"] == "impression"].sort_values("ts")
+    tail = ev.groupby("user_id").tail(memory)
+    return {int(u): g["item_id"].astype(int).tolist() for u, g in tail.groupby("user_id")}
+
+
+def _alias_frozen(settings: Settings) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.mlflow.uri, settings.mlflow.uri)
+    for name in (settings.mlflow.candidates_model, settings.mlflow.ranker_model):
+        mv = client.get_model_version_by_alias(name, settings.mlflow.serving_alias)
+        client.set_registered_model_alias(name, "frozen", mv.version)
+
+
+def _drain(client: Any, timeout_s: float = 60.0) -> None:
+    """Wait until the sink has written and acknowledged everything in the stream."""
+    from monitoring.events import EVENTS_STREAM
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            groups = client.xinfo_groups(EVENTS_STREAM)
+        except Exception:  # noqa: BLE001 - no stream yet
+            return
+        if groups and all((g.get("lag") or 0) == 0 and g.get("pending", 0) == 0 for g in groups):
+            return
+        time.sleep(0.3)
+    logger.warning("the sink did not drain the stream in %.0fs", timeout_s)
+
+
+def _last_stream_id(client: Any) -> str:
+    """The id of the newest stream entry now (the monitor reads what comes after it)."""
+    from monitoring.events import EVENTS_STREAM
+
+    entries = client.xrevrange(EVENTS_STREAM, count=1)
+    if not entries:
+        return "0-0"
+    entry_id = entries[0][0]
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def _last_line(proc: Any, word: str) -> str:
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if word in ln.lower()]
+    return lines[-1].strip()[-200:] if lines else ""
+
+
+def summarize(timeline: pd.DataFrame, marks: list[dict[str, Any]], shift_at: dt.datetime,
+              t0: dt.datetime, cfg: DriftConfig) -> dict[str, Any]:
+    """The figures the issue names, from the hourly timeline and the marks."""
+    out: dict[str, Any] = {"scenario": cfg.scenario, "shift_at": shift_at.isoformat()}
+    shift_h = (shift_at - t0).total_seconds() / 3600
+
+    def at_h(mark: dict[str, Any]) -> float:
+        return (dt.datetime.fromisoformat(mark["at"]) - t0).total_seconds() / 3600
+
+    alerts = [m for m in marks if m["kind"] == "alert"]
+    after = [at_h(m) for m in alerts if at_h(m) > shift_h]
+    out["alerts_before_shift"] = sum(1 for m in alerts if at_h(m) <= shift_h)
+    feature = [m for m in marks if m["kind"] == "feature_alert"]
+    out["feature_psi_alert_checks_before_shift"] = sum(1 for m in feature if at_h(m) <= shift_h)
+    out["feature_psi_alert_checks_after_shift"] = sum(1 for m in feature if at_h(m) > shift_h)
+    out["drift_detection_delay_sim_days"] = (
+        round((after[0] - shift_h) / 24, 3) if after else None)
+    retrains = [at_h(m) for m in marks if m["kind"] == "retrain"]
+    promotions = [at_h(m) for m in marks if m["kind"] == "promotion"]
+    out["retrains"] = len(retrains)
+    out["promotions"] = len(promotions)
+    out["first_retrain_delay_sim_days"] = next(
+        (round((h - shift_h) / 24, 3) for h in retrains if h > shift_h), None)
+    for arm in ("live", "frozen"):
+        t = timeline[timeline["arm"] == arm].sort_values("hour")
+        frac = (t["expected_clicks"].rolling(6, min_periods=6).sum()
+                / t["oracle_clicks"].rolling(6, min_periods=6).sum())
+        pre = t[(t["hour"] < shift_h) & (t["hour"] >= shift_h - 12)]
+        pre_frac = pre["expected_clicks"].sum() / pre["oracle_clicks"].sum()
+        last = t[t["hour"] >= t["hour"].max() - 11]
+        end_frac = last["expected_clicks"].sum() / last["oracle_clicks"].sum()
+        post = t[t["hour"] >= shift_h]
+        low = (post["expected_clicks"].rolling(6).sum() / post["oracle_clicks"].rolling(6).sum())
+        out[f"{arm}_pre_shift_fraction_of_oracle"] = round(float(pre_frac), 4)
+        out[f"{arm}_min_fraction_of_oracle_6h"] = round(float(low.min()), 4)
+        out[f"{arm}_final_12h_fraction_of_oracle"] = round(float(end_frac), 4)
+        out[f"{arm}_ctr_recovery_fraction"] = round(float(end_frac / pre_frac), 4)
+        recovered = t[(t["hour"] >= shift_h + 6) & (frac >= cfg.recovery_level * pre_frac)]
+        dip = post.assign(f=low.values)
+        dipped = dip[dip["f"] < cfg.recovery_level * pre_frac]
+        rec_h = None
+        if not dipped.empty:
+            later = recovered[recovered["hour"] > dipped["hour"].min()]
+            rec_h = float(later["hour"].min()) if not later.empty else None
+        else:
+            rec_h = shift_h  # never dropped below the level
+        out[f"{arm}_ctr_recovery_time_sim_days"] = (
+            round((rec_h - shift_h) / 24, 3) if rec_h is not None else None)
+    return out

@@ -1,0 +1,163 @@
+"""What the event stream says about serving: online CTR per model version, catalogue coverage,
+popularity bias and the integrity of the events themselves (the data-bug signals).
+
+The stream is the one serving's ``POST /events`` appends to; the monitor reads it with plain
+``XRANGE`` from the last id it saw (no consumer group: it must not take entries from the sink).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# serving.events.EVENTS_STREAM (the stream name is serving's; repeated here because stages do
+# not import each other).
+EVENTS_STREAM = "recstack:events"
+
+
+@dataclass
+class EventBatch:
+    """Events read in one check, aggregated."""
+
+    impressions: Counter = field(default_factory=Counter)  # model_version -> impressions
+    clicks: Counter = field(default_factory=Counter)  # model_version -> clicks
+    items: Counter = field(default_factory=Counter)  # item_id -> impressions
+    users: set = field(default_factory=set)
+    user_impressions: list = field(default_factory=list)  # user id per impression
+    requests: int = 0
+    requests_without_top: int = 0  # requests whose impressions lack position 0
+    null_model_version: int = 0
+    null_position: int = 0
+    events: int = 0
+
+    @classmethod
+    def from_events(cls, events: list[dict[str, Any]]) -> EventBatch:
+        """Aggregate Event-like dicts (values may be strings, as stored in the stream)."""
+        out = cls()
+        positions: dict[str, set[int]] = {}
+        for e in events:
+            out.events += 1
+            kind = e.get("event_type")
+            version = e.get("model_version") or "unknown"
+            if not e.get("model_version"):
+                out.null_model_version += 1
+            if kind == "impression":
+                out.impressions[version] += 1
+                out.items[int(e["item_id"])] += 1
+                out.users.add(int(e["user_id"]))
+                out.user_impressions.append(int(e["user_id"]))
+                pos = e.get("position")
+                if pos is None or pos == "":
+                    out.null_position += 1
+                else:
+                    positions.setdefault(str(e.get("request_id")), set()).add(int(float(pos)))
+            elif kind == "click":
+                out.clicks[version] += 1
+        out.requests = len(positions)
+        out.requests_without_top = sum(1 for p in positions.values() if 0 not in p)
+        return out
+
+
+def read_stream(client: Any, last_id: str, count: int = 5000, stream: str = EVENTS_STREAM,
+                max_entries: int = 200_000) -> tuple[list[dict[str, Any]], str]:
+    """Entries after ``last_id`` (``"0-0"``: from the start) as dicts, and the new last id."""
+    out: list[dict[str, Any]] = []
+    start = f"({last_id}" if last_id != "0-0" else "-"
+    while len(out) < max_entries:
+        entries = client.xrange(stream, min=start, max="+", count=count)
+        if not entries:
+            break
+        for entry_id, fields in entries:
+            out.append({_s(k): _s(v) for k, v in fields.items()})
+            last_id = _s(entry_id)
+        start = f"({last_id}"
+        if len(entries) < count:
+            break
+    return out, last_id
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class CtrTracker:
+    """Online CTR of the newest model version: its last ``window_impressions`` against the
+    ``baseline_impressions`` just before them (a lagged baseline of the same version).
+
+    A lagged baseline follows slow changes (users' fatigue, an ageing catalogue) and flags
+    a sudden drop; a new model version starts over, so a fresh champion sets its own bar.
+    ``signal`` gives (window CTR / baseline CTR, z score of the window against the baseline).
+    """
+
+    baseline_impressions: int = 4000
+    window_impressions: int = 2000
+    version: str | None = None
+    batches: deque = field(default_factory=deque)  # (impressions, clicks), oldest first
+
+    def add(self, batch: EventBatch) -> None:
+        if not batch.impressions:
+            return
+        newest = max(batch.impressions, key=lambda v: (batch.impressions[v], v))
+        if newest != self.version and newest != "unknown":
+            logger.info("ctr: new model version %s (was %s): new baseline", newest, self.version)
+            self.version = newest
+            self.batches.clear()
+        version = self.version or "unknown"
+        self.batches.append((batch.impressions.get(version, 0), batch.clicks.get(version, 0)))
+        need = self.baseline_impressions + self.window_impressions
+        while len(self.batches) > 1 and sum(i for i, _ in self.batches) - self.batches[0][0] >= need:
+            self.batches.popleft()
+
+    def _split(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((baseline imps, clicks), (window imps, clicks))."""
+        wi = wc = bi = bc = 0
+        for imps, clicks in reversed(self.batches):
+            if wi < self.window_impressions:
+                wi, wc = wi + imps, wc + clicks
+            else:
+                bi, bc = bi + imps, bc + clicks
+        return (bi, bc), (wi, wc)
+
+    @property
+    def baseline_ctr(self) -> float:
+        (bi, bc), _ = self._split()
+        return bc / bi if bi else float("nan")
+
+    @property
+    def window_counts(self) -> tuple[int, int]:
+        return self._split()[1]
+
+    @property
+    def window_ctr(self) -> float:
+        imps, clicks = self.window_counts
+        return clicks / imps if imps else float("nan")
+
+    def signal(self) -> tuple[float, float]:
+        """(window CTR / baseline CTR, z) or (nan, nan) until both are full."""
+        (bi, bc), (wi, wc) = self._split()
+        if wi < self.window_impressions or bi < self.baseline_impressions or not bc:
+            return float("nan"), float("nan")
+        base = bc / bi
+        se = np.sqrt(base * (1 - base) / wi)
+        return (wc / wi) / base, (wc / wi - base) / se if se else 0.0
+
+
+def coverage(items: Counter, n_catalogue: int) -> float:
+    """Share of the catalogue shown at least once."""
+    return len(items) / n_catalogue if n_catalogue else float("nan")
+
+
+def popularity_share(items: Counter, popular: list[int], top: int) -> float:
+    """Share of impressions on the ``top`` most popular items (popularity bias)."""
+    total = sum(items.values())
+    if not total:
+        return float("nan")
+    head = set(popular[:top])
+    return sum(n for i, n in items.items() if i in head) / total
