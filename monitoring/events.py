@@ -14,11 +14,9 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from recstack.schemas import EVENTS_STREAM
 
-# serving.events.EVENTS_STREAM (the stream name is serving's; repeated here because stages do
-# not import each other).
-EVENTS_STREAM = "recstack:events"
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from monitoring import events as ev
 from monitoring import references as refs
 from monitoring.stats import psi_against_reference, psi_samples, share_psi
 from monitoring.trigger import AlertState, Cooldown, Signal, cause_of
+from recstack.schemas import RETRAIN_HOLD_FILE
 from recstack.settings import REPO_ROOT, MonitorSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ MAX_NULL_MODEL_VERSION = 0.05
 MAX_REQUESTS_WITHOUT_TOP = 0.05
 POPULAR_HEAD = 50
 MAX_SKEW = 0.01  # share of sampled online values that may differ from offline
-HOLD_FILE = "retrain_hold.json"  # under settings.run_dir
+HOLD_FILE = RETRAIN_HOLD_FILE  # under settings.run_dir
 
 
 class MonitorMetrics:

@@ -104,6 +104,13 @@ FRESH_FILE = "fresh.parquet"  # item_id, age_days, clicks, ctr, rank (the last s
 LABELS_FILE = "labels.parquet"  # user_id, item_id, event_timestamp, label, request_id, position
 DEAD_LETTER_DIR = "dead_letter"
 
+# Under Settings.run_dir: written by the monitor when the incoming events look broken (an
+# upstream bug), {"cause": str, "since": unix seconds}; automated retraining waits while it exists.
+RETRAIN_HOLD_FILE = "retrain_hold.json"
+
+# The Redis Stream that POST /events appends to; the lake sink and the monitor read it.
+EVENTS_STREAM = "recstack:events"
+
 # Files inside the registered ``candidates`` model's artifact directory ("candidates/").
 CANDIDATE_ARTIFACTS = {
     "item_ids": "item_ids.npy",  # int64 [n_items]

@@ -13,12 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from recstack.schemas import Event
+from recstack.schemas import EVENTS_STREAM, Event
 from serving.errors import StreamUnavailable
 
 logger = logging.getLogger(__name__)
 
-EVENTS_STREAM = "recstack:events"
 MAX_BATCH = 1000
 
 

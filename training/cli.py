@@ -59,13 +59,15 @@ def train() -> None:
 @app.command()
 def retrain(
     pipeline: Annotated[bool, typer.Option(help="run `recstack pipeline` first")] = True,
+    ignore_hold: Annotated[bool, typer.Option(
+        help="train even while the monitor holds retraining (broken events)")] = False,
 ) -> None:
     """On demand: pipeline -> materialize -> train -> evaluate -> gate."""
     from training.scheduler import retrain_once
 
     s = _settings()
     with console.status("retraining: pipeline, materialize, train, gate"):
-        outcome = retrain_once(s, run_pipeline=pipeline)
+        outcome = retrain_once(s, run_pipeline=pipeline, ignore_hold=ignore_hold)
     print_train_result(outcome, s)
 
 

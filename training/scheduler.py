@@ -14,6 +14,7 @@ cannot take the trainer down. The composition root may inject another callable i
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from recstack.clock import SimClock, day_start
+from recstack.schemas import RETRAIN_HOLD_FILE
 from recstack.settings import REPO_ROOT, Settings, TrainerSettings
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,22 @@ class RetrainError(RuntimeError):
 
 class RetrainAborted(RetrainError):
     """A stop was requested before anything was registered; the champion is unchanged."""
+
+
+class RetrainHeld(RetrainError):
+    """The monitor holds retraining (the events look broken); nothing ran."""
+
+
+def retrain_hold(settings: Settings) -> str | None:
+    """The monitor's reason to hold automated retraining, or None (see RETRAIN_HOLD_FILE)."""
+    path = settings.run_dir / RETRAIN_HOLD_FILE
+    try:
+        cause = json.loads(path.read_text()).get("cause")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError):
+        cause = None
+    return str(cause or f"unreadable hold file {path}")
 
 
 STOP_GRACE_S = 30.0  # how long a stopped pipeline child may take to exit before it is killed
@@ -89,6 +107,7 @@ def retrain_once(
     pipeline: PipelineRunner | None = None,
     train: Callable[[Settings], Any] | None = None,
     stop: threading.Event | None = None,
+    ignore_hold: bool = False,
 ) -> Any:
     """One retraining: the pipeline (unless ``run_pipeline`` is False), then training and the
     gate. ``pipeline`` and ``train`` default to the subprocess and ``train_and_register``.
@@ -96,8 +115,15 @@ def retrain_once(
     ``stop`` (set by SIGTERM in the trainer) aborts the run at the next safe point — during the
     pipeline, between the steps, or in training before the first MLflow write — with
     RetrainAborted; once registration has begun the run finishes it, so MLflow never holds
-    half a registration.
+    half a registration. While the monitor holds retraining (``RETRAIN_HOLD_FILE``: the events
+    look broken, so a model trained on them must not reach the gate) it raises RetrainHeld,
+    unless ``ignore_hold``.
     """
+    hold = None if ignore_hold else retrain_hold(settings)
+    if hold is not None:
+        raise RetrainHeld(
+            f"retraining is held by the monitor: {hold} (fix the upstream data, or remove "
+            f"{settings.run_dir / RETRAIN_HOLD_FILE} / pass --ignore-hold to train anyway)")
     if run_pipeline:
         logger.info("retrain: running the feature pipeline and materialization")
         if pipeline is None:

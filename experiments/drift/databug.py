@@ -90,7 +90,8 @@ def run_databug(base: Settings, n_users: int = 600, n_items: int = 400, warm_day
         summary["pipeline_message"] = (proc.stderr or proc.stdout).strip().splitlines()[-1][-300:] \
             if (proc.stderr or proc.stdout).strip() else ""
         # 5. counterfactual: a retraining that ignores the hold.
-        proc = stack.run_cli("retrain", "--no-pipeline" if proc.returncode else "--pipeline")
+        proc = stack.run_cli("retrain", "--no-pipeline" if proc.returncode else "--pipeline",
+                             "--ignore-hold")
         champion_after = _champion(settings)
         summary["counterfactual_retrain_exit_code"] = proc.returncode
         summary["counterfactual_bugged_model_promoted"] = champion_after != champion_before

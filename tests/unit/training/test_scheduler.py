@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import threading
 
+import pytest
+
 from recstack.clock import SimClock
+from recstack.schemas import RETRAIN_HOLD_FILE
 from recstack.settings import Settings, TrainerSettings
-from training.scheduler import RetrainError, Trainer, retrain_once, run_pipeline_subprocess
+from training.scheduler import (
+    RetrainError,
+    RetrainHeld,
+    Trainer,
+    retrain_once,
+    run_pipeline_subprocess,
+)
 
 SETTINGS = Settings()
 
@@ -50,21 +60,38 @@ def test_sigterm_stops_between_runs() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def test_retrain_runs_pipeline_then_train_and_stops_on_pipeline_failure() -> None:
+def test_retrain_runs_pipeline_then_train_and_stops_on_pipeline_failure(settings) -> None:
     order = []
-    out = retrain_once("S", pipeline=lambda s: order.append(("pipeline", s)),
+    out = retrain_once(settings, pipeline=lambda s: order.append(("pipeline", s)),
                        train=lambda s: order.append(("train", s)) or "result")
-    assert out == "result" and order == [("pipeline", "S"), ("train", "S")]
+    assert out == "result" and order == [("pipeline", settings), ("train", settings)]
 
     def broken(s: object) -> None:
         raise RetrainError("pipeline exited 1")
 
     order.clear()
     try:
-        retrain_once("S", pipeline=broken, train=lambda s: order.append("train"))
+        retrain_once(settings, pipeline=broken, train=lambda s: order.append("train"))
     except RetrainError:
         pass
     assert order == []
+
+
+def test_a_monitor_hold_stops_retraining_before_any_step(settings) -> None:
+    hold = settings.run_dir / RETRAIN_HOLD_FILE
+    hold.parent.mkdir(parents=True, exist_ok=True)
+    hold.write_text(json.dumps({"cause": "events without model_version: 33%", "since": 0}))
+    order: list[str] = []
+    with pytest.raises(RetrainHeld, match="events without model_version: 33%"):
+        retrain_once(settings, pipeline=lambda s: order.append("pipeline"),
+                     train=lambda s: order.append("train"))
+    assert order == []
+    retrain_once(settings, pipeline=lambda s: order.append("pipeline"),
+                 train=lambda s: order.append("train"), ignore_hold=True)
+    assert order == ["pipeline", "train"]
+    hold.unlink()  # lifted: automated retraining runs again
+    retrain_once(settings, run_pipeline=False, train=lambda s: order.append("train"))
+    assert order[-1] == "train"
 
 
 def test_pipeline_subprocess_failure_is_one_clear_error(settings, monkeypatch) -> None:
