@@ -15,6 +15,16 @@ fraction of the oracle's) is written to ``$RECSTACK_LOADTEST_CTR_FILE`` (default
 
 Without a saved world the users still send the same GET load but click nothing (a warning says
 how to get one); ``RECSTACK_SIM__N_USERS`` then gives the user-id range.
+
+Knobs for the load-testing lab (``recstack experiment scale|chaos``), all optional:
+
+- ``RECSTACK_LOADTEST_USER_RPS``: each user runs its task at this constant rate
+  (``constant_throughput``), so ``users x rate`` is the offered load whatever the latency;
+- ``RECSTACK_LOADTEST_STAGES``: ``"end_s:users,end_s:users,..."`` drives the user count over time
+  (a ``LoadTestShape``; e.g. 50% load, then 2x, then 50% again);
+- ``RECSTACK_LOADTEST_REQUEST_LOG``: a path prefix; each Locust process appends one CSV row per
+  request to ``<prefix>-<pid>.csv`` (start time, name, ms, ok, status, degraded reasons), from
+  which the experiments build per-second timelines.
 """
 
 from __future__ import annotations
@@ -24,10 +34,12 @@ import json
 import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, between, events, task
+import gevent
+from locust import FastHttpUser, LoadTestShape, between, constant_throughput, events, task
 
 # Imported after locust (gevent patching first); numpy and the world only, no pyarrow.
 try:
@@ -37,6 +49,10 @@ except ImportError as _exc:  # the project is not installed where Locust runs: G
     _IMPORT_ERROR: ImportError | None = _exc
 else:
     _IMPORT_ERROR = None
+try:  # run from the repository root (the project's runners) or from loadtests/ (Locust's path)
+    from loadtests.checks import degraded_reasons, events_problem, recommendation_problem
+except ImportError:
+    from checks import degraded_reasons, events_problem, recommendation_problem  # type: ignore[no-redef]
 
 logger = logging.getLogger("recstack.locustfile")
 
@@ -48,6 +64,54 @@ SPEEDUP = float(os.environ.get("RECSTACK_LOADTEST_SPEEDUP", "1"))
 FLUSH_EVENTS = 200  # events buffered per Locust user before one POST /events (max 1000)
 # Ids far above the simulated world: unknown users, served the cold-start list.
 UNKNOWN_BASE = 10_000_000
+USER_RPS = float(os.environ.get("RECSTACK_LOADTEST_USER_RPS", "0") or 0)
+STAGES = os.environ.get("RECSTACK_LOADTEST_STAGES", "")
+REQUEST_LOG = os.environ.get("RECSTACK_LOADTEST_REQUEST_LOG", "")
+
+
+def parse_stages(text: str) -> list[tuple[float, int]]:
+    """``"10:20,25:80"`` -> [(10.0, 20), (25.0, 80)]: run 20 users until 10 s, then 80 until 25 s."""
+    stages = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        end, users = part.split(":")
+        stages.append((float(end), int(users)))
+    return stages
+
+
+class _RequestLog:
+    """One CSV row per request of this process (appended in chunks, flushed when Locust stops).
+
+    The file is named by the pid at write time, so workers forked by ``--processes`` keep apart.
+    """
+
+    FLUSH_ROWS = 500
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.rows: list[str] = []
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.prefix)
+
+    def add(self, start: float, name: str, ms: float, ok: bool, status: int, degraded: str) -> None:
+        self.rows.append(f"{start:.4f},{name},{ms:.2f},{int(ok)},{status},{degraded}\n")
+        if len(self.rows) >= self.FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.prefix or not self.rows:
+            return
+        rows, self.rows = self.rows, []
+        path = Path(f"{self.prefix}-{os.getpid()}.csv")
+        new = not path.exists()
+        with path.open("a") as f:
+            if new:
+                f.write("start_s,name,response_ms,ok,status,degraded\n")
+            f.writelines(rows)
+
+
+REQUEST_LOG_ROWS = _RequestLog(REQUEST_LOG)
 
 
 class _Feedback:
@@ -128,7 +192,31 @@ def _on_init(**_: Any) -> None:
 
 @events.quitting.add_listener
 def _on_quitting(**_: Any) -> None:
+    REQUEST_LOG_ROWS.flush()
     FEEDBACK.write_summary()
+
+
+@events.test_stop.add_listener
+def _on_test_stop(**_: Any) -> None:
+    REQUEST_LOG_ROWS.flush()
+
+
+@events.request.add_listener
+def _on_request(
+    name: str, response_time: float, response: Any = None, exception: Any = None,
+    start_time: float | None = None, **_: Any,
+) -> None:
+    if not REQUEST_LOG_ROWS.enabled:
+        return
+    status = int(getattr(response, "status_code", 0) or 0)
+    degraded = ""
+    if status == 200 and name.startswith("/recommendations"):
+        try:
+            degraded = ";".join(degraded_reasons(json.loads(response.content or b"{}")))
+        except (ValueError, TypeError, AttributeError):
+            degraded = ""
+    started = start_time if start_time is not None else time.time() - response_time / 1000
+    REQUEST_LOG_ROWS.add(started, name, response_time or 0.0, exception is None, status, degraded)
 
 
 class RecommendationUser(FastHttpUser):
@@ -137,10 +225,14 @@ class RecommendationUser(FastHttpUser):
     Checks the body, not just the status, for both endpoints.
     """
 
-    wait_time = between(0.01, 0.05)
+    wait_time = constant_throughput(USER_RPS) if USER_RPS > 0 else between(0.01, 0.05)
 
     def on_start(self) -> None:
         self.pending: list[dict[str, Any]] = []
+        if USER_RPS > 0:
+            # Users spawned together would stay in phase and arrive in bursts: start each at a
+            # random point of its period, so the offered load is smooth.
+            gevent.sleep(random.random() / USER_RPS)
 
     def on_stop(self) -> None:
         self._flush()
@@ -157,23 +249,15 @@ class RecommendationUser(FastHttpUser):
                 return None
             try:
                 body = resp.json()
-                items = body.get("items")
-            except (ValueError, AttributeError):
-                resp.failure("body is not a JSON object")
+            except ValueError:
+                resp.failure("body is not JSON")
                 return None
-            if not isinstance(items, list):
-                resp.failure("body has no 'items' list")
-            elif len(items) != K:
-                resp.failure(f"expected {K} items, got {len(items)}")
-            elif not all(isinstance(i, dict) and isinstance(i.get("item_id"), int) for i in items):
-                resp.failure("an item has no integer 'item_id'")
-            elif len({item["item_id"] for item in items}) != K:
-                resp.failure("duplicate item ids in the list")
-            elif not isinstance(body.get("request_id"), str):
-                resp.failure("body has no 'request_id'")
-            else:
-                resp.success()
-                return body
+            problem = recommendation_problem(body, K)
+            if problem is not None:
+                resp.failure(problem)
+                return None
+            resp.success()
+            return body
         return None
 
     def _flush(self) -> None:
@@ -188,12 +272,11 @@ class RecommendationUser(FastHttpUser):
                 resp.failure(f"status {resp.status_code}: {(resp.text or '')[:120]}")
                 return
             try:
-                accepted = resp.json().get("accepted")
-            except (ValueError, AttributeError):
-                resp.failure("body is not a JSON object")
-                return
-            if accepted != len(batch):
-                resp.failure(f"posted {len(batch)} events, {accepted!r} accepted")
+                problem = events_problem(resp.json(), len(batch))
+            except ValueError:
+                problem = "body is not JSON"
+            if problem is not None:
+                resp.failure(problem)
             else:
                 resp.success()
 
@@ -213,3 +296,18 @@ class RecommendationUser(FastHttpUser):
     @task(1)
     def unknown_user(self) -> None:
         self._recommend(UNKNOWN_BASE + random.randrange(1_000_000))
+
+
+if STAGES:
+
+    class StagedLoad(LoadTestShape):
+        """The user count over time from ``RECSTACK_LOADTEST_STAGES`` (stops after the last)."""
+
+        stages = parse_stages(STAGES)
+
+        def tick(self) -> tuple[int, float] | None:
+            run_time = self.get_run_time()
+            for end, users in self.stages:
+                if run_time < end:
+                    return users, max(users, 1)
+            return None

@@ -1,0 +1,116 @@
+"""The load lab on a real stack (tiny world, free ports): a 2-step scale run and a kill-replica
+chaos run write their report folders with real figures."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from recstack.settings import Settings, get_settings
+from tests.conftest import free_port, need_binary
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.mlflow, pytest.mark.slow]
+
+
+def _free_run(n: int) -> int:
+    """A port p such that p .. p+n-1 are free (the api replicas)."""
+    for _ in range(50):
+        p = free_port()
+        socks = [socket.socket() for _ in range(n)]
+        try:
+            for i, sock in enumerate(socks):
+                sock.bind(("127.0.0.1", p + i))
+            return p
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+@pytest.fixture
+def stack_settings(tmp_path, monkeypatch) -> Settings:
+    for binary in ("redis-server", "nginx", "prometheus"):
+        need_binary(binary)
+    env = {
+        "RECSTACK_HOME": str(tmp_path / "home"),
+        "RECSTACK_REDIS__PORT": str(free_port()),
+        "RECSTACK_MLFLOW__PORT": str(free_port()),
+        "RECSTACK_STACK__LB_PORT": str(free_port()),
+        "RECSTACK_STACK__PROMETHEUS_PORT": str(free_port()),
+        "RECSTACK_STACK__SUPERVISOR_PORT": str(free_port()),
+        "RECSTACK_STACK__MONITOR_PORT": str(free_port()),
+        "RECSTACK_STACK__API_BASE_PORT": str(_free_run(2)),
+        "RECSTACK_STACK__API_REPLICAS": "2",
+        "RECSTACK_SIM__N_USERS": "300",
+        "RECSTACK_SIM__N_ITEMS": "200",
+        "RECSTACK_SIM__N_CATEGORIES": "6",
+        "RECSTACK_SIM__DAYS": "3",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
+    from experiments.loadlab.chaos import ChaosConfig, run_chaos
+    from experiments.loadlab.probes import program_pids
+    from experiments.loadlab.scale import ScaleConfig, run_scale
+    from recstack import stack
+    from recstack.demo import run_demo
+
+    s = stack_settings
+    console = Console(stderr=True)
+    try:
+        run_demo(s, console=console, run_load=False)
+
+        # A tiny scale run: 1 replica, 2 short steps (a lenient SLO, so both steps are measured).
+        cfg = ScaleConfig(replicas=[1], step_s=6, warmup_s=1.0, start_rps=8, growth=1.5,
+                          max_steps=2, slo_ms=5000)
+        folder = run_scale(s, cfg, console)
+        for name in ("report.md", "summary.json", "steps.csv", "latency_curves.png",
+                     "throughput.png", "cpu_per_request.png", "efficiency.png"):
+            assert (folder / name).stat().st_size > 0, name
+        summary = json.loads((folder / "summary.json").read_text())
+        steps = pd.read_csv(folder / "steps.csv")
+        assert len(steps) == 2
+        assert (steps["achieved_rps"] > 0).all() and (steps["requests"] > 0).all()
+        assert summary["max_rps_at_slo_1_replica"] == pytest.approx(steps["achieved_rps"].max(),
+                                                                  abs=1e-3)
+        assert 0 < summary["p50_ms_at_knee_1_replica"] <= summary["p99_ms_at_knee_1_replica"]
+        assert summary["cpu_ms_per_request_api_at_knee_1_replica"] > 0
+        assert summary["machine"]["cores"] >= 1
+        assert "![" in (folder / "report.md").read_text()
+        assert (s.reports_dir / "scale-latest").resolve() == folder.resolve()
+        # the api is back at its 2 replicas
+        assert {"api-0", "api-1"} <= set(program_pids(s))
+
+        # Kill one of the 2 replicas under load; supervisord brings it back.
+        before = program_pids(s)["api-1"]
+        folder = run_chaos(s, ChaosConfig(fault="kill-replica", rps=10, pre_s=4, fault_s=5,
+                                          post_s=5), console)
+        for name in ("report.md", "summary.json", "timeline.csv", "requests.csv",
+                     "timeline.png", "figures.png"):
+            assert (folder / name).stat().st_size > 0, name
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["fault"] == "kill-replica"
+        assert summary["kill_replica_fault_window_s"] > 0
+        assert summary["kill_replica_requests_during_fault"] > 0
+        assert 0 <= summary["kill_replica_failed_request_fraction"] <= 1
+        for key in ("kill_replica_recover_s", "kill_replica_first_degraded_s",
+                    "kill_replica_http_5xx_count", "load_average_1m"):
+            assert key in summary
+        timeline = pd.read_csv(folder / "timeline.csv")
+        assert len(timeline) >= 10 and timeline["rps"].sum() > 0
+        assert "breaker_state_max" in timeline
+        after = program_pids(s).get("api-1")
+        assert after is not None and after != before
+    finally:
+        stack.down(s)
