@@ -133,6 +133,8 @@ class ServingSettings(BaseModel):
     # Redis circuit breaker: opens after this many consecutive failures, probes after cooldown.
     breaker_threshold: int = Field(3, ge=1)
     breaker_cooldown_s: float = Field(1.0, gt=0)
+    # A starting replica opens its port after its first model load, waiting at most this long.
+    startup_wait_s: float = Field(60.0, ge=0)
     # How often the replica checks whether a materialization finished (item feature refresh).
     materialization_poll_s: float = Field(5.0, gt=0)
     # Split mode: where the candidate and ranking services are (their nginx front or a replica);

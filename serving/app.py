@@ -218,6 +218,12 @@ async def _live_resources(
                     tuning.ranking_url)
     maintainer = Maintainer(settings, live, metrics, features_client, tuning, remote)
     task = asyncio.create_task(maintainer.run(), name="serving-maintainer")
+    # uvicorn opens the port only after the lifespan's startup: waiting for the first load here
+    # keeps a (re)started replica closed until it can serve, so nginx's retry on a refused
+    # connection sends its traffic to the other replicas instead of to a replica answering 503.
+    # A failed first load (no champion yet, MLflow down) opens the port at once, not ready.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(maintainer.first_pass.wait(), tuning.startup_wait_s)
     try:
         yield live, maintainer
     finally:

@@ -193,6 +193,8 @@ class Maintainer:
         self._pending: tuple[Any, Any] | None = None
         self.items_loaded = False
         self.rebuilds = 0
+        # Set once the first load attempt ended (loaded, or failed with last_error set).
+        self.first_pass = asyncio.Event()
         self.breaker = CircuitBreaker(
             self.tuning.breaker_threshold, self.tuning.breaker_cooldown_s, name="redis",
             on_change=metrics.breaker_changed,
@@ -206,6 +208,7 @@ class Maintainer:
                 await asyncio.to_thread(self.step)
                 self.resources.last_error = None
                 backoff = 0.5
+                self.first_pass.set()
                 await asyncio.sleep(self.tuning.materialization_poll_s)
             except asyncio.CancelledError:
                 raise
@@ -213,6 +216,7 @@ class Maintainer:
                 self.resources.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("serving resources not loaded (retrying in %.1fs): %s",
                                backoff, self.resources.last_error)
+                self.first_pass.set()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
