@@ -35,6 +35,7 @@ COPY pipelines/ pipelines/
 COPY training/ training/
 COPY serving/ serving/
 COPY monitoring/ monitoring/
+COPY experiments/ experiments/
 RUN pip install -c constraints.txt ".[postgres]" && pip check
 
 # ---- runtime: the virtualenv, the files outside the wheel, a non-root user --------------------

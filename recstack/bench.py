@@ -53,6 +53,9 @@ def summarize(result: DemoResult, settings: Settings) -> dict[str, object]:
             "p50_ms": r.p50_ms,
             "p95_ms": r.p95_ms,
             "p99_ms": r.p99_ms,
+            "row": r.row,
+            "all_requests": r.total_requests,
+            "all_failures": r.total_failures,
         }
     return figures
 
@@ -101,8 +104,11 @@ def run_bench(
 
 
 def _markdown(report: dict) -> str:
-    """A Markdown page: the machine, then every figure as a row (nested keys joined by '.')."""
+    """A Markdown page: the machine, the suite's own summary (its ``_summary`` figure, Markdown)
+    if it has one, then every figure as a row (nested keys joined by '.')."""
     m = report["machine"]
+    figures = dict(report["figures"])
+    summary = figures.pop("_summary", None)
     lines = [
         f"# recstack bench: {report['suite']}",
         "",
@@ -110,10 +116,11 @@ def _markdown(report: dict) -> str:
         f"{m['memory_gib']} GiB, Python {m['python']}. The machine is shared and noisy: compare "
         "figures measured side by side in one run.",
         "",
-        "| figure | value |",
-        "|---|---|",
     ]
-    lines += [f"| {k} | {v} |" for k, v in _flatten(report["figures"])]
+    if summary:
+        lines += [str(summary), ""]
+    lines += ["| figure | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in _flatten(figures)]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]
     return "\n".join(lines)
 

@@ -41,9 +41,9 @@ class DemoResult:
 def run_demo(settings: Settings, console: Console | None = None, run_load: bool = True) -> DemoResult:
     """Run every stage once; returns the figures. Raises with a clear message on any failure."""
     from pipelines import run_all
-    from simulator.cli import simulate_with_progress
     from recstack import stack
-    from recstack.stack.loadtest import run_locust
+    from recstack.stack.loadtest import RECOMMENDATIONS_ROW, run_locust
+    from simulator.cli import simulate_with_progress
     from training import train_and_register
 
     console = console or Console(stderr=True)
@@ -76,6 +76,9 @@ def run_demo(settings: Settings, console: Console | None = None, run_load: bool 
             spawn_rate=settings.load.spawn_rate,
             duration_s=settings.load.duration_s,
             out_dir=settings.reports_dir / "demo",
+            # What a client of the recommender sees; the POST /events the simulated users
+            # send are counted in the totals only.
+            row=RECOMMENDATIONS_ROW,
         )
     result.urls = stack.urls(settings)
     return result
@@ -110,11 +113,13 @@ def print_demo_result(result: DemoResult, console: Console) -> None:
         verdict = "promoted to @champion" if result.training.promoted else "champion kept"
         console.print(f"promotion gate: {verdict} ({result.training.gate_reason})")
     if result.load is not None:
-        load = Table("requests", "failures", "RPS", "p50 ms", "p95 ms", "p99 ms",
-                     title="Locust through nginx")
         r = result.load
+        load = Table("requests", "failures", "RPS", "p50 ms", "p95 ms", "p99 ms",
+                     "all requests (+ POST /events)", "all failures",
+                     title=f"Locust through nginx: GET {r.row}")
         load.add_row(f"{r.requests:,}", f"{r.failures:,}", f"{r.rps:.1f}", f"{r.p50_ms:.0f}",
-                     f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}")
+                     f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}", f"{r.total_requests:,}",
+                     f"{r.total_failures:,}")
         console.print(load)
     urls = Table("what", "URL", title="the stack is up (recstack down stops it)")
     for name, url in result.urls.items():

@@ -188,12 +188,39 @@ def sink_for(settings: Settings, consumer: str | None = None, **kwargs: Any) -> 
     return LakeSink(client, settings.lake_dir, dead, name, **kwargs)
 
 
-def main() -> None:
-    """Entry point of ``python -m serving.sink``."""
+def is_alive(settings: Settings, consumer: str | None = None, max_idle_ms: int = 15_000) -> bool:
+    """Has this host's consumer (``sink_for``'s name) read the stream within ``max_idle_ms``?
+
+    A running sink asks for entries at least every ``block_ms`` (1 s), so a longer idle time
+    means it is stuck or gone. What ``python -m serving.sink --check`` (the container's health
+    check) answers with its exit code.
+    """
+    import redis
+
+    sink = sink_for(settings, consumer)
+    try:
+        consumers = sink.client.xinfo_consumers(sink.stream, GROUP)
+    except redis.RedisError:
+        return False
+    finally:
+        sink.client.close()
+    for c in consumers:
+        name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+        if name == sink.consumer:
+            return int(c["idle"]) <= max_idle_ms
+    return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m serving.sink`` (``--check``: exit 0 iff the sink is alive)."""
+    import sys
+
     from recstack.logs import configure_logging
     from recstack.settings import get_settings
 
     settings = get_settings()
+    if "--check" in (sys.argv[1:] if argv is None else argv):
+        sys.exit(0 if is_alive(settings) else 1)
     configure_logging(settings.log_level, settings.log_json)
     sink = sink_for(settings)
     signal.signal(signal.SIGTERM, sink.stop)

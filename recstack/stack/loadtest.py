@@ -22,6 +22,10 @@ from recstack.settings import REPO_ROOT, Settings
 logger = logging.getLogger(__name__)
 
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
+AGGREGATED = "Aggregated"
+# The locustfiles' name for GET /recommendations/{user_id}: the latency a client of the
+# recommender sees (the Aggregated row also mixes in POST /events).
+RECOMMENDATIONS_ROW = "/recommendations/[user]"
 
 
 class LoadTestError(RuntimeError):
@@ -30,7 +34,8 @@ class LoadTestError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadResult:
-    """The "Aggregated" row of a Locust run: counts, throughput and latency percentiles (ms)."""
+    """One row of a Locust run (``row``: a request name, or "Aggregated"): counts, throughput
+    and latency percentiles (ms); ``total_*`` count every request of the run."""
 
     requests: int
     failures: int
@@ -41,6 +46,9 @@ class LoadResult:
     csv_path: Path
     top_failures: list[str] = field(default_factory=list)
     locust_cpu_s: float = math.nan  # CPU seconds Locust itself used (user + system)
+    row: str = AGGREGATED
+    total_requests: int = 0
+    total_failures: int = 0
 
     @property
     def failure_ratio(self) -> float:
@@ -61,25 +69,36 @@ def _number(value: str) -> float:
         return math.nan
 
 
-def parse_stats_csv(stats_csv: Path, failures_csv: Path | None = None) -> LoadResult:
-    """Read the "Aggregated" row of a Locust ``<prefix>_stats.csv`` (and top failures if given)."""
+def parse_stats_csv(
+    stats_csv: Path, failures_csv: Path | None = None, row: str = AGGREGATED
+) -> LoadResult:
+    """Read the row named ``row`` of a Locust ``<prefix>_stats.csv`` (and top failures if
+    given); the "Aggregated" row gives ``total_requests``/``total_failures``."""
     if not stats_csv.exists():
         raise LoadTestError(f"Locust wrote no statistics at {stats_csv}")
     with stats_csv.open(newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row.get("Name") == "Aggregated"]
-    if not rows:
+        rows = list(csv.DictReader(f))
+    totals = [r for r in rows if r.get("Name") == AGGREGATED]
+    if not totals:
         raise LoadTestError(f"no 'Aggregated' row in {stats_csv}")
-    row = rows[-1]
+    picked = [r for r in rows if r.get("Name") == row and (row == AGGREGATED or r.get("Type"))]
+    if not picked:
+        names = sorted({str(r.get("Name")) for r in rows} - {AGGREGATED})
+        raise LoadTestError(f"no {row!r} row in {stats_csv} (rows: {names})")
+    found, total = picked[-1], totals[-1]
     try:
         result = LoadResult(
-            requests=int(row["Request Count"]),
-            failures=int(row["Failure Count"]),
-            rps=_number(row["Requests/s"]),
-            p50_ms=_number(row["50%"]),
-            p95_ms=_number(row["95%"]),
-            p99_ms=_number(row["99%"]),
+            requests=int(found["Request Count"]),
+            failures=int(found["Failure Count"]),
+            rps=_number(found["Requests/s"]),
+            p50_ms=_number(found["50%"]),
+            p95_ms=_number(found["95%"]),
+            p99_ms=_number(found["99%"]),
             csv_path=stats_csv,
             top_failures=_top_failures(failures_csv) if failures_csv else [],
+            row=row,
+            total_requests=int(total["Request Count"]),
+            total_failures=int(total["Failure Count"]),
         )
     except (KeyError, ValueError) as exc:
         raise LoadTestError(f"unexpected Locust stats format in {stats_csv}: {exc}") from exc
@@ -120,8 +139,10 @@ def run_locust(
     out_dir: Path,
     locustfile: Path = LOCUSTFILE,
     extra_env: dict[str, str] | None = None,
+    row: str = AGGREGATED,
 ) -> LoadResult:
-    """Run the locustfile headless against ``host`` for ``duration_s``; returns its aggregate.
+    """Run the locustfile headless against ``host`` for ``duration_s``; returns its ``row``
+    (a request name such as ``RECOMMENDATIONS_ROW``, default the aggregate of all requests).
 
     Writes ``<out_dir>/locust_stats.csv`` (+ failures, history, and ``locust.log``). Raises
     ``LoadTestError`` if Locust fails, hangs past a hard timeout or writes no statistics.
@@ -159,10 +180,10 @@ def run_locust(
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace")[-1500:]
         raise LoadTestError(f"locust exited with {proc.returncode}:\n{tail}")
-    result = parse_stats_csv(Path(f"{prefix}_stats.csv"), Path(f"{prefix}_failures.csv"))
+    result = parse_stats_csv(Path(f"{prefix}_stats.csv"), Path(f"{prefix}_failures.csv"), row)
     result = dataclasses.replace(result, locust_cpu_s=_children_cpu_s() - cpu_before)
     logger.info(
-        "locust: %d requests, %d failures, %.1f rps, p99 %.0f ms",
-        result.requests, result.failures, result.rps, result.p99_ms,
+        "locust (%s): %d requests, %d failures, %.1f rps, p99 %.0f ms",
+        row, result.requests, result.failures, result.rps, result.p99_ms,
     )
     return result

@@ -58,6 +58,10 @@ class StackPaths:
             mlflow_dir=settings.mlflow_dir,
         )
 
+    def targets_file(self, service: str) -> Path:
+        """The Prometheus file_sd targets of ``service``'s job (``api.json``, ``ranking.json``...)."""
+        return self.prometheus_targets.parent / f"{service}.json"
+
     def program_log(self, program: str) -> Path:
         return self.logs_dir / f"{program}.log"
 

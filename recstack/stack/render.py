@@ -17,9 +17,12 @@ import yaml
 from recstack.settings import Settings
 from recstack.stack.paths import StackPaths, write_if_changed
 from recstack.stack.services import (
+    STAGE_SERVICES,
     Program,
+    Replicas,
     StackConfigError,
     api_ports,
+    replica_counts,
     stage_front_port,
     stage_ports,
 )
@@ -42,10 +45,17 @@ def _sv(value: str) -> str:
 
 
 def _env_line(env: dict[str, str]) -> str:
-    for key, value in env.items():
-        if '"' in value or "\n" in value:
+    """supervisor's ``environment=`` line: values in double quotes, or in single quotes when
+    they hold double quotes (JSON lists such as ``["in_memory"]``); its parser keeps quotes of
+    the other kind inside a quoted value but strips quote characters at either end."""
+    parts = []
+    for key, value in sorted(env.items()):
+        if "\n" in value or ('"' in value and "'" in value) or value[:1] in "'\"" and value \
+                or value[-1:] in "'\"" and value:
             raise StackConfigError(f"{key} contains a quote or newline; supervisor cannot pass it")
-    return ",".join(f'{key}="{_sv(value)}"' for key, value in sorted(env.items()))
+        quote = "'" if '"' in value else '"'
+        parts.append(f"{key}={quote}{_sv(value)}{quote}")
+    return ",".join(parts)
 
 
 def render_supervisord(settings: Settings, programs: list[Program], password: str) -> str:
@@ -130,7 +140,7 @@ def render_redis(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_nginx(settings: Settings, replicas: int) -> str:
+def render_nginx(settings: Settings, replicas: int | Replicas) -> str:
     """nginx.conf: the api replicas behind ``least_conn`` with passive health checks and one retry.
 
     Idempotent requests that hit a dead replica (connect error, timeout, 502) are retried once on
@@ -138,13 +148,14 @@ def render_nginx(settings: Settings, replicas: int) -> str:
     the client with its Retry-After.
     """
     p = StackPaths.of(settings)
+    counts = replica_counts(settings, replicas)
     nd = p.nginx_dir
     user = "user root;" if os.geteuid() == 0 else ""  # as root, workers need root for run_dir
     servers = "\n".join(
         f"        server 127.0.0.1:{port} max_fails=2 fail_timeout=5s;"
-        for port in api_ports(settings, replicas)
+        for port in api_ports(settings, counts["api"])
     )
-    stages = _render_stage_fronts(settings)
+    stages = _render_stage_fronts(settings, counts)
     return f"""# rendered by recstack.stack; edits are overwritten
 {user}
 worker_processes 1;
@@ -203,25 +214,21 @@ http {{
 """
 
 
-def _stage_replicas(tuning: object) -> dict[str, int]:
-    return {"candidates": tuning.candidates_replicas,  # type: ignore[attr-defined]
-            "ranking": tuning.ranking_replicas}  # type: ignore[attr-defined]
-
-
-def _render_stage_fronts(settings: Settings) -> str:
+def _render_stage_fronts(settings: Settings, counts: dict[str, int]) -> str:
     """Split mode only: an upstream and a loopback listener per stage service.
 
     The API's own timeouts are the stage budgets, so nginx only fails over on a refused
-    connection or a 502/503 (both idempotent here: scoring has no side effect).
+    connection or a 502 (idempotent here: scoring has no side effect). Not on a 503: that is a
+    replica shedding load, and counting it as a failure takes the replica out of the group and
+    pushes its load onto the others (as for the api's upstream); the API falls back instead.
     """
-    tuning = settings.serving
-    if tuning.mode != "split":
+    if settings.serving.mode != "split":
         return ""
     blocks = []
-    for service, n in _stage_replicas(tuning).items():
+    for service in STAGE_SERVICES:
         servers = "\n".join(
             f"        server 127.0.0.1:{port} max_fails=2 fail_timeout=5s;"
-            for port in stage_ports(settings, service, n)
+            for port in stage_ports(settings, service, counts[service])
         )
         blocks.append(f"""
     upstream {service} {{
@@ -239,7 +246,7 @@ def _render_stage_fronts(settings: Settings) -> str:
             proxy_set_header Connection "";
             proxy_connect_timeout 1s;
             proxy_read_timeout 10s;
-            proxy_next_upstream error http_502 http_503 non_idempotent;
+            proxy_next_upstream error http_502 non_idempotent;
             proxy_next_upstream_tries 2;
         }}
     }}
@@ -248,8 +255,24 @@ def _render_stage_fronts(settings: Settings) -> str:
 
 
 def render_prometheus(settings: Settings) -> str:
-    """prometheus.yml: 5 s scrapes of itself and of the api replicas listed in a file_sd file."""
+    """prometheus.yml: 5 s scrapes of itself and one job per service, targets in file_sd files.
+
+    Jobs: ``api``, ``candidates`` and ``ranking`` (split mode; their files are empty in-process
+    mode) and ``monitor`` (listed only while the monitor runs). The rules aggregate by job, so
+    the stage services' requests never mix with the api's. ``scale`` and ``up`` rewrite the
+    files and Prometheus follows without a reload; a changed config is applied with
+    ``/-/reload``. The trainer serves no /metrics: its runs are in MLflow and the monitor
+    reports model freshness.
+    """
     p = StackPaths.of(settings)
+    jobs = [
+        {
+            "job_name": service,
+            "metrics_path": "/metrics",
+            "file_sd_configs": [{"files": [str(p.targets_file(service))], "refresh_interval": "5s"}],
+        }
+        for service in TARGET_SERVICES
+    ]
     config = {
         "global": {
             "scrape_interval": "5s",
@@ -262,12 +285,7 @@ def render_prometheus(settings: Settings) -> str:
                 "job_name": "prometheus",
                 "static_configs": [{"targets": [f"127.0.0.1:{settings.stack.prometheus_port}"]}],
             },
-            {
-                # file_sd: `scale` rewrites the targets file and Prometheus follows without reload.
-                "job_name": "api",
-                "metrics_path": "/metrics",
-                "file_sd_configs": [{"files": [str(p.prometheus_targets)], "refresh_interval": "5s"}],
-            },
+            *jobs,
         ],
     }
     return "# rendered by recstack.stack; edits are overwritten\n" + yaml.safe_dump(
@@ -275,21 +293,38 @@ def render_prometheus(settings: Settings) -> str:
     )
 
 
-def render_api_targets(settings: Settings, replicas: int) -> str:
-    """The file_sd targets of the api job: one entry per replica, labelled with its program name."""
+# Services Prometheus scrapes through a file_sd targets file each.
+TARGET_SERVICES: tuple[str, ...] = ("api", *STAGE_SERVICES, "monitor")
+
+
+def render_targets(
+    settings: Settings, service: str, replicas: int | Replicas, running: bool = False
+) -> str:
+    """The file_sd targets of one job: one entry per replica, labelled with its program name.
+
+    Stage services are listed in split mode only; the monitor only when ``running``.
+    """
+    counts = replica_counts(settings, replicas)
+    if service == "monitor":
+        ports = [settings.stack.monitor_port] if running else []
+        names = ["monitor"]
+    elif service in STAGE_SERVICES:
+        split = settings.serving.mode == "split"
+        ports = stage_ports(settings, service, counts[service]) if split else []
+        names = [f"{service}-{i}" for i in range(len(ports))]
+    else:
+        ports = api_ports(settings, counts["api"])
+        names = [f"api-{i}" for i in range(len(ports))]
     entries = [
-        {"targets": [f"127.0.0.1:{port}"], "labels": {"service": "api", "replica": f"api-{i}"}}
-        for i, port in enumerate(api_ports(settings, replicas))
+        {"targets": [f"127.0.0.1:{port}"], "labels": {"service": service, "replica": name}}
+        for name, port in zip(names, ports)
     ]
-    tuning = settings.serving
-    if tuning.mode == "split":
-        for service, n in _stage_replicas(tuning).items():
-            entries += [
-                {"targets": [f"127.0.0.1:{port}"],
-                 "labels": {"service": service, "replica": f"{service}-{i}"}}
-                for i, port in enumerate(stage_ports(settings, service, n))
-            ]
     return json.dumps(entries, indent=2) + "\n"
+
+
+def render_api_targets(settings: Settings, replicas: int | Replicas) -> str:
+    """The file_sd targets of the api job."""
+    return render_targets(settings, "api", replicas)
 
 
 @dataclass(frozen=True)
@@ -306,16 +341,28 @@ class Changed:
 def write_configs(
     settings: Settings,
     programs: list[Program],
-    replicas: int,
+    replicas: int | Replicas,
     *,
     supervisord: bool = True,
     nginx: bool = True,
     targets: bool = True,
 ) -> Changed:
-    """Render every config file under ``run_dir``; flags let ``scale`` order the writes."""
+    """Render every config file under ``run_dir``; flags let ``scale`` order the writes.
+
+    The monitor's targets file is left as it is (``write_monitor_targets`` follows the monitor).
+    """
     p = StackPaths.of(settings)
     p.make_dirs()
     password = supervisor_secret(p)
+    changed_targets = False
+    if targets:
+        for service in TARGET_SERVICES:
+            if service == "monitor":
+                if not p.targets_file(service).exists():
+                    write_if_changed(p.targets_file(service), "[]\n")
+                continue
+            text = render_targets(settings, service, replicas)
+            changed_targets = write_if_changed(p.targets_file(service), text) or changed_targets
     return Changed(
         supervisord=supervisord
         and write_if_changed(
@@ -323,7 +370,14 @@ def write_configs(
         ),
         nginx=nginx and write_if_changed(p.nginx_conf, render_nginx(settings, replicas)),
         prometheus=write_if_changed(p.prometheus_conf, render_prometheus(settings)),
-        targets=targets
-        and write_if_changed(p.prometheus_targets, render_api_targets(settings, replicas)),
+        targets=changed_targets,
         redis=write_if_changed(p.redis_conf, render_redis(settings), 0o600),
     )
+
+
+def write_monitor_targets(settings: Settings, running: bool) -> bool:
+    """List the monitor in its job's targets while it runs (an absent monitor is not "down")."""
+    p = StackPaths.of(settings)
+    p.make_dirs()
+    return write_if_changed(p.targets_file("monitor"), render_targets(settings, "monitor", 1,
+                                                                        running=running))

@@ -21,13 +21,19 @@ from recstack.settings import Settings
 from recstack.stack import health
 from recstack.stack import pids as pids_mod
 from recstack.stack.paths import StackPaths
-from recstack.stack.render import write_configs
+from recstack.stack.render import write_configs, write_monitor_targets
 from recstack.stack.services import (
+    MAX_REPLICAS,
+    ON_REQUEST_SERVICES,
+    SCALABLE_SERVICES,
     SERVICE_ORDER,
     STAGE_SERVICES,
     Program,
     api_ports,
+    autostart,
+    default_replicas,
     native_programs,
+    service_ports,
     stage_ports,
 )
 from recstack.stack.supervisor import ProcessInfo, StackError, Supervisor
@@ -53,32 +59,42 @@ class ServiceStatus:
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _replicas(settings: Settings) -> int:
-    """Current api replica count: what `scale` last set while the stack is up, else settings."""
+def replica_counts_now(settings: Settings) -> dict[str, int]:
+    """Replica counts of the scalable services: what `scale` last set while the stack is up
+    (``run/scale.json``), else the settings'."""
+    counts = default_replicas(settings)
     scale_file = StackPaths.of(settings).scale_file
     if scale_file.exists():
         try:
-            return int(json.loads(scale_file.read_text())["api"])
-        except (ValueError, KeyError, TypeError):
+            saved = json.loads(scale_file.read_text())
+            counts.update({k: int(v) for k, v in saved.items() if k in counts})
+        except (ValueError, TypeError, AttributeError):
             logger.warning("ignoring unreadable %s", scale_file)
-    return settings.stack.api_replicas
+    return counts
+
+
+def _replicas(settings: Settings) -> int:
+    """Current api replica count (see ``replica_counts_now``)."""
+    return replica_counts_now(settings)["api"]
 
 
 def _service_of(program: str) -> str:
     return program.split("-", 1)[0]
 
 
-def _ports(settings: Settings, replicas: int) -> dict[str, int]:
+def _ports(settings: Settings) -> dict[str, int]:
     ports = {
         "supervisord": settings.stack.supervisor_port,
         "redis": settings.redis.port,
         "mlflow": settings.mlflow.port,
         "prometheus": settings.stack.prometheus_port,
         "nginx": settings.stack.lb_port,
+        "monitor": settings.stack.monitor_port,
     }
-    ports.update({f"api-{i}": p for i, p in enumerate(api_ports(settings, replicas))})
+    ports.update({f"api-{i}": p for i, p in enumerate(api_ports(settings, MAX_REPLICAS["api"]))})
     for service in STAGE_SERVICES:
-        ports.update({f"{service}-{i}": p for i, p in enumerate(stage_ports(settings, service, 8))})
+        ports.update({f"{service}-{i}": p for i, p in
+                      enumerate(stage_ports(settings, service, MAX_REPLICAS[service]))})
     return ports
 
 
@@ -145,6 +161,31 @@ def _reload_nginx(sup: Supervisor, settings: Settings, programs: list[Program]) 
     logger.info("nginx reloaded")
 
 
+def _sync_monitor_target(sup: Supervisor, settings: Settings) -> None:
+    """Prometheus scrapes the monitor while supervisord runs it, and forgets it when stopped."""
+    infos = {i.name: i.state for i in sup.processes()}
+    write_monitor_targets(settings, infos.get("monitor") in _ALIVE_STATES)
+
+
+def _wait_nginx_drained(sup: Supervisor, timeout_s: float = 10.0) -> None:
+    """After a reload, wait until nginx's old worker has finished its requests and exited (the
+    master then has its one new worker), so replicas it used can be stopped without failing a
+    request in flight. Bounded by ``proxy_read_timeout``."""
+    info = sup.info("nginx")
+    if info.state != "RUNNING" or not info.pid:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            workers = psutil.Process(info.pid).children()
+        except psutil.Error:
+            return
+        if len([w for w in workers if w.status() != psutil.STATUS_ZOMBIE]) <= 1:
+            return
+        time.sleep(0.1)
+    logger.warning("nginx's old worker still busy after %.0fs; stopping replicas anyway", timeout_s)
+
+
 def _reload_prometheus(sup: Supervisor, settings: Settings) -> None:
     if sup.info("prometheus").state != "RUNNING":
         return
@@ -204,6 +245,18 @@ def _check_free(settings: Settings, sup: Supervisor, programs: list[Program]) ->
 # ------------------------------------------------------------------------------------------ verbs
 
 
+def default_services(settings: Settings) -> list[str]:
+    """What ``up`` starts when no service is named: everything but the stage services (only in
+    split mode, when the api calls them) and the on-request services (trainer, monitor) unless
+    the settings' ``stack.autostart`` lists them."""
+    split = settings.serving.mode == "split"
+    extra = autostart(settings)
+    return [
+        s for s in SERVICE_ORDER
+        if (split or s not in STAGE_SERVICES) and (s not in ON_REQUEST_SERVICES or s in extra)
+    ]
+
+
 def up(settings: Settings, services: Sequence[str] | None = None, wait: bool = True) -> None:
     """Render configs, start supervisord if needed, start ``services`` (default all) and wait.
 
@@ -211,13 +264,12 @@ def up(settings: Settings, services: Sequence[str] | None = None, wait: bool = T
     ``StackError`` naming the service and the tail of its log if one is not healthy within
     ``settings.stack.start_timeout_s``.
     """
-    if services is None:  # everything, but the stage services only when the api calls them
-        split = settings.serving.mode == "split"
-        services = [s for s in SERVICE_ORDER if split or s not in STAGE_SERVICES]
+    if services is None:
+        services = default_services(settings)
     wanted = _check_services(list(services))
-    replicas = _replicas(settings)
-    programs = native_programs(settings, replicas)
-    changed = write_configs(settings, programs, replicas)
+    counts = replica_counts_now(settings)
+    programs = native_programs(settings, counts)
+    changed = write_configs(settings, programs, counts)
     sup = Supervisor(settings)
     if sup.is_running():
         _apply_config(sup)
@@ -238,6 +290,7 @@ def up(settings: Settings, services: Sequence[str] | None = None, wait: bool = T
         sup.start(program.name)
     if wait:
         _wait_healthy(settings, sup, targets, settings.stack.start_timeout_s)
+    _sync_monitor_target(sup, settings)
     pids_mod.record_pids(settings, sup)
 
 
@@ -246,14 +299,14 @@ def status(settings: Settings) -> list[ServiceStatus]:
     sup = Supervisor(settings)
     if not sup.is_running():
         return []
-    replicas = _replicas(settings)
-    ports = _ports(settings, replicas)
+    ports = _ports(settings)
     infos = sup.processes()
     order = {name: i for i, name in enumerate(SERVICE_ORDER)}
 
     def key(info: ProcessInfo) -> tuple[int, int, str]:
         service = _service_of(info.name)
-        index = int(info.name.rsplit("-", 1)[1]) if service == "api" and "-" in info.name else 0
+        suffix = info.name.rsplit("-", 1)[-1]
+        index = int(suffix) if service in SCALABLE_SERVICES and suffix.isdigit() else 0
         return order.get(service, 99), index, info.name
 
     pids_mod.record_pids(settings, sup, infos)
@@ -270,8 +323,6 @@ def status(settings: Settings) -> list[ServiceStatus]:
     ]
     for info in sorted(infos, key=key):
         port = ports.get(info.name)
-        if port is None and _service_of(info.name) == "api":
-            port = settings.stack.api_base_port + int(info.name.rsplit("-", 1)[1])
         rows.append(
             ServiceStatus(
                 name=info.name, state=info.state, pid=info.pid, port=port,
@@ -282,43 +333,52 @@ def status(settings: Settings) -> list[ServiceStatus]:
 
 
 def scale(settings: Settings, service: str, replicas: int) -> None:
-    """Set the number of api replicas: supervisord programs, nginx upstreams, Prometheus targets.
+    """Set the replica count of ``service`` (api, or a split-mode stage service: candidates,
+    ranking): supervisord programs, nginx upstreams, Prometheus targets.
 
-    New replicas start (and must pass /healthz) only if the api is running; scaling down first
-    takes replicas out of nginx, then stops them, so in-flight requests finish. The count sticks
-    until ``down``.
+    New replicas start (and must pass /healthz, then /readyz) only if the service is running,
+    and join nginx only once ready, so no request reaches a replica still loading its models.
+    Scaling down first takes replicas out of nginx (graceful reload: requests in flight finish on
+    the old workers), then stops them. The count sticks until ``down``.
     """
-    if service != "api":
-        raise StackError(f"only the api scales in the native stack, not {service!r}")
-    if not 1 <= replicas <= 16:
-        raise StackError(f"api replicas must be between 1 and 16, got {replicas}")
+    if service not in SCALABLE_SERVICES:
+        raise StackError(
+            f"{service!r} does not scale; scalable services: {', '.join(SCALABLE_SERVICES)}"
+        )
+    limit = MAX_REPLICAS[service]
+    if not 1 <= replicas <= limit:
+        raise StackError(f"{service} replicas must be between 1 and {limit}, got {replicas}")
     sup = _running_supervisor(settings)
-    old = _replicas(settings)
+    counts = replica_counts_now(settings)
+    old = counts[service]
+    counts[service] = replicas
     paths = StackPaths.of(settings)
-    paths.scale_file.write_text(json.dumps({"api": replicas}))
-    settings.stack.api_replicas = replicas
-    programs = native_programs(settings, replicas)
-    api_running = any(
-        i.name.startswith("api-") and i.state in _ALIVE_STATES for i in sup.processes()
+    paths.scale_file.write_text(json.dumps(counts))
+    programs = native_programs(settings, counts)
+    running = any(
+        _service_of(i.name) == service and i.state in _ALIVE_STATES for i in sup.processes()
     )
     if replicas >= old:
-        write_configs(settings, programs, replicas, nginx=False, targets=False)
+        write_configs(settings, programs, counts, nginx=False, targets=False)
         added, _ = _apply_config(sup)
-        if api_running:
+        if running:
             new = [p for p in programs if p.name in added]
             _check_free(settings, sup, new)
             for program in new:
                 sup.start(program.name)
             _wait_healthy(settings, sup, new, settings.stack.start_timeout_s)
-        write_configs(settings, programs, replicas)
+            _wait_ready_ports(settings, {p.name: p.port for p in new if p.port},
+                              settings.stack.start_timeout_s)
+        write_configs(settings, programs, counts)
         _reload_nginx(sup, settings, programs)
     else:
-        write_configs(settings, programs, replicas, supervisord=False)
+        write_configs(settings, programs, counts, supervisord=False)
         _reload_nginx(sup, settings, programs)
-        write_configs(settings, programs, replicas)
-        _apply_config(sup)
+        _wait_nginx_drained(sup)
+        write_configs(settings, programs, counts)
+        _apply_config(sup)  # stops and removes the replicas past the new count
     pids_mod.record_pids(settings, sup)
-    logger.info("api scaled from %d to %d replicas", old, replicas)
+    logger.info("%s scaled from %d to %d replicas", service, old, replicas)
 
 
 def _resolve(sup: Supervisor, name: str) -> list[str]:
@@ -337,13 +397,14 @@ def stop_service(settings: Settings, program: str) -> None:
     for name in reversed(_resolve(sup, program)):
         sup.stop(name)
         logger.info("stopped %s", name)
+    _sync_monitor_target(sup, settings)
 
 
 def start_service(settings: Settings, program: str, wait: bool = True) -> None:
     """Start one program (``api-1``) or a whole service (``api``); waits for its health check."""
     sup = _running_supervisor(settings)
     names = _resolve(sup, program)
-    by_name = {p.name: p for p in native_programs(settings, _replicas(settings))}
+    by_name = {p.name: p for p in native_programs(settings, replica_counts_now(settings))}
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise StackError(f"{unknown} are not in the rendered stack; run `recstack up` first")
@@ -353,6 +414,7 @@ def start_service(settings: Settings, program: str, wait: bool = True) -> None:
         sup.start(program_.name)
     if wait:
         _wait_healthy(settings, sup, targets, settings.stack.start_timeout_s)
+    _sync_monitor_target(sup, settings)
     pids_mod.record_pids(settings, sup)
 
 
@@ -367,11 +429,28 @@ def urls(settings: Settings) -> dict[str, str]:
     }
 
 
+def serving_ports(settings: Settings) -> dict[str, int]:
+    """Replica name -> port of every serving replica: the api's, and in split mode the stage
+    services' (their readiness is the api's: a stage still loading is a degraded answer)."""
+    counts = replica_counts_now(settings)
+    services = ["api", *STAGE_SERVICES] if settings.serving.mode == "split" else ["api"]
+    return {
+        f"{service}-{i}": port
+        for service in services
+        for i, port in enumerate(service_ports(settings, service, counts[service]))
+    }
+
+
 def wait_ready(settings: Settings, timeout_s: float) -> None:
-    """Wait until every api replica's /readyz and nginx's /readyz answer 200, else raise."""
-    replicas = _replicas(settings)
-    checks = {f"api-{i}": port for i, port in enumerate(api_ports(settings, replicas))}
+    """Wait until every serving replica's /readyz (models and item features loaded, Redis
+    answering; stage services too in split mode) and nginx's answer 200, else raise."""
+    checks = serving_ports(settings)
     checks["nginx"] = settings.stack.lb_port
+    _wait_ready_ports(settings, checks, timeout_s)
+
+
+def _wait_ready_ports(settings: Settings, checks: dict[str, int], timeout_s: float) -> None:
+    checks = dict(checks)
     deadline = time.monotonic() + timeout_s
     seen: dict[str, str] = {}
     while checks:

@@ -7,6 +7,7 @@ test checks both against it): a native program's argv starts with it, argv[0] co
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import sys
@@ -23,25 +24,31 @@ SERVICE_COMMANDS: dict[str, list[str]] = {
     "redis": ["redis-server"],
     "mlflow": ["mlflow", "server"],
     "api": ["uvicorn", "serving.app:create_app", "--factory"],
-    "nginx": ["nginx"],
-    "prometheus": ["prometheus"],
-}
-
-# Services the native stack runs that docker-compose.yml does not describe yet (the compose test
-# compares SERVICE_COMMANDS only): the lake sink reads the event stream into the lake.
-NATIVE_ONLY_COMMANDS: dict[str, list[str]] = {
-    "sink": ["python", "-m", "serving.sink"],
     "candidates": ["uvicorn", "serving.app:create_candidates_app", "--factory"],
     "ranking": ["uvicorn", "serving.app:create_ranking_app", "--factory"],
+    "nginx": ["nginx"],
+    "prometheus": ["prometheus"],
+    "sink": ["python", "-m", "serving.sink"],
+    "trainer": ["python", "-m", "recstack.cli", "trainer"],
+    "monitor": ["python", "-m", "recstack.cli", "monitor"],
 }
 
 # Start order: dependencies first (api reads Redis and MLflow, and in split mode calls the
-# candidate and ranking services; nginx fronts them all; the sink drains what the api appends).
+# candidate and ranking services; nginx fronts them all; the sink drains what the api appends;
+# the trainer and the monitor read what the rest produce).
 SERVICE_ORDER: tuple[str, ...] = (
     "redis", "mlflow", "prometheus", "candidates", "ranking", "api", "nginx", "sink",
+    "trainer", "monitor",
 )
 # The split-mode stage services; `up` without a service list starts them only in split mode.
 STAGE_SERVICES: tuple[str, ...] = ("candidates", "ranking")
+# Services `up` starts only when named (`--services trainer`) or listed in the stack's
+# `autostart` setting: a trainer retraining in a loop, or a monitor's queries, would disturb
+# load tests and benchmarks.
+ON_REQUEST_SERVICES: tuple[str, ...] = ("trainer", "monitor")
+# Services `scale` changes: the api and the split-mode stage services.
+SCALABLE_SERVICES: tuple[str, ...] = ("api", *STAGE_SERVICES)
+MAX_REPLICAS = {"api": 16, "candidates": 8, "ranking": 8}
 # Offsets from api_base_port of the stage services' replica ports.
 _STAGE_PORT_OFFSET = {"candidates": 20, "ranking": 40}
 
@@ -49,10 +56,14 @@ _STAGE_PORT_OFFSET = {"candidates": 20, "ranking": 40}
 # orphans of a supervisord that died hard, and never touch anything else.
 STACK_MARKER_ENV = "RECSTACK_STACK_RUN"
 
-# Settings that must not reach the api processes' environment: a change would make supervisord see
-# every api program as "changed" and restart all replicas (on `scale`, or on a demo run with other
-# Locust settings), and the api has no use for them.
-_ENV_EXCLUDE = {"RECSTACK_STACK__API_REPLICAS", "RECSTACK_STACK__START_TIMEOUT_S"}
+# Settings that must not reach the processes' environment: a change would make supervisord see
+# every program as "changed" and restart all replicas (on `scale`, or on a demo run with other
+# Locust settings), and no program has a use for them.
+_ENV_EXCLUDE = {
+    "RECSTACK_STACK__API_REPLICAS", "RECSTACK_STACK__START_TIMEOUT_S",
+    "RECSTACK_STACK__AUTOSTART",
+    "RECSTACK_SERVING__CANDIDATES_REPLICAS", "RECSTACK_SERVING__RANKING_REPLICAS",
+}
 _ENV_EXCLUDE_PREFIXES = ("RECSTACK_LOAD__",)
 
 HealthKind = Literal["redis", "http", "tcp", "process"]
@@ -85,7 +96,53 @@ class Program:
     startsecs: int = 1
     stopsignal: str = "TERM"
     stopwaitsecs: int = 10
+    # Where it runs: the checkout for Python programs (they import the project from it); the
+    # stack's run_dir for the servers, so a moved checkout restarts no Redis (and loses no data).
     directory: Path = REPO_ROOT
+
+
+Replicas = Mapping[str, int]
+
+
+def default_replicas(settings: Settings) -> dict[str, int]:
+    """Replica counts of the scalable services as the settings give them."""
+    return {
+        "api": settings.stack.api_replicas,
+        "candidates": settings.serving.candidates_replicas,
+        "ranking": settings.serving.ranking_replicas,
+    }
+
+
+def replica_counts(settings: Settings, replicas: int | Replicas | None = None) -> dict[str, int]:
+    """The settings' counts overridden by ``replicas`` (an int: the api's count alone)."""
+    counts = default_replicas(settings)
+    if isinstance(replicas, int):
+        counts["api"] = replicas
+    elif replicas is not None:
+        counts.update({k: int(v) for k, v in replicas.items() if k in counts})
+    return counts
+
+
+def autostart(settings: Settings) -> list[str]:
+    """On-request services the settings ask ``up`` to start with the rest.
+
+    ``RECSTACK_STACK__AUTOSTART='["trainer"]'`` (``StackSettings.autostart``); read defensively
+    so an older settings module without the field means "none".
+    """
+    names = list(getattr(settings.stack, "autostart", None) or [])
+    unknown = [n for n in names if n not in ON_REQUEST_SERVICES]
+    if unknown:
+        raise StackConfigError(
+            f"stack.autostart lists {unknown}; only {', '.join(ON_REQUEST_SERVICES)} start on request"
+        )
+    return names
+
+
+def service_ports(settings: Settings, service: str, replicas: int) -> list[int]:
+    """Loopback ports of a scalable service's replicas."""
+    if service == "api":
+        return api_ports(settings, replicas)
+    return stage_ports(settings, service, replicas)
 
 
 def api_ports(settings: Settings, replicas: int | None = None) -> list[int]:
@@ -111,6 +168,7 @@ def tuning_env(settings: Settings, tuning: Any) -> dict[str, str]:
         f"RECSTACK_SERVING__{key.upper()}": str(value)
         for key, value in tuning.model_dump().items() if value not in ("", None)
     }
+    env = {k: v for k, v in env.items() if k not in _ENV_EXCLUDE}
     if tuning.mode == "split":
         for service in STAGE_SERVICES:
             env.setdefault(
@@ -139,6 +197,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             env[prefix] = "true" if value else "false"
         elif isinstance(value, (dt.date, dt.datetime)):
             env[prefix] = value.isoformat()
+        elif isinstance(value, (list, tuple, set)):  # pydantic-settings parses these as JSON
+            env[prefix] = json.dumps(list(value), default=str)
         else:
             env[prefix] = str(value)
 
@@ -191,13 +251,19 @@ def _uvicorn_program(
     )
 
 
-def native_programs(settings: Settings, replicas: int | None = None) -> list[Program]:
-    """Every program of the native stack, in start order, with ``replicas`` api replicas.
+def native_programs(
+    settings: Settings, replicas: int | Replicas | None = None
+) -> list[Program]:
+    """Every program of the native stack, in start order.
 
-    Raises ``StackConfigError`` if two services would share a port or a binary is missing.
+    ``replicas``: counts of the scalable services (``{"api": 3, "ranking": 2}``; an int is the
+    api's count), defaults from the settings. Stage services are rendered in both modes (``up``
+    starts them only in split mode). Raises ``StackConfigError`` if two services would share a
+    port or a binary is missing.
     """
     from recstack.stack import paths as stack_paths  # local: paths imports this module
 
+    counts = replica_counts(settings, replicas)
     p = stack_paths.StackPaths.of(settings)
     marker = {STACK_MARKER_ENV: str(settings.run_dir)}
     host = "127.0.0.1"
@@ -209,6 +275,7 @@ def native_programs(settings: Settings, replicas: int | None = None) -> list[Pro
             env=marker,
             port=settings.redis.port,
             health=HealthCheck("redis", settings.redis.port),
+            directory=settings.run_dir,
         ),
         Program(
             name="mlflow",
@@ -226,6 +293,7 @@ def native_programs(settings: Settings, replicas: int | None = None) -> list[Pro
             health=HealthCheck("http", settings.mlflow.port, "/health"),
             startsecs=3,
             stopwaitsecs=15,
+            directory=settings.run_dir,
         ),
         Program(
             name="prometheus",
@@ -241,16 +309,16 @@ def native_programs(settings: Settings, replicas: int | None = None) -> list[Pro
             env=marker,
             port=settings.stack.prometheus_port,
             health=HealthCheck("http", settings.stack.prometheus_port, "/-/ready"),
+            directory=settings.run_dir,
         ),
     ]
     tuning = settings.serving
     api_env = {**settings_env(settings), **tuning_env(settings, tuning), **marker}
     for service in STAGE_SERVICES:
-        n = tuning.candidates_replicas if service == "candidates" else tuning.ranking_replicas
-        for i, port in enumerate(stage_ports(settings, service, n)):
+        for i, port in enumerate(stage_ports(settings, service, counts[service])):
             programs.append(_uvicorn_program(
-                f"{service}-{i}", service, NATIVE_ONLY_COMMANDS[service][1], port, api_env))
-    for i, port in enumerate(api_ports(settings, replicas)):
+                f"{service}-{i}", service, SERVICE_COMMANDS[service][1], port, api_env))
+    for i, port in enumerate(api_ports(settings, counts["api"])):
         programs.append(_uvicorn_program(f"api-{i}", "api", SERVICE_COMMANDS["api"][1], port,
                                          api_env))
     programs.append(
@@ -264,18 +332,47 @@ def native_programs(settings: Settings, replicas: int | None = None) -> list[Pro
             port=settings.stack.lb_port,
             health=HealthCheck("tcp", settings.stack.lb_port),
             stopsignal="QUIT",  # graceful: finish in-flight requests
+            directory=settings.run_dir,
         )
     )
     programs.append(
         Program(
             name="sink",
             group="sink",
-            argv=[_binary("python", venv=True), "-m", "serving.sink"],
+            argv=[_binary("python", venv=True), *SERVICE_COMMANDS["sink"][1:]],
             # A stable consumer name: after a crash the restarted sink re-reads its own pending
             # entries first.
             env={**api_env, "RECSTACK_SINK_CONSUMER": "sink-0"},
             port=None,
             health=HealthCheck("process", 0),
+            startsecs=2,
+            stopwaitsecs=10,
+        )
+    )
+    python = _binary("python", venv=True)
+    programs.append(
+        Program(
+            name="trainer",
+            group="trainer",
+            argv=[python, *SERVICE_COMMANDS["trainer"][1:]],
+            env={**settings_env(settings), **marker},
+            port=None,
+            health=HealthCheck("process", 0),
+            startsecs=2,
+            # SIGTERM lets a run in progress finish (pipeline, training, gate), so MLflow never
+            # sees half a run; a full retraining takes minutes on 2 cores.
+            stopsignal="TERM",
+            stopwaitsecs=300,
+        )
+    )
+    programs.append(
+        Program(
+            name="monitor",
+            group="monitor",
+            argv=[python, *SERVICE_COMMANDS["monitor"][1:]],
+            env={**settings_env(settings), **marker},
+            port=settings.stack.monitor_port,
+            health=HealthCheck("http", settings.stack.monitor_port, "/metrics"),
             startsecs=2,
             stopwaitsecs=10,
         )

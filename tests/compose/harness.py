@@ -18,7 +18,7 @@ the harness runs each check (``podman healthcheck run``) while it waits.
 Stand-ins built from Debian packages under the compose file's image names (images/*/Containerfile):
 ``python:3.11-slim`` (a debootstrap rootfs + this host's CA bundle), ``redis:7``, ``postgres:16``,
 ``nginx:1.27``, ``prom/prometheus:v2.55.1``. Grafana has no Debian package; it is in the compose
-profile ``grafana``, which the harness never enables.
+profile ``dashboards``, which the harness never enables.
 """
 
 from __future__ import annotations

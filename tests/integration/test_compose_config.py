@@ -39,10 +39,14 @@ DOCKERIGNORE = REPO / ".dockerignore"
 COMPOSE_ONLY = {
     "postgres": "MLflow's backend store; the native stack's MLflow uses SQLite",
     "bootstrap": "one-shot simulate + pipeline + train; natively `recstack demo` runs these steps",
-    "grafana": "optional UI (profile grafana); there is no Debian package for the native stack",
+    "grafana": "optional UI (profile dashboards); there is no Debian package for the native stack",
     "locust": "one-shot load test (profile loadtest); natively `recstack demo` runs Locust",
 }
 ONE_SHOT = {"bootstrap", "locust"}  # exit when done: no healthcheck, no restart
+# Services only started when asked for (compose profile -> services), as `recstack up` starts the
+# stage services only in split mode and the trainer and monitor only on request.
+PROFILES = {"split": {"candidates", "ranking"}, "trainer": {"trainer"},
+            "monitor": {"monitor"}, "dashboards": {"grafana"}, "loadtest": {"locust"}}
 PUBLISHED = {"nginx", "prometheus", "grafana", "mlflow"}  # the balancer and the UIs
 
 # What a third-party image runs when compose does not override it, from each image's Dockerfile:
@@ -319,12 +323,67 @@ def test_only_the_balancer_and_uis_are_published_on_loopback(
             assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond loopback"
 
 
-def test_api_can_scale(services: dict[str, dict[str, Any]]) -> None:
-    api = services["api"]
-    # A fixed name or host port would make `--scale api=N` fail on the second replica.
-    assert "container_name" not in api and not api.get("ports")
-    assert "8000" in [str(p) for p in api.get("expose", [])]
+def test_api_and_stage_services_can_scale(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("api", "candidates", "ranking"):
+        service = services[name]
+        # A fixed name or host port would make `--scale NAME=N` fail on the second replica.
+        assert "container_name" not in service and not service.get("ports"), name
+        assert "8000" in [str(p) for p in service.get("expose", [])], name
     assert not any("container_name" in s for s in services.values())
+
+
+def test_on_request_services_sit_behind_profiles(services: dict[str, dict[str, Any]]) -> None:
+    for profile, names in PROFILES.items():
+        for name in names:
+            assert services[name].get("profiles") == [profile], name
+    profiled = {n for names in PROFILES.values() for n in names}
+    unprofiled = {n for n, s in services.items() if s.get("profiles")} - profiled
+    assert not unprofiled, f"profiles not listed in PROFILES: {unprofiled}"
+    # The podman compose test pulls no image: every service of the default set is built here
+    # or has a stand-in (tests/compose/images).
+    default = {n for n, s in services.items() if not s.get("profiles")}
+    assert "grafana" not in default and {"sink", "api", "nginx"} <= default
+
+
+def test_split_mode_api_calls_the_stage_services_by_name(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = services["api"]["environment"]
+    assert env["RECSTACK_SERVING__MODE"] == "inprocess"  # split only when asked for
+    for name in ("candidates", "ranking"):
+        url = urlsplit(env[f"RECSTACK_SERVING__{name.upper()}_URL"])
+        argv = _argv(services[name]["command"])
+        assert (url.hostname, str(url.port)) == (name, argv[argv.index("--port") + 1])
+        assert argv[argv.index("--host") + 1] == "0.0.0.0"
+
+
+def test_trainer_stops_gracefully_and_the_sink_checks_itself(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    trainer = services["trainer"]
+    assert trainer["stop_signal"] == "SIGTERM"
+    grace = str(trainer["stop_grace_period"])
+    assert grace in ("300s", "5m", "5m0s"), grace  # a retraining run finishes before the kill
+    assert services["sink"]["healthcheck"]["test"][1:] == ["python", "-m", "serving.sink",
+                                                           "--check"]
+    assert services["sink"]["depends_on"]["bootstrap"]["condition"] == \
+        "service_completed_successfully"  # the bootstrap replaces the lake the sink writes
+
+
+def test_the_monitor_listens_where_prometheus_scrapes_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    monitor = services["monitor"]
+    env = monitor["environment"]
+    assert env["RECSTACK_STACK__HOST"] == "0.0.0.0"
+    port = env["RECSTACK_STACK__MONITOR_PORT"]
+    assert port in [str(p) for p in monitor["expose"]]
+    config = yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["monitor"]["dns_sd_configs"][0]["port"] == int(port)
+    for name in ("candidates", "ranking"):
+        sd = jobs[name]["dns_sd_configs"][0]
+        assert sd["names"] == [name] and sd["port"] == 8000
 
 
 def test_state_lives_in_named_volumes(
@@ -352,7 +411,8 @@ def test_project_environment_matches_settings(
 ) -> None:
     password = _env_file_values(ENV_EXAMPLE)["REDIS_PASSWORD"]
     project = [name for name, service in services.items() if "build" in service]
-    assert set(project) == {"mlflow", "bootstrap", "api", "locust"}
+    assert set(project) == {"mlflow", "bootstrap", "api", "candidates", "ranking", "sink",
+                            "trainer", "monitor", "locust"}
     for key in [k for k in os.environ if k.startswith("RECSTACK_")]:
         monkeypatch.delenv(key)
     for name in project:
@@ -446,23 +506,29 @@ def test_nginx_config_is_valid_and_re_resolves_the_replicas(
     assert result.returncode == 0, result.stderr
 
 
-def test_grafana_is_provisioned_with_the_serving_metrics(
+def test_grafana_is_provisioned_from_the_monitoring_folder(
     services: dict[str, dict[str, Any]],
 ) -> None:
     from serving.metrics import ServingMetrics
 
     grafana = services["grafana"]
-    assert grafana.get("profiles") == ["grafana"]
+    assert grafana.get("profiles") == ["dashboards"]
     mounts = _mounts(grafana)
     provisioning = Path(mounts["/etc/grafana/provisioning"])
-    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    assert provisioning == REPO / "monitoring" / "grafana" / "provisioning"
+    assert provisioning.is_dir(), f"{provisioning} does not exist (monitoring/grafana/)"
+    (datasource_file,) = sorted((provisioning / "datasources").glob("*.y*ml"))
+    datasources = yaml.safe_load(datasource_file.read_text())
     (source,) = datasources["datasources"]
     assert source["url"] == "http://prometheus:9090" and source["uid"]
-    providers = yaml.safe_load((provisioning / "dashboards" / "recstack.yml").read_text())
-    dashboards_dir = providers["providers"][0]["options"]["path"]
-    host_dir = Path(mounts[dashboards_dir])
-    dashboards = sorted(host_dir.glob("*.json"))
-    assert dashboards, f"no dashboard in {host_dir}"
+    dashboards = []
+    for provider_file in sorted((provisioning / "dashboards").glob("*.y*ml")):
+        for provider in yaml.safe_load(provider_file.read_text())["providers"]:
+            container_dir = provider["options"]["path"]
+            base = next(t for t in mounts if container_dir.rstrip("/").startswith(t.rstrip("/")))
+            host_dir = Path(mounts[base]) / container_dir[len(base):].lstrip("/")
+            dashboards += sorted(host_dir.glob("*.json"))
+    assert dashboards, "no dashboard JSON behind the provisioned providers"
 
     # Series names per family type (a labelled histogram has no samples until observed).
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"],
@@ -471,12 +537,17 @@ def test_grafana_is_provisioned_with_the_serving_metrics(
                 for suffix in suffixes.get(family.type, [""])}
     for path in dashboards:
         dashboard = json.loads(path.read_text())
-        assert dashboard["panels"]
-        for panel in dashboard["panels"]:
-            for target in panel["targets"]:
-                assert target["datasource"]["uid"] == source["uid"], panel["title"]
+        panels = [p for p in dashboard["panels"] if p.get("type") != "row"]
+        assert panels, path
+        for panel in panels:
+            for target in panel.get("targets", []):
+                uid = (target.get("datasource") or panel.get("datasource") or {}).get("uid")
+                assert uid in (source["uid"], "${datasource}", "$datasource"), panel["title"]
                 for metric in re.findall(r"\b(recstack_[a-z0-9_]+)\b", target["expr"]):
-                    assert metric in exported, f"{panel['title']}: serving exports no {metric}"
+                    # The serving tier's series must exist; other stages export their own.
+                    if metric.startswith(("recstack_request", "recstack_stage", "recstack_degraded",
+                                          "recstack_shed", "recstack_breaker", "recstack_in_flight")):
+                        assert metric in exported, f"{panel['title']}: serving exports no {metric}"
 
 
 # ---- image ------------------------------------------------------------------------------------

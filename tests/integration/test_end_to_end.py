@@ -8,6 +8,7 @@ simulate -> Beam -> Feast/Redis -> train -> MLflow -> supervisord (Redis, MLflow
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import httpx
@@ -20,18 +21,53 @@ from tests.conftest import free_port, need_binary
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.mlflow, pytest.mark.slow]
 
 
-def _free_pair() -> int:
-    """A port p such that p and p+1 are free (the two API replicas)."""
+def _free_run(n: int = 3) -> int:
+    """A port p such that p .. p+n-1 are free (the API replicas, up to a scale to n)."""
     for _ in range(50):
         p = free_port()
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", p))
-                b.bind(("127.0.0.1", p + 1))
-                return p
-            except OSError:
-                continue
-    raise RuntimeError("no two consecutive free ports")
+        socks = [socket.socket() for _ in range(n)]
+        try:
+            for i, sock in enumerate(socks):
+                sock.bind(("127.0.0.1", p + i))
+            return p
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+class _LightLoad:
+    """GET /recommendations through the balancer from a thread, one request at a time, until
+    stopped or ``max_requests``; keeps every status (or error) it saw."""
+
+    def __init__(self, base_url: str, max_requests: int = 3000) -> None:
+        self.base_url = base_url
+        self.max_requests = max_requests
+        self.outcomes: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=10) as client:
+            for i in range(self.max_requests):
+                if self._stop.is_set():
+                    return
+                try:
+                    r = client.get(f"/recommendations/{i % 300}", params={"k": 5})
+                    self.outcomes.append(str(r.status_code))
+                except httpx.HTTPError as exc:
+                    self.outcomes.append(type(exc).__name__)
+                time.sleep(0.02)
+
+    def __enter__(self) -> "_LightLoad":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 @pytest.fixture
@@ -45,7 +81,7 @@ def stack_settings(tmp_path, monkeypatch) -> Settings:
         "RECSTACK_STACK__LB_PORT": str(free_port()),
         "RECSTACK_STACK__PROMETHEUS_PORT": str(free_port()),
         "RECSTACK_STACK__SUPERVISOR_PORT": str(free_port()),
-        "RECSTACK_STACK__API_BASE_PORT": str(_free_pair()),
+        "RECSTACK_STACK__API_BASE_PORT": str(_free_run(3)),
         "RECSTACK_STACK__API_REPLICAS": "2",
         "RECSTACK_SIM__N_USERS": "300",
         "RECSTACK_SIM__N_ITEMS": "200",
@@ -119,8 +155,32 @@ def test_demo_end_to_end_then_down_leaves_nothing(stack_settings: Settings) -> N
         stages = {r["metric"]["stage"] for r in query["data"]["result"]}
         assert {"candidates", "ranking"} <= stages, stages
 
+        # Scale out and back in under a light, bounded load: nginx and Prometheus follow, a new
+        # replica gets traffic only once ready, a removed one only after nginx let it go.
+        with _LightLoad(lb) as load:
+            time.sleep(1)
+            stack.scale(s, "api", 3)
+            assert httpx.get(f"http://127.0.0.1:{s.stack.api_base_port + 2}/readyz",
+                             timeout=5).status_code == 200
+            time.sleep(2)
+            stack.scale(s, "api", 1)
+            time.sleep(2)
+        assert len(load.outcomes) >= 20, load.outcomes
+        failed = [o for o in load.outcomes if o != "200"]
+        assert not failed, f"{len(failed)} of {len(load.outcomes)} failed while scaling: {failed[:5]}"
+        assert [r.name for r in stack.status(s) if r.service == "api"] == ["api-0"]
+        deadline = time.monotonic() + 30
+        while True:
+            targets = httpx.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+            if [t["labels"]["replica"] for t in targets if t["labels"].get("job") == "api"] == [
+                "api-0"
+            ]:
+                break
+            assert time.monotonic() < deadline, "Prometheus still scrapes removed replicas"
+            time.sleep(1)
+
         pids = [row.pid for row in stack.status(s) if row.pid]
-        assert len(pids) >= 6  # redis, mlflow, prometheus, 2 api, nginx
+        assert len(pids) >= 5  # redis, mlflow, prometheus, 1 api, nginx, sink
     finally:
         stack.down(s)
 

@@ -199,7 +199,7 @@ def test_locust_runs_headless_and_checks_bodies(tmp_path: Path, short: bool) -> 
         s = Settings(home=tmp_path, sim={"n_users": 50})
         result = run_locust(
             s, host=f"http://127.0.0.1:{server.server_port}", users=2, spawn_rate=10,
-            duration_s=2, out_dir=tmp_path / "load",
+            duration_s=4, out_dir=tmp_path / "load",
         )
     finally:
         server.shutdown()
@@ -245,5 +245,12 @@ def test_the_sink_drains_the_event_stream_into_the_lake(stack_settings: Settings
     client.xadd(EVENTS_STREAM, {"event_id": "bad", "user_id": "minus one"})
     _wait_for(lambda: lake.read_events(s.lake_dir).num_rows == 5, 20, "5 events in the lake")
     _wait_for(lambda: (s.root / "sink" / "dead_letter.jsonl").exists(), 10, "the dead letter")
+    # The container health check: the native program's consumer is "sink-0".
+    from serving.sink import is_alive
+
+    assert is_alive(s, consumer="sink-0")
+    assert not is_alive(s, consumer="nobody")
     stop_service(s, "sink")
     assert _rows(s)["sink"].state == "STOPPED"
+    time.sleep(1.5)
+    assert not is_alive(s, consumer="sink-0", max_idle_ms=1000)

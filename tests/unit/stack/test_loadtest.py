@@ -10,6 +10,7 @@ import pytest
 
 from recstack.stack.loadtest import (
     LOCUSTFILE,
+    RECOMMENDATIONS_ROW,
     LoadTestError,
     locust_command,
     parse_stats_csv,
@@ -46,6 +47,23 @@ def test_parses_the_aggregated_row(tmp_path: Path) -> None:
     assert result.failure_ratio == pytest.approx(0.004)
     assert result.csv_path == stats
     assert result.top_failures[0].startswith("3x GET /recommendations/[user]: status 503")
+
+
+def test_the_recommendations_row_excludes_the_events(tmp_path: Path) -> None:
+    # The demo reports GET /recommendations latency; POST /events only counts in the totals.
+    stats = _write(
+        tmp_path / "run_stats.csv",
+        "POST,/events,300,1,40,41,20,90,10,15.0,0.05,40,41,42,43,60,70,80,85,90,90,90",
+        "GET,/recommendations/[user],900,3,12,14.2,3,210,1800,45.1,0.15,12,14,15,16,20,31,44,58,190,210,210",
+        ",Aggregated,1200,4,14,20.0,3,230,1810,60.1,0.2,16,18,19,21,40,60,75,82,200,230,230",
+    )
+    result = parse_stats_csv(stats, row=RECOMMENDATIONS_ROW)
+    assert result.row == RECOMMENDATIONS_ROW
+    assert (result.requests, result.failures, result.rps) == (900, 3, pytest.approx(45.1))
+    assert (result.p50_ms, result.p95_ms, result.p99_ms) == (12, 31, 58)
+    assert (result.total_requests, result.total_failures) == (1200, 4)
+    with pytest.raises(LoadTestError, match="no '/nothing' row.*/events"):
+        parse_stats_csv(stats, row="/nothing")
 
 
 def test_no_requests_gives_nan_percentiles(tmp_path: Path) -> None:

@@ -18,13 +18,16 @@ from recstack.stack.paths import RULES_FILE, StackPaths
 from recstack.stack.render import (
     render_api_targets,
     render_nginx,
+    render_prometheus,
     render_supervisord,
+    render_targets,
     write_configs,
+    write_monitor_targets,
 )
-from recstack.stack.services import NATIVE_ONLY_COMMANDS, STACK_MARKER_ENV, settings_env
-
-COMMANDS = {**SERVICE_COMMANDS, **NATIVE_ONLY_COMMANDS}
+from recstack.stack.services import STACK_MARKER_ENV, settings_env
 from tests.conftest import need_binary
+
+COMMANDS = SERVICE_COMMANDS
 
 
 @pytest.fixture
@@ -114,10 +117,26 @@ def test_port_clash_is_a_clear_error(tmp_path: Path) -> None:
         native_programs(s)
 
 
-def test_env_values_with_quotes_are_refused(tmp_path: Path) -> None:
-    s = Settings(home=tmp_path, redis={"password": 'a"b'})
+def test_env_values_with_both_quotes_are_refused(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path, redis={"password": """a"b'c"""})
     with pytest.raises(StackConfigError, match="quote"):
         render_supervisord(s, native_programs(s), "pw")
+
+
+def test_json_list_settings_reach_programs_intact(tmp_path: Path) -> None:
+    # List settings travel as JSON (double quotes inside): single-quoted for supervisor.
+    s = Settings(home=tmp_path, redis={"password": 'a"b'})
+    conf = render_supervisord(s, native_programs(s), "pw")
+    parser = configparser.RawConfigParser()
+    parser.read_string(conf)
+    from supervisor.datatypes import dict_of_key_value_pairs
+
+    env = dict_of_key_value_pairs(parser.get("program:api-0", "environment").replace("%%", "%"))
+    assert env["RECSTACK_REDIS__PASSWORD"] == 'a"b'
+    lists = {k: v for k, v in env.items() if v.startswith("[")}
+    assert lists, "no list-valued setting to check"
+    for key, value in lists.items():
+        assert json.loads(value) == json.loads(settings_env(s)[key]), key
 
 
 def test_nginx_config_passes_nginx_t(stack_settings: Settings) -> None:
@@ -249,9 +268,75 @@ def test_split_mode_adds_stage_services_fronted_by_nginx(
         [need_binary("nginx"), "-t", "-p", str(p.nginx_dir), "-c", str(p.nginx_conf),
          "-e", "stderr"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    targets = json.loads(p.prometheus_targets.read_text())
-    assert {t["labels"]["service"] for t in targets} == {"api", "candidates", "ranking"}
+    # One Prometheus job per service (the rules aggregate by job): the stage services' own
+    # targets files list their replicas, the api's only the api.
+    assert {t["labels"]["service"] for t in json.loads(p.prometheus_targets.read_text())} == {"api"}
+    ranking = json.loads(p.targets_file("ranking").read_text())
+    assert [t["labels"]["replica"] for t in ranking] == ["ranking-0", "ranking-1"]
+    assert [t["targets"] for t in ranking] == [["127.0.0.1:28140"], ["127.0.0.1:28141"]]
+    assert len(json.loads(p.targets_file("candidates").read_text())) == 1
 
 
 def test_inprocess_mode_has_no_stage_fronts(stack_settings: Settings) -> None:
     assert "upstream ranking" not in render_nginx(stack_settings, replicas=1)
+
+
+def test_each_service_is_its_own_prometheus_job(stack_settings: Settings) -> None:
+    import yaml
+
+    config = yaml.safe_load(render_prometheus(stack_settings))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"prometheus", "api", "candidates", "ranking", "monitor"}
+    p = StackPaths.of(stack_settings)
+    for service in ("api", "candidates", "ranking", "monitor"):
+        assert jobs[service]["file_sd_configs"][0]["files"] == [str(p.targets_file(service))]
+    # In-process mode the stage services run nowhere: their jobs have no target.
+    assert json.loads(render_targets(stack_settings, "ranking", {"ranking": 3})) == []
+
+
+def test_monitor_target_follows_the_monitor(stack_settings: Settings) -> None:
+    write_configs(stack_settings, native_programs(stack_settings), replicas=3)
+    path = StackPaths.of(stack_settings).targets_file("monitor")
+    assert json.loads(path.read_text()) == []
+    assert write_monitor_targets(stack_settings, running=True)
+    (entry,) = json.loads(path.read_text())
+    assert entry["targets"] == [f"127.0.0.1:{stack_settings.stack.monitor_port}"]
+    assert entry["labels"] == {"service": "monitor", "replica": "monitor"}
+    write_configs(stack_settings, native_programs(stack_settings), replicas=3)
+    assert len(json.loads(path.read_text())) == 1  # configs leave the monitor's entry alone
+    write_monitor_targets(stack_settings, running=False)
+    assert json.loads(path.read_text()) == []
+
+
+def test_trainer_and_monitor_programs(stack_settings: Settings) -> None:
+    programs = {p.name: p for p in native_programs(stack_settings)}
+    trainer, monitor = programs["trainer"], programs["monitor"]
+    assert trainer.argv[1:] == ["-m", "recstack.cli", "trainer"]
+    assert (trainer.stopsignal, trainer.stopwaitsecs, trainer.port) == ("TERM", 300, None)
+    assert monitor.argv[1:] == ["-m", "recstack.cli", "monitor"]
+    assert monitor.port == stack_settings.stack.monitor_port
+    assert (monitor.health.kind, monitor.health.path) == ("http", "/metrics")
+    assert trainer.env[STACK_MARKER_ENV] == monitor.env[STACK_MARKER_ENV]
+    conf = render_supervisord(stack_settings, list(programs.values()), "pw")
+    assert "[program:trainer]" in conf and "stopwaitsecs=300" in conf
+
+
+def test_stage_replica_counts_change_no_environment(stack_settings: Settings) -> None:
+    # Scaling a stage service must not restart the api replicas (their env is their identity).
+    one = {p.name: p for p in native_programs(stack_settings, {"api": 3, "ranking": 1})}
+    two = {p.name: p for p in native_programs(stack_settings, {"api": 3, "ranking": 2})}
+    assert set(two) - set(one) == {"ranking-1"}
+    for name in one:
+        assert one[name].env == two[name].env and one[name].argv == two[name].argv, name
+
+
+def test_servers_run_outside_the_checkout(stack_settings: Settings) -> None:
+    # A run from another checkout of the code restarts the Python programs, never Redis (whose
+    # online features would be lost) or the other servers.
+    from recstack.settings import REPO_ROOT
+
+    programs = {p.name: p for p in native_programs(stack_settings)}
+    for name in ("redis", "mlflow", "prometheus", "nginx"):
+        assert programs[name].directory == stack_settings.run_dir, name
+    for name in ("api-0", "sink", "trainer", "monitor", "ranking-0"):
+        assert programs[name].directory == REPO_ROOT, name

@@ -10,7 +10,7 @@ import pytest
 from recstack.settings import Settings
 from recstack.stack import StackError, down, scale, status, up, urls
 from recstack.stack.paths import StackPaths
-from recstack.stack.runner import _replicas
+from recstack.stack.runner import _replicas, default_services, replica_counts_now
 from tests.conftest import free_port
 
 
@@ -37,10 +37,12 @@ def test_unknown_service_is_refused_before_anything_starts(idle: Settings) -> No
 
 
 def test_scale_checks_its_arguments_and_needs_a_running_stack(idle: Settings) -> None:
-    with pytest.raises(StackError, match="only the api"):
+    with pytest.raises(StackError, match="'redis' does not scale.*api, candidates, ranking"):
         scale(idle, "redis", 2)
     with pytest.raises(StackError, match="between 1 and 16"):
         scale(idle, "api", 0)
+    with pytest.raises(StackError, match="ranking replicas must be between 1 and 8"):
+        scale(idle, "ranking", 9)
     with pytest.raises(StackError, match="not running"):
         scale(idle, "api", 3)
 
@@ -53,6 +55,28 @@ def test_scale_file_overrides_settings_until_down(idle: Settings) -> None:
     assert _replicas(idle) == 5
     down(idle)
     assert _replicas(idle) == idle.stack.api_replicas
+
+
+def test_scale_file_holds_every_scalable_service(idle: Settings) -> None:
+    path = StackPaths.of(idle).scale_file
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"api": 2, "ranking": 3}))
+    assert replica_counts_now(idle) == {"api": 2, "candidates": 1, "ranking": 3}
+    path.write_text("not json")
+    assert replica_counts_now(idle)["ranking"] == idle.serving.ranking_replicas
+
+
+def test_trainer_and_monitor_start_only_on_request(idle: Settings) -> None:
+    services = default_services(idle)
+    assert "trainer" not in services and "monitor" not in services
+    assert "ranking" not in services and {"api", "nginx", "sink"} <= set(services)
+    split = idle.model_copy(deep=True)
+    split.serving.mode = "split"
+    assert {"candidates", "ranking"} <= set(default_services(split))
+    if "autostart" in type(idle.stack).model_fields:  # the setting, once the kernel has it
+        asked = idle.model_copy(deep=True)
+        asked.stack.autostart = ["monitor"]
+        assert "monitor" in default_services(asked) and "trainer" not in default_services(asked)
 
 
 def test_urls_point_at_the_balancer_prometheus_and_mlflow(idle: Settings) -> None:
