@@ -99,16 +99,21 @@ def status() -> None:
 
 @app.command()
 def scale(
-    spec: Annotated[str, typer.Argument(help="SERVICE=N, e.g. api=4")],
+    service: Annotated[str, typer.Argument(help="api, candidates or ranking (or SERVICE=N)")],
+    n: Annotated[int | None, typer.Argument(min=1, help="number of replicas")] = None,
 ) -> None:
-    """Change the number of replicas of a service (api)."""
+    """Change the number of replicas of a service: `recstack scale api 4` (or `api=4`);
+    candidates and ranking are the split-mode stage services. nginx and Prometheus follow."""
     from recstack import stack
 
-    service, _, n = spec.partition("=")
-    if not n.isdigit() or int(n) < 1:
-        raise typer.BadParameter(f"expected SERVICE=N with N >= 1, got {spec!r}")
+    if n is None:
+        spec = service
+        service, _, count = spec.partition("=")
+        if not count.isdigit() or int(count) < 1:
+            raise typer.BadParameter(f"expected SERVICE N or SERVICE=N with N >= 1, got {spec!r}")
+        n = int(count)
     s = _settings()
-    stack.scale(s, service, int(n))
+    stack.scale(s, service, n)
     _print_status(s)
 
 

@@ -130,6 +130,9 @@ class ServingSettings(BaseModel):
     # Requests a replica works on at once; more are shed with 503 + Retry-After.
     max_in_flight: int = Field(32, ge=1)
     retry_after_s: int = Field(1, ge=1)
+    # A request that waited longer than this before its replica could start it (stamped by the
+    # balancer, X-Request-Start) is refused with 503 at once; 0 turns the check off.
+    max_queue_ms: float = Field(50.0, ge=0)
     # Redis circuit breaker: opens after this many consecutive failures, probes after cooldown.
     breaker_threshold: int = Field(3, ge=1)
     breaker_cooldown_s: float = Field(1.0, gt=0)
@@ -192,6 +195,9 @@ class StackSettings(BaseModel):
     monitor_port: int = 18190
     api_replicas: int = Field(2, ge=1, le=16)
     start_timeout_s: float = 90.0
+    # On-request services `recstack up` starts with the rest (default none: a trainer
+    # retraining in a loop would disturb load tests), e.g. RECSTACK_STACK__AUTOSTART='["monitor"]'.
+    autostart: list[Literal["trainer", "monitor"]] = Field(default_factory=list)
 
 
 class MonitorSettings(BaseModel):

@@ -118,6 +118,7 @@ def create_app(
     app.add_middleware(
         ConcurrencyLimitMiddleware, metrics=metrics, limit=tuning.max_in_flight,
         retry_after_s=tuning.retry_after_s,
+        max_queue_s=tuning.max_queue_ms / 1000 if tuning.max_queue_ms else None,
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app

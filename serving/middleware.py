@@ -49,37 +49,67 @@ def _shed_label(scope: dict) -> str | None:
 
 
 class ConcurrencyLimitMiddleware:
-    """At most ``limit`` limited requests in flight; the next one gets 503 + Retry-After at once.
+    """At most ``limit`` limited requests in flight, and none that already waited longer than
+    ``max_queue_s``; the others get 503 + Retry-After at once.
 
-    No queue: a request either starts now or is refused, so accepted requests keep their
-    latency under overload and the balancer can retry an idempotent GET on another replica.
-    A plain counter is enough: the event loop is single-threaded and the check-and-increment
-    has no ``await`` between them.
+    No queue of our own: a request either starts now or is refused, so accepted requests keep
+    their latency under overload and the balancer can retry an idempotent GET on another
+    replica. A plain counter is enough: the event loop is single-threaded and the
+    check-and-increment has no ``await`` between them. The in-process path runs inline on the
+    event loop, so under overload requests wait in the kernel's accept queue instead, where no
+    counter sees them: the balancer stamps each request (``X-Request-Start: t=<unix seconds>``,
+    nginx's ``$msec``) and a request that waited past ``max_queue_s`` is refused when it
+    finally starts, in microseconds, instead of being served too late to be useful.
     """
 
-    def __init__(self, app: Any, metrics: ServingMetrics, limit: int, retry_after_s: int = 1):
+    def __init__(self, app: Any, metrics: ServingMetrics, limit: int, retry_after_s: int = 1,
+                 max_queue_s: float | None = None):
         self.app = app
         self.metrics = metrics
         self.limit = limit
+        self.max_queue_s = max_queue_s
         self.in_flight = 0
         self._body = orjson.dumps({
             "error": "overloaded",
             "detail": f"this replica is at its limit of {limit} requests in flight; retry later",
         })
+        self._queued_body = orjson.dumps({
+            "error": "overloaded",
+            "detail": f"the request waited more than {(max_queue_s or 0) * 1000:g} ms before this "
+                      "replica could start it; retry later",
+        })
         self._headers = [
             (b"content-type", b"application/json"),
             (b"retry-after", str(retry_after_s).encode()),
-            (b"content-length", str(len(self._body)).encode()),
         ]
+
+    def _waited_too_long(self, scope: dict) -> bool:
+        if self.max_queue_s is None:
+            return False
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-start":
+                try:
+                    started = float(value.split(b"=", 1)[-1])
+                except ValueError:
+                    return False  # not ours to judge: serve it
+                return time.time() - started > self.max_queue_s
+        return False
+
+    async def _refuse(self, scope: dict, send: Any, body: bytes) -> None:
+        self.metrics.shed.labels(route=_shed_label(scope) or "other").inc()
+        headers = [*self._headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope.get("path", "").startswith(LIMITED_PREFIXES):
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
-            self.metrics.shed.labels(route=_shed_label(scope) or "other").inc()
-            await send({"type": "http.response.start", "status": 503, "headers": self._headers})
-            await send({"type": "http.response.body", "body": self._body})
+            await self._refuse(scope, send, self._body)
+            return
+        if self._waited_too_long(scope):
+            await self._refuse(scope, send, self._queued_body)
             return
         self.in_flight += 1
         self.metrics.in_flight.inc()

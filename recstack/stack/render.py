@@ -198,6 +198,7 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Request-ID $request_id;
+            proxy_set_header X-Request-Start "t=$msec";
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_connect_timeout 1s;
             proxy_read_timeout 10s;

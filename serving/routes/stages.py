@@ -8,7 +8,6 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from serving.deps import MetricsDep, RecommenderDep
 from serving.errors import InvalidRequest
@@ -19,8 +18,10 @@ candidates_router = APIRouter(tags=["stages"])
 ranking_router = APIRouter(tags=["stages"])
 
 
+# async, inline on the event loop: ~0.5 ms of faiss and numpy and no I/O; a threadpool hop
+# per call cost more than the work (the candidate service's request p50 was 20x its stage p50).
 @candidates_router.get("/candidates/{user_id}")
-def get_candidates(
+async def get_candidates(
     user_id: Annotated[int, Path(ge=0)],
     recommender: RecommenderDep,
     metrics: MetricsDep,
@@ -53,7 +54,9 @@ async def rank(
     cands = decode_candidates(body, n_ann=0, cold_start=False)
     scorer = recommender.scorer
     assert isinstance(scorer, LocalScorer)
-    scored = await run_in_threadpool(scorer.rank, user_id, cands, x_budget_ms / 1000)
+    # Inline: ~1 ms of CPU and one Redis HMGET (~0.1 ms, 50 ms socket timeout behind the
+    # breaker); the threadpool hop cost more than the work.
+    scored = scorer.rank(user_id, cands, x_budget_ms / 1000)
     for stage, seconds in scored.stage_seconds.items():
         metrics.stage_duration.labels(stage=stage).observe(seconds)
     for reason in scored.degraded:

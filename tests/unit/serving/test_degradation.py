@@ -78,18 +78,27 @@ def test_a_bad_deadline_header_is_422_with_a_message() -> None:
     assert resp.status_code == 422 and "x-deadline-ms" in resp.json()["detail"]
 
 
-def test_beyond_the_concurrency_limit_requests_are_shed_fast() -> None:
-    client = _client(make_resources(ranker=SlowRanker(0.5)), max_in_flight=1, retry_after_s=2,
-                     ranking_budget_ms=2000)
+class SlowRemoteCandidates:
+    """A candidate service that answers late: the API waits on it in the threadpool."""
+
+    remote = True
+    version = "9"
+    popular = np.array([1003, 1001, 1002], dtype=np.int64)
+
+    def candidates(self, user_id: int, n: int, timeout_s: float):
+        time.sleep(0.5)
+        raise TimeoutError("candidate service did not answer in time")
+
+
+def test_beyond_the_concurrency_limit_requests_are_shed_at_once() -> None:
+    client = _client(make_resources(candidates=SlowRemoteCandidates()), max_in_flight=1,
+                     retry_after_s=2, candidates_budget_ms=2000, max_queue_ms=0)
     slow = threading.Thread(target=lambda: client.get("/recommendations/4"))
     slow.start()
     time.sleep(0.15)  # the slow request holds the only slot
-    t = time.perf_counter()
     resp = client.get("/recommendations/5")
-    elapsed = time.perf_counter() - t
     assert resp.status_code == 503 and resp.headers["retry-after"] == "2"
-    assert resp.json()["error"] == "overloaded"
-    assert elapsed < 0.1
+    assert resp.json()["error"] == "overloaded" and "in flight" in resp.json()["detail"]
     assert client.get("/healthz").status_code == 200  # probes are never shed
     slow.join()
     text = client.get("/metrics").text
@@ -97,6 +106,21 @@ def test_beyond_the_concurrency_limit_requests_are_shed_fast() -> None:
     assert 'recstack_requests_total{code="503",route="/recommendations"} 1.0' in text
     assert "recstack_in_flight_requests 0.0" in text
     assert client.get("/recommendations/5").status_code == 200  # the slot is free again
+
+
+def test_a_request_that_queued_past_its_limit_is_refused_when_it_starts() -> None:
+    client = _client(make_resources(), max_queue_ms=50, retry_after_s=1)
+    stale = {"X-Request-Start": f"t={time.time() - 0.2:.3f}"}  # nginx's $msec, 200 ms ago
+    resp = client.get("/recommendations/5", headers=stale)
+    assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
+    assert "waited more than 50 ms" in resp.json()["detail"]
+    fresh = {"X-Request-Start": f"t={time.time():.3f}"}
+    assert client.get("/recommendations/5", headers=fresh).status_code == 200
+    assert client.get("/recommendations/5").status_code == 200  # no stamp: nothing to judge
+    bad = {"X-Request-Start": "t=yesterday"}
+    assert client.get("/recommendations/5", headers=bad).status_code == 200
+    assert 'recstack_shed_requests_total{route="/recommendations"} 1.0' in (
+        client.get("/metrics").text)
 
 
 def test_breaker_closed_open_half_open_closed() -> None:
