@@ -32,13 +32,13 @@ def encode_candidates(cands: Candidates) -> bytes:
         cands.scores, np.float32).tobytes()
 
 
-def decode_candidates(body: bytes, n_ann: int, cold_start: bool) -> Candidates:
+def decode_candidates(body: bytes, n_ann: int, cold_start: bool, n_fresh: int = 0) -> Candidates:
     n = len(body) // 12
     if len(body) != n * 12:
         raise StageUnavailable(f"candidate body of {len(body)} bytes is not n x (8 + 4)")
     ids = np.frombuffer(body, np.int64, n)
     scores = np.frombuffer(body, np.float32, n, offset=8 * n)
-    return Candidates(ids, scores, n_ann=n_ann, cold_start=cold_start)
+    return Candidates(ids, scores, n_ann=n_ann, cold_start=cold_start, n_fresh=n_fresh)
 
 
 def http_client(base_url: str, pool: int) -> Any:
@@ -83,6 +83,7 @@ class HttpCandidateSource:
         return decode_candidates(
             resp.content, int(resp.headers.get("x-n-ann", 0)),
             resp.headers.get("x-cold-start") == "1",
+            n_fresh=int(resp.headers.get("x-n-fresh", 0)),
         )
 
 

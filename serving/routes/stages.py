@@ -34,6 +34,7 @@ async def get_candidates(
     metrics.candidates_count.observe(len(cands))
     headers = {
         "x-n-ann": str(cands.n_ann), "x-cold-start": "1" if cands.cold_start else "0",
+        "x-n-fresh": str(cands.n_fresh),
         "x-model-version": str(recommender.candidate_source.version),
     }
     return Response(encode_candidates(cands), media_type=OCTETS, headers=headers)
