@@ -131,8 +131,9 @@ class ServingSettings(BaseModel):
     max_in_flight: int = Field(32, ge=1)
     retry_after_s: int = Field(1, ge=1)
     # A request that waited longer than this before its replica could start it (stamped by the
-    # balancer, X-Request-Start) is refused with 503 at once; 0 turns the check off.
-    max_queue_ms: float = Field(50.0, ge=0)
+    # balancer, X-Request-Start) is refused with 503 at once: its deadline has passed, serving
+    # it would only delay the requests behind it. 0 turns the check off.
+    max_queue_ms: float = Field(100.0, ge=0)
     # Redis circuit breaker: opens after this many consecutive failures, probes after cooldown.
     breaker_threshold: int = Field(3, ge=1)
     breaker_cooldown_s: float = Field(1.0, gt=0)
