@@ -13,7 +13,13 @@ from __future__ import annotations
 import os
 import random
 
+import gevent
 from locust import FastHttpUser, constant_throughput, task
+
+try:  # run from the repository root (python -m locust -f loadtests/...)
+    from loadtests.checks import recommendation_problem
+except ImportError:  # Locust puts the locustfile's own folder on the path
+    from checks import recommendation_problem  # type: ignore[no-redef]
 
 N_USERS = int(os.environ.get("RECSTACK_SIM__N_USERS", "3000"))
 K = int(os.environ.get("RECSTACK_LOADTEST_K", "20"))
@@ -22,6 +28,12 @@ USER_RPS = float(os.environ.get("RECSTACK_BENCH_USER_RPS", "5"))
 
 class BenchUser(FastHttpUser):
     wait_time = constant_throughput(USER_RPS)
+
+    def on_start(self) -> None:
+        # Users spawned together stay in phase and arrive as one burst per period (25 requests
+        # at once every 250 ms measured p50 29 ms where smooth arrivals measured 6 ms): start
+        # each at a random point of its period, so the offered load is smooth.
+        gevent.sleep(random.random() / USER_RPS)
 
     @task
     def recommend(self) -> None:
@@ -38,7 +50,8 @@ class BenchUser(FastHttpUser):
             except ValueError:
                 resp.failure("body is not JSON")
                 return
-            if len(body.get("items") or []) != K:
-                resp.failure(f"expected {K} items")
+            problem = recommendation_problem(body, K)
+            if problem:
+                resp.failure(problem)
             else:
                 resp.success()
