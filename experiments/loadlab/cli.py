@@ -36,6 +36,9 @@ def scale(
     max_steps: Annotated[int, typer.Option(help="steps per replica count at most")] = 8,
     processes: Annotated[int, typer.Option(help="Locust processes (>1: master + forked workers)")]
     = 1,
+    user_rps: Annotated[float, typer.Option(
+        help="requests/s per simulated user: fewer, faster users keep fewer connections open")]
+    = 4.0,
 ) -> None:
     """Step the offered load per replica count until p99 breaks the SLO; report the knee, the
     latency curves, CPU per request and the scaling efficiency RPS(n) / (n * RPS(1))."""
@@ -46,14 +49,15 @@ def scale(
     from recstack.stack.loadtest import LoadTestError
 
     counts = _ints(replicas)
-    if step_s < 5 or start_rps <= 0 or growth <= 1 or max_steps < 1 or processes < 1:
+    if (step_s < 5 or start_rps <= 0 or growth <= 1 or max_steps < 1 or processes < 1
+            or user_rps <= 0):
         raise typer.BadParameter("need step-s >= 5, start-rps > 0, growth > 1, max-steps >= 1, "
-                                 "processes >= 1")
+                                 "processes >= 1, user-rps > 0")
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     cfg = ScaleConfig(replicas=counts, service=service, slo_ms=slo_ms, step_s=step_s,
                       start_rps=start_rps, growth=growth, max_steps=max_steps,
-                      processes=processes)
+                      processes=processes, user_rps=user_rps)
     try:
         run_scale(settings, cfg)
     except (StackError, LoadTestError) as exc:
