@@ -17,7 +17,7 @@ console = Console(stderr=True)
 
 _SWING_HELP = ("fail (and materialize nothing) when a table's newest-day row count changes by "
                "more than this fraction vs the last good run; 0 disables the check "
-               "[default: settings, else 0.5]")
+               "[default: settings.pipeline.max_row_swing, RECSTACK_PIPELINE__MAX_ROW_SWING]")
 _BEAM = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
@@ -34,7 +34,7 @@ def pipeline(
     configure_logging(s.log_level, s.log_json)
     with console.status("Beam pipelines + Feast materialization"):
         result = run_all(s, beam_args=list(ctx.args), max_row_swing=_swing(max_row_swing))
-    console.print_json(json.dumps(result, default=str))
+    _report(result)
 
 
 @app.command(context_settings=_BEAM)
@@ -57,7 +57,19 @@ def backfill(
     with console.status(f"backfill {start:%Y-%m-%d}..{end:%Y-%m-%d}"):
         result = run_all(s, beam_args=list(ctx.args), backfill=(start.date(), end.date()),
                          max_row_swing=_swing(max_row_swing))
-    console.print_json(json.dumps(result, default=str))
+    _report(result)
+
+
+def _report(result: dict) -> None:
+    """The run's result as JSON (stdout), then one line on its dead letters (stderr)."""
+    Console().print_json(json.dumps(result, default=str))
+    dead = result.get("dead_letter") or {}
+    if dead.get("rows"):
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(dead["by_reason"].items()))
+        console.print(f"[yellow]{dead['rows']} rows dead-lettered ({reasons}) -> "
+                      f"{dead['path']}[/yellow]")
+    elif dead.get("path"):
+        console.print(f"no dead letters (run {result.get('run_id')})")
 
 
 def _swing(value: float | None) -> float | None | str:

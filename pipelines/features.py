@@ -10,7 +10,14 @@ from ``recstack.schemas``, columns in ``pipelines.tables``, layout in ``pipeline
 - ``popular.parquet``: the most clicked items of the last snapshot day (one file);
 - ``labels.parquet/``: one file per impression day, one row per impression, label 1 when the
   same request clicked the item;
-- ``dead_letter/events.jsonl``: rows that failed validation, with the reason.
+- dead letters: one Parquet dataset per run,
+  ``<out>/dead_letter/features/run=<run id>/part-*.parquet`` (``--dead-letter-dir`` puts it
+  elsewhere; ``DEAD_LETTER_SCHEMA``: run id, step, reason, source file, event_id, the original
+  row as JSON): rows that failed validation or sit in another day's partition, from the
+  partitions of the snapshot days this run computes. Bad rows of the earlier partitions a run
+  re-reads for its windows were reported by the run that first read them: they are only
+  counted (``rows_bad_reread``). A run never writes into another run's directory (it refuses
+  one that has files), so earlier runs' dead letters stay.
 
 Only the snapshot days ``--first-day..--last-day`` (default: every lake day) are written, from
 the lake days they need (``--window-days`` before them), so a daily run touches one new day.
@@ -27,6 +34,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +42,7 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
@@ -42,6 +51,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipelines import partitions
 from pipelines.tables import (
+    DEAD_LETTER_SCHEMA,
     EVENT_TIMESTAMP,
     FRESH_FILE,
     FRESH_SCHEMA,
@@ -88,7 +98,7 @@ from recstack.schemas import (
 
 logger = logging.getLogger(__name__)
 
-DEAD_LETTER_FILE = "events.jsonl"
+DEAD_LETTER_STAGE = "features"  # dead_letter/<stage>/: this pipeline's rejected rows
 
 
 class LakeError(ValueError):
@@ -131,7 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="prior CTR of the smoothed CTR features (default 0.05)")
     parser.add_argument("--prior-weight", type=float, default=20.0,
                         help="pseudo-impressions behind the prior (default 20)")
+    parser.add_argument("--run-id", default=None,
+                        help="names this run's dead-letter directory (default: UTC time + "
+                        "random suffix)")
+    parser.add_argument("--dead-letter-dir", default=None,
+                        help="directory or URI for this run's dead letters (default: "
+                        "<out>/dead_letter/features/run=<run id>)")
     return parser
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time and a random suffix."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + uuid.uuid4().hex[:6]
+
+
+def dead_letter_dir(features_dir: str, run_id: str, stage: str = DEAD_LETTER_STAGE) -> str:
+    """Where one run's dead letters go: ``<features_dir>/dead_letter/<stage>/run=<run_id>``."""
+    return partitions.join(str(features_dir), DEAD_LETTER_DIR, stage, f"run={run_id}")
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -153,6 +179,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     if not 0.0 <= args.prior_ctr <= 1.0 or args.prior_weight <= 0:
         parser.error("--prior-ctr must be in [0, 1] and --prior-weight > 0")
     args.lake, args.out = str(args.lake), str(args.out)
+    args.run_id = args.run_id or new_run_id()
+    if not all(c.isalnum() or c in "-_." for c in args.run_id):
+        parser.error(f"--run-id may hold letters, digits, '-', '_' and '.', got {args.run_id!r}")
+    args.dead_letter_dir = str(args.dead_letter_dir or dead_letter_dir(args.out, args.run_id))
     if args.items is None:
         default = partitions.join(args.lake, lake.ITEMS_FILE)
         args.items = default if FileSystems.exists(default) else None
@@ -226,7 +256,7 @@ class ReadLakeEvents(beam.PTransform):
         return (
             pbegin
             | "Files" >> beam.Create(self.files)
-            | "ReadBatches" >> beam.io.ReadAllFromParquetBatched()
+            | "ReadBatches" >> beam.io.ReadAllFromParquetBatched(with_filename=True)
             | "ToRows" >> beam.ParDo(ArrowBatchToRows())
         )
 
@@ -249,6 +279,41 @@ class WriteTable(beam.PTransform):
                 str(self.path), self.schema, num_shards=1, shard_name_template="",
                 codec="snappy", record_batch_size=10_000)
         )
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Dead-letter records -> Parquet files ``<directory>/part-SSSSS-of-NNNNN.parquet``
+    (``DEAD_LETTER_SCHEMA``), counted as ``rows_dead_letter`` and ``dead_letter_<step>``.
+
+    A run with no bad row writes one empty file: the directory then says the run had none.
+    """
+
+    def __init__(self, directory: str, run_id: str) -> None:
+        super().__init__()
+        self.directory = str(directory)
+        self.run_id = run_id
+
+    def expand(self, records):
+        return (
+            records
+            | "Stamp" >> beam.ParDo(StampDeadLetter(self.run_id))
+            | "Write" >> beam.io.WriteToParquet(
+                partitions.join(self.directory, "part"), DEAD_LETTER_SCHEMA,
+                file_name_suffix=".parquet", codec="snappy", record_batch_size=10_000)
+        )
+
+
+class StampDeadLetter(beam.DoFn):
+    """A dead-letter record + the run id; counts the records per step."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.rows = Metrics.counter(NAMESPACE, "rows_dead_letter")
+
+    def process(self, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        self.rows.inc()
+        Metrics.counter(NAMESPACE, f"dead_letter_{record['step']}").inc()
+        yield {**record, "run_id": self.run_id}
 
 
 def _inc(element, counter):
@@ -322,15 +387,11 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan | None =
     validated = (
         pipeline
         | "ReadLake" >> ReadLakeEvents(plan.files)
-        | "Validate" >> beam.ParDo(ValidateEvent()).with_outputs(DEAD_LETTER, main="events")
+        | "Validate" >> beam.ParDo(ValidateEvent(report_from=first))
+        .with_outputs(DEAD_LETTER, main="events")
     )
-    (
-        validated[DEAD_LETTER]
-        | "DeadLetterJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
-        | "WriteDeadLetter" >> beam.io.WriteToText(
-            partitions.join(out, DEAD_LETTER_DIR, DEAD_LETTER_FILE), num_shards=1,
-            shard_name_template="")
-    )
+    validated[DEAD_LETTER] | "WriteDeadLetters" >> WriteDeadLetters(args.dead_letter_dir,
+                                                                   args.run_id)
     events = validated.events | "Dedupe" >> DedupeEvents()
 
     # created = T: the rows are a pure function of the lake, so a rerun writes equal tables
@@ -425,6 +486,9 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     args, beam_args = parse_args(argv)
     if not FileSystems.exists(args.out):
         FileSystems.mkdirs(args.out)
+    if _has_files(args.dead_letter_dir):
+        raise LakeError(f"dead-letter directory {args.dead_letter_dir} already has files: "
+                        "each run needs its own --run-id")
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     build(pipeline, args)
     result = pipeline.run()
@@ -433,29 +497,42 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     return result
 
 
+def _has_files(directory: str) -> bool:
+    try:
+        return bool(FileSystems.match([partitions.join(directory, "*")])[0].metadata_list)
+    except BeamIOError:  # a remote directory that does not exist yet
+        return False
+
+
 def counters(result: PipelineResult) -> dict[str, int]:
     """The pipeline's counters by name: rows_read, rows_valid, rows_bad, bad_<reason>,
-    events_unique, rows_user_features, rows_item_features, rows_popular, rows_labels."""
+    rows_dead_letter, dead_letter_<step>, events_unique, rows_user_features,
+    rows_item_features, rows_popular, rows_labels (and the v2 tables' rows)."""
     found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
     totals: dict[str, int] = {}
     for counter in found:
         name = counter.key.metric.name
         totals[name] = totals.get(name, 0) + (counter.committed or 0)
-    for name in ("rows_read", "rows_valid", "rows_bad", "events_unique", "rows_user_features",
-                 "rows_item_features", "rows_popular", "rows_labels"):
+    for name in ("rows_read", "rows_valid", "rows_bad", "rows_dead_letter", "events_unique",
+                 "rows_user_features", "rows_item_features", "rows_popular", "rows_labels"):
         totals.setdefault(name, 0)
     return dict(sorted(totals.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: runs :func:`run`, prints the counters as JSON; 2 on a bad lake."""
+    """Command-line entry: runs :func:`run`, prints the counters and where the dead letters
+    went as JSON; 2 on a bad lake."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, _beam_args = parse_args(argv)
+    argv += ["--run-id", args.run_id, "--dead-letter-dir", args.dead_letter_dir]
     try:
         result = run(argv)
     except LakeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(counters(result), indent=2))
+    print(json.dumps({"counters": counters(result), "dead_letter_dir": args.dead_letter_dir},
+                     indent=2))
     return 0
 
 

@@ -14,9 +14,11 @@ a fresh module name on every call, so their ``FileSource`` paths follow the curr
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.util
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -267,19 +269,21 @@ def apply_and_materialize(
     end = max(tables[t].last for t in views.values())  # type: ignore[type-var]
     assert start is not None and end is not None
     modes: dict[str, str] = {}
+    # Feast prints its progress to stdout; keep stdout for results (`recstack pipeline > r.json`).
     try:
-        for view, table in views.items():
-            done_until = store.get_feature_view(view).most_recent_end_time
-            if done_until is None:
-                store.materialize(start, end, feature_views=[view])
-                modes[view] = "full"
-            elif rewritten_from is not None and rewritten_from <= done_until:
-                reset_online_timestamps(store, settings, view, rewritten_from)
-                store.materialize(rewritten_from, end, feature_views=[view])
-                modes[view] = "rewrite"
-            else:
-                store.materialize_incremental(end, feature_views=[view])
-                modes[view] = "incremental"
+        with contextlib.redirect_stdout(sys.stderr):
+            for view in views:
+                done_until = store.get_feature_view(view).most_recent_end_time
+                if done_until is None:
+                    store.materialize(start, end, feature_views=[view])
+                    modes[view] = "full"
+                elif rewritten_from is not None and rewritten_from <= done_until:
+                    reset_online_timestamps(store, settings, view, rewritten_from)
+                    store.materialize(rewritten_from, end, feature_views=[view])
+                    modes[view] = "rewrite"
+                else:
+                    store.materialize_incremental(end, feature_views=[view])
+                    modes[view] = "incremental"
     except redis.exceptions.ConnectionError as exc:
         raise MaterializeError(
             f"cannot write to Redis at {settings.redis.feast_connection_string} "

@@ -7,10 +7,12 @@ One run, in order (each step only when the previous one succeeded):
    last lake day; a backfill names them); nothing changed -> nothing to compute;
 2. **compute** those days with the Beam pipeline into a staging directory
    (``<features_dir>/_staging/<run>``); it reads the lake days the windows need;
+   rows it rejects go to ``<features_dir>/dead_letter/features/run=<run id>/`` (Parquet, kept
+   whatever happens next);
 3. **validate** the staged tables (nulls, negative counts, CTR in [0, 1], row-count swing of the
-   newest day vs the last good run); a failure moves the staging to ``_rejected/<run>``, leaves
-   the tables, the manifest and the online store as they were, and raises
-   :class:`~pipelines.materialize.FeatureTableError` saying what failed;
+   newest day vs the last good run, ``settings.pipeline.max_row_swing``); a failure moves the
+   staging to ``_rejected/<run>``, leaves the tables, the manifest and the online store as they
+   were, and raises :class:`~pipelines.materialize.FeatureTableError` saying what failed;
 4. **commit**: each recomputed day's partition replaces the old one (other days are untouched),
    then the manifest records the run;
 5. **materialize**: ``feast apply``, then ``materialize_incremental`` (or a targeted rewrite when
@@ -26,7 +28,6 @@ import datetime as dt
 import logging
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,11 @@ from typing import Any
 from pipelines import manifest as manifests
 from pipelines import partitions
 from pipelines.tables import FRESH_FILE, PARTITIONED_TABLES
-from recstack.schemas import DEAD_LETTER_DIR, LABELS_FILE, POPULAR_FILE
+from recstack.schemas import LABELS_FILE, POPULAR_FILE
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# The default tolerated change of a table's newest-day row count vs the last good run (+-50%).
-DEFAULT_MAX_ROW_SWING = 0.5
 # Impressions of the day before the first recomputed day are relabelled: a click after midnight
 # lands in the next day's partition, and its impression's label must still see it.
 LABEL_LOOKBACK_DAYS = 1
@@ -106,6 +105,17 @@ def plan_run(
     return RunPlan(mode, first, max(lake), changed)
 
 
+def resolve_max_row_swing(settings: Settings, value: float | None | str) -> float | None:
+    """The swing threshold a run uses: ``"settings"`` -> ``settings.pipeline.max_row_swing``
+    (``RECSTACK_PIPELINE__MAX_ROW_SWING``), a number -> itself (the CLI flag); None or 0 -> no
+    check."""
+    if value == "settings":
+        value = settings.pipeline.max_row_swing
+    if isinstance(value, str) or (value is not None and value < 0):
+        raise ValueError(f"max_row_swing: a number >= 0, None or 'settings', not {value!r}")
+    return float(value) if value else None
+
+
 def run_all(
     settings: Settings,
     beam_args: Sequence[str] = (),
@@ -117,21 +127,19 @@ def run_all(
 
     In: ``settings.lake_dir``; ``beam_args`` go to the Beam runner; ``backfill`` = (first, last)
     snapshot days to rebuild; ``max_row_swing`` = tolerated relative change of the newest day's
-    row count per table vs the last good run (None: no swing check; default:
-    ``settings.pipeline.max_row_swing`` when that setting exists, else
-    ``DEFAULT_MAX_ROW_SWING``). Out: the tables under
-    ``settings.features_dir``, its ``manifest.json``, the definitions applied and Redis up to
-    date. Returns ``{"plan": {...}, "counters": {...}, "swing": {...}, "tables": {file: rows},
-    "materialized": {view: rows}, "modes": {view: how}, "interval": [start, end],
-    "seconds": {...}}``. Raises ``FeatureTableError`` when a check fails (nothing committed,
+    row count per table vs the last good run (None or 0: no swing check; default:
+    ``settings.pipeline.max_row_swing``). Out: the tables under ``settings.features_dir``, its
+    ``manifest.json``, the run's dead letters, the definitions applied and Redis up to date.
+    Returns ``{"plan": {...}, "run_id": str, "counters": {...}, "dead_letter": {"rows": n,
+    "by_reason": {reason: n}, "by_step": {step: n}, "path": dir}, "swing": {...}, "tables":
+    {file: rows}, "materialized": {view: rows}, "modes": {view: how}, "interval": [start,
+    end], "seconds": {...}}``. Raises ``FeatureTableError`` when a check fails (nothing committed,
     nothing materialized), ``LakeError`` for a missing or unreadable lake.
     """
     from pipelines import features
     from pipelines.materialize import apply_and_materialize
 
-    if max_row_swing == "settings":
-        max_row_swing = getattr(settings.pipeline, "max_row_swing", DEFAULT_MAX_ROW_SWING)
-    assert max_row_swing is None or isinstance(max_row_swing, float | int)
+    max_row_swing = resolve_max_row_swing(settings, max_row_swing)
     features_dir = settings.features_dir
     _drop_single_file_tables(features_dir)
     state = manifests.load(str(features_dir))
@@ -147,16 +155,23 @@ def run_all(
     rewritten_from = None
     if plan.mode != "up_to_date":
         assert plan.first is not None and plan.last is not None
-        run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + uuid.uuid4().hex[:6]
+        run_id = features.new_run_id()
         staging = features_dir / STAGING_DIR / run_id
+        dead_dir = features.dead_letter_dir(str(features_dir), run_id)
         started = time.perf_counter()
         argv = feature_argv(settings, beam_args)
         argv[argv.index("--out") + 1] = str(staging)
         argv += ["--first-day", plan.first.isoformat(), "--last-day", plan.last.isoformat(),
                  "--label-lookback-days", str(0 if plan.mode == "backfill" else
-                                              LABEL_LOOKBACK_DAYS)]
+                                              LABEL_LOOKBACK_DAYS),
+                 "--run-id", run_id, "--dead-letter-dir", dead_dir]
         result = features.run(argv)
+        out["run_id"] = run_id
         out["counters"] = features.counters(result)
+        out["dead_letter"] = dead_letter_summary(out["counters"], dead_dir)
+        if out["dead_letter"]["rows"]:
+            logger.warning("%d rows dead-lettered (%s) to %s", out["dead_letter"]["rows"],
+                           out["dead_letter"]["by_reason"], dead_dir)
         seconds["features"] = round(time.perf_counter() - started, 2)
         out["swing"] = _validate_staged(staging, state, max_row_swing, run_id, features_dir)
         _commit(staging, features_dir, plan)
@@ -176,10 +191,11 @@ def run_all(
                 rewritten_from = first_t
         state.record_run(run=run_id, mode=plan.mode, first_day=_iso(plan.first),
                          last_day=_iso(plan.last), counters=out["counters"], swing=out["swing"],
-                         status="committed")
+                         dead_letter=out["dead_letter"], status="committed")
         manifests.save(str(features_dir), state)
     else:
         out["counters"], out["swing"] = {}, {}
+        out["dead_letter"] = dead_letter_summary({}, None)
 
     materialized = apply_and_materialize(settings, rewritten_from=rewritten_from)
     state.materialized_until = materialized.end.isoformat()
@@ -234,11 +250,21 @@ def _commit(staging: Path, features_dir: Path, plan: RunPlan) -> None:
     for name in (POPULAR_FILE, FRESH_FILE):
         if (staging / name).exists():
             (staging / name).replace(features_dir / name)
-    dead = features_dir / DEAD_LETTER_DIR
-    dead.mkdir(parents=True, exist_ok=True)
-    for path in (staging / DEAD_LETTER_DIR).glob("*"):
-        path.replace(dead / path.name)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def dead_letter_summary(counters: dict[str, int], path: str | None) -> dict[str, Any]:
+    """The run's dead letters from its counters: rows, per reason, per step, and where."""
+    return {
+        "rows": counters.get("rows_dead_letter", 0),
+        # bad rows of earlier partitions re-read for the windows, reported by an earlier run
+        "reread_not_reported": counters.get("rows_bad_reread", 0),
+        "by_reason": {k.removeprefix("bad_"): v for k, v in counters.items()
+                      if k.startswith("bad_") and v},
+        "by_step": {k.removeprefix("dead_letter_"): v for k, v in counters.items()
+                    if k.startswith("dead_letter_") and v},
+        "path": path,
+    }
 
 
 def _drop_single_file_tables(features_dir: Path) -> None:

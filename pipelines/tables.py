@@ -108,6 +108,19 @@ LABELS_SCHEMA = pa.schema(
     ]
 )
 
+# Rows the feature pipeline rejected, one Parquet dataset per run under
+# ``dead_letter/<stage>/run=<run_id>/`` (see pipelines.features.dead_letter_dir).
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("step", pa.string(), nullable=False),  # validate | lateness
+        pa.field("reason", pa.string(), nullable=False),  # e.g. negative_user_id, late
+        pa.field("source_file", pa.string()),  # the lake file the row was read from
+        pa.field("event_id", pa.string()),
+        pa.field("row", pa.string(), nullable=False),  # the original row, JSON
+    ]
+)
+
 # File name under features_dir -> schema.
 TABLES: dict[str, pa.Schema] = {
     USER_FEATURES_FILE: USER_FEATURES_SCHEMA,

@@ -143,9 +143,10 @@ def test_a_row_count_swing_stops_the_run_and_the_online_store_keeps_its_values(
     burst = [row for u in range(10, 60)
              for row in shown_and_clicked(at(DAYS[2], 12), u, 100, f"b{u}", clicked=True)]
     write_lake(s.lake_dir, _day_events(2) + burst, batch_key="d2")
+    assert s.pipeline.max_row_swing == 0.5  # the setting applies when no flag is given
     with pytest.raises(FeatureTableError, match=r"row-count swing beyond 50%.*user_features"
                        r"\.parquet: 4 -> \d+ rows") as failure:
-        run_all(s, max_row_swing=0.5)
+        run_all(s)
     assert "online store unchanged" in str(failure.value)
     assert _online(s, users=range(1, 60)) == online_before
     assert _snapshot(s.features_dir) == tables_before
@@ -153,6 +154,8 @@ def test_a_row_count_swing_stops_the_run_and_the_online_store_keeps_its_values(
     assert manifest_after["processed"] == manifest_before["processed"]
     assert manifest_after["runs"][-1]["status"] == "rejected"
 
-    # Accepted once the operator raises the threshold: the run goes through.
-    run_all(s, max_row_swing=20.0)
+    # Accepted once the operator raises the threshold (the flag wins over a strict setting).
+    strict = s.model_copy(update={"pipeline": s.pipeline.model_copy(
+        update={"max_row_swing": 0.1})})
+    run_all(strict, max_row_swing=20.0)
     assert _online(s, users=[59])["users"]["user_clicks_7d"] == [1]

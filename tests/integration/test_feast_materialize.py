@@ -23,10 +23,14 @@ DAY2, DAY3 = DAY1 + dt.timedelta(days=1), DAY1 + dt.timedelta(days=2)
 
 
 def _on_port(settings: Settings, port: int, project: str) -> Settings:
-    """The fixture's settings on the test Redis, with a project of its own (Redis is shared)."""
+    """The fixture's settings on the test Redis, with a project of its own (Redis is shared).
+
+    These lakes have no item catalogue, hence only ranker_v1's tables: its service is read.
+    """
     return settings.model_copy(update={
         "redis": settings.redis.model_copy(update={"port": port}),
-        "feast": settings.feast.model_copy(update={"project": project}),
+        "feast": settings.feast.model_copy(update={"project": project,
+                                                   "feature_service": "ranker_v1"}),
     })
 
 
@@ -58,6 +62,14 @@ def test_pipeline_materializes_the_latest_snapshot_and_history_is_point_in_time(
     assert online["user_active_days_7d"] == [3]
     assert online["item_clicks_1d"] == [1] and online["item_impressions_7d"] == [3]
     assert 0 < online["user_ctr_7d"][0] < 1
+    # The benchmark's stand-in of the serving fast path reads the same values from Redis.
+    from pipelines.bench import LayoutReader
+    from recstack.schemas import USER_FEATURES
+
+    reader = LayoutReader(redis.Redis(port=redis_server), s.feast.project, "user_features",
+                          USER_FEATURES, "user_id")
+    assert reader.read(1) == [online[f][0] for f in USER_FEATURES]
+    assert reader.read_many([1, 2, 99])[2] == [None] * len(USER_FEATURES)  # unknown user
 
     times = [at(DAY3, 9), at(DAY3, 12), day_start(DAY3 + dt.timedelta(days=1)), at(DAY1, 23)]
     entity_df = pd.DataFrame({"user_id": [1] * 4, "item_id": [100] * 4, "event_timestamp": times})
@@ -92,3 +104,47 @@ def test_a_failed_check_materializes_nothing(settings: Settings, redis_server: i
         apply_and_materialize(s)
     assert client.dbsize() == keys_before
     assert not (s.feast_dir / "registry.db").exists()  # not even applied
+
+
+def test_bad_and_misfiled_rows_go_to_a_dead_letter_dataset_per_run(
+    settings: Settings, redis_server: int
+) -> None:
+    import json
+
+    import pyarrow as pa
+
+    from recstack import lake
+    from recstack.schemas import DEAD_LETTER_DIR, EVENT_SCHEMA
+    from tests.unit.pipelines.tinylake import event
+
+    s = _on_port(settings, redis_server, "pipelines_dead")
+    _lake(s)
+    write_lake(s.lake_dir, [event(at(DAY2, 9), -3, 100, event_id="neg")], batch_key="bad")
+    # An event of DAY1 stored in DAY3's partition (a foreign writer): "late".
+    pq.write_table(pa.Table.from_pylist([event(at(DAY1, 22), 5, 100, event_id="misfiled")],
+                                        schema=EVENT_SCHEMA),
+                   lake.partition_dir(s.lake_dir, DAY3) / "part-foreign.parquet")
+    first = run_all(s)
+    dead = first["dead_letter"]
+    assert dead["rows"] == 2 and dead["by_reason"] == {"negative_user_id": 1, "late": 1}
+    assert dead["by_step"] == {"validate": 1, "lateness": 1}
+    assert dead["path"] == str(s.features_dir / DEAD_LETTER_DIR / "features" /
+                               f"run={first['run_id']}")
+    rows = pq.read_table(dead["path"]).to_pylist()
+    assert {r["event_id"]: r["reason"] for r in rows} == {"neg": "negative_user_id",
+                                                          "misfiled": "late"}
+    assert json.loads(next(r["row"] for r in rows if r["event_id"] == "neg"))["user_id"] == -3
+    assert first["materialized"]["user_features"] == 2  # users 1 and 2; not -3, not 5
+
+    # The next day's run has its own dead-letter dataset; the first one is kept as it was.
+    write_lake(s.lake_dir, [*shown_and_clicked(at(DAY3 + dt.timedelta(days=1), 9), 1, 100, "r5"),
+                            event(at(DAY3 + dt.timedelta(days=1), 9), 1, 100, "purchase")],
+               batch_key="d4")
+    second = run_all(s, max_row_swing=None)
+    assert second["run_id"] != first["run_id"]
+    assert second["dead_letter"]["by_reason"] == {"unknown_event_type": 1}
+    runs = sorted(p.name for p in (s.features_dir / DEAD_LETTER_DIR / "features").iterdir())
+    assert runs == sorted(f"run={r['run_id']}" for r in (first, second))
+    assert pq.read_table(dead["path"]).num_rows == 2
+    manifest = json.loads((s.features_dir / "manifest.json").read_text())
+    assert manifest["runs"][-1]["dead_letter"]["rows"] == 1

@@ -18,6 +18,7 @@ from recstack import lake
 from recstack.clock import day_start
 from recstack.schemas import (
     DEAD_LETTER_DIR,
+    EVENT_SCHEMA,
     ITEM_FEATURES_FILE,
     LABELS_FILE,
     POPULAR_FILE,
@@ -95,10 +96,18 @@ def test_run_writes_one_file_per_table_with_the_documented_columns(tiny_lake, tm
     assert labels == {(1, "r1", 100): 1, (1, "r1", 101): 0, (1, "r2", 100): 1, (2, "r3", 100): 0,
                       (2, "r4", 101): 1}
 
-    dead = [json.loads(line) for line in
-            (out / DEAD_LETTER_DIR / features.DEAD_LETTER_FILE).read_text().splitlines()]
+    assert counters["rows_dead_letter"] == 3 and counters["dead_letter_validate"] == 3
+    (run_dir,) = (out / DEAD_LETTER_DIR / features.DEAD_LETTER_STAGE).iterdir()
+    assert run_dir.name.startswith("run=")
+    dead = pq.read_table(run_dir).to_pylist()
     assert sorted(d["reason"] for d in dead) == ["negative_user_id", "null_ts",
                                                  "unknown_event_type"]
+    assert {d["step"] for d in dead} == {"validate"}
+    assert {d["run_id"] for d in dead} == {run_dir.name.removeprefix("run=")}
+    bad_user = next(d for d in dead if d["reason"] == "negative_user_id")
+    assert json.loads(bad_user["row"])["user_id"] == -7  # the original row
+    assert bad_user["source_file"].endswith("part-test.parquet")
+    assert f"date={DAY3.isoformat()}" in bad_user["source_file"]
 
 
 def test_days_limits_snapshots_and_labels_but_windows_still_see_older_days(tiny_lake, tmp_path):
@@ -112,13 +121,48 @@ def test_days_limits_snapshots_and_labels_but_windows_still_see_older_days(tiny_
     assert {r["request_id"] for r in _rows(out / LABELS_FILE)} == {"r4"}
 
 
-def test_rerun_overwrites_the_tables(tiny_lake, tmp_path) -> None:
+def test_rerun_overwrites_the_tables_but_keeps_each_runs_dead_letters(tiny_lake, tmp_path):
     out = tmp_path / "features"
-    _run(tiny_lake, out)
-    _run(tiny_lake, out)
+    _run(tiny_lake, out, "--run-id", "first")
+    _run(tiny_lake, out, "--run-id", "second")
     assert pq.read_table(out / LABELS_FILE).num_rows == 5
     assert sorted(p.name for p in (out / USER_FEATURES_FILE).iterdir()) == [
         f"part-{d.isoformat()}.parquet" for d in (DAY1, DAY2, DAY3)]
+    runs = out / DEAD_LETTER_DIR / features.DEAD_LETTER_STAGE
+    assert sorted(p.name for p in runs.iterdir()) == ["run=first", "run=second"]
+    for run_dir in runs.iterdir():
+        assert pq.read_table(run_dir).num_rows == 3
+    with pytest.raises(features.LakeError, match="already has files"):
+        _run(tiny_lake, out, "--run-id", "first")
+    assert pq.read_table(runs / "run=first").num_rows == 3
+
+
+def test_rows_stored_in_another_days_partition_are_dead_lettered_as_late(tmp_path) -> None:
+    lake_dir = tmp_path / "lake"
+    write_lake(lake_dir, shown_and_clicked(at(DAY1, 9), 1, 100, "r1", clicked=True)
+               + shown_and_clicked(at(DAY2, 9), 2, 100, "r2"))
+    # A foreign writer put an event of day 1 and one of day 3 into day 2's partition; and an
+    # older file has no `arm` column (lakes written before online experiments): still valid.
+    misfiled = [event(at(DAY1, 23), 3, 101, event_id="late1"),
+                event(at(DAY3, 1), 3, 101, event_id="ahead1"),
+                event(at(DAY2, 12), 4, 101, event_id="ok-no-arm")]
+    old_schema = pa.schema([f for f in EVENT_SCHEMA if f.name != "arm"])
+    pq.write_table(pa.Table.from_pylist(misfiled, schema=old_schema),
+                   lake.partition_dir(lake_dir, DAY2) / "part-foreign.parquet")
+    out = tmp_path / "features"
+    counters = _run(lake_dir, out, "--run-id", "r1")
+
+    assert counters["rows_read"] == 6 and counters["rows_valid"] == 4
+    assert counters["bad_late"] == 1 and counters["bad_ahead_of_partition"] == 1
+    assert counters["rows_dead_letter"] == 2 and counters["dead_letter_lateness"] == 2
+    dead = pq.read_table(out / DEAD_LETTER_DIR / "features" / "run=r1").to_pylist()
+    assert sorted((d["event_id"], d["step"], d["reason"]) for d in dead) == [
+        ("ahead1", "lateness", "ahead_of_partition"), ("late1", "lateness", "late")]
+    assert all(d["source_file"].endswith("part-foreign.parquet") for d in dead)
+    assert json.loads(next(d["row"] for d in dead if d["event_id"] == "late1"))["ts"] == (
+        at(DAY1, 23).isoformat())
+    users = {r["user_id"] for r in _rows(out / USER_FEATURES_FILE)}
+    assert users == {1, 2, 4}  # user 3's only events were dead-lettered
 
 
 def test_a_day_range_writes_only_its_partitions_and_labels_look_back(tiny_lake, tmp_path):
@@ -194,3 +238,6 @@ def test_in_memory_and_multi_processing_direct_runners_write_the_same_tables(tin
     assert counters["rows_read"] == 12 and counters["rows_user_features"] > 0
     for name in [*TABLES, *V2_TABLES]:
         assert _rows(tmp_path / "mem" / name) == _rows(tmp_path / "mp" / name), name
+    dead = [sorted(r["event_id"] or "" for r in pq.read_table(
+        tmp_path / mode / DEAD_LETTER_DIR / "features").to_pylist()) for mode in ("mem", "mp")]
+    assert dead[0] == dead[1] and len(dead[0]) == 3

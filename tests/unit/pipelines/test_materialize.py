@@ -71,9 +71,14 @@ def test_definitions_match_the_kernel_names_and_follow_the_environment(monkeypat
     assert [str(f.dtype) for f in item_view.features] == [
         "Int64" if ITEM_FEATURES_SCHEMA.field(n).type == pa.int64() else "Float64"
         for n in ITEM_FEATURES]
-    service = objects[f"FeatureService:{Settings().feast.feature_service}"]
-    assert {p.name for p in service.feature_view_projections} == {USER_FEATURE_VIEW,
-                                                                  ITEM_FEATURE_VIEW}
+    assert f"FeatureService:{Settings().feast.feature_service}" in objects
+    v1 = objects["FeatureService:ranker_v1"]
+    assert {p.name for p in v1.feature_view_projections} == {USER_FEATURE_VIEW,
+                                                             ITEM_FEATURE_VIEW}
+    v2 = objects["FeatureService:ranker_v2"]
+    assert {p.name for p in v2.feature_view_projections} == {
+        USER_FEATURE_VIEW, ITEM_FEATURE_VIEW, "user_features_v2", "item_features_v2",
+        "user_category_features"}
     assert {"Entity:user", "Entity:item"} <= set(objects)
 
 

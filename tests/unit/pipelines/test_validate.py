@@ -7,6 +7,7 @@ import json
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
@@ -83,3 +84,53 @@ def test_arrow_batches_become_rows_with_utc_microseconds_and_missing_columns_as_
     assert rows[0]["ts"] == TS
     assert rows[0]["request_id"] is None and rows[0]["position"] is None
     assert rows[1]["ts"] is None and check_event(rows[1]) == "null_ts"
+
+
+def test_dead_letters_are_written_as_parquet_with_row_reason_and_step(tmp_path) -> None:
+    """TestPipeline -> WriteDeadLetters -> a real Parquet file, and the counters."""
+    from pipelines.features import WriteDeadLetters
+    from pipelines.tables import DEAD_LETTER_SCHEMA
+    from pipelines.validate import STEP_LATENESS, dead_letter_record
+
+    records = [dead_letter_record(row(event_id="bad1", user_id=-1), "negative_user_id"),
+               dead_letter_record({**row(event_id="late1"), "_source_file":
+                                   "/lake/events/date=2026-01-02/part-x.parquet"},
+                                  "late", STEP_LATENESS)]
+    target = tmp_path / "dead_letter" / "features" / "run=r7"
+    p = BeamTestPipeline()
+    _ = p | beam.Create(records) | WriteDeadLetters(str(target), "r7")
+    result = p.run()
+    result.wait_until_finish()
+
+    files = sorted(target.glob("part-*.parquet"))
+    assert [f.name for f in files] == ["part-00000-of-00001.parquet"]
+    table = pq.read_table(files[0])
+    assert table.schema.remove_metadata().equals(DEAD_LETTER_SCHEMA)
+    got = {r["event_id"]: r for r in table.to_pylist()}
+    assert got["bad1"]["reason"] == "negative_user_id" and got["bad1"]["step"] == "validate"
+    assert json.loads(got["bad1"]["row"])["user_id"] == -1
+    assert got["bad1"]["source_file"] is None and got["bad1"]["run_id"] == "r7"
+    assert got["late1"]["step"] == "lateness"
+    assert got["late1"]["source_file"].endswith("date=2026-01-02/part-x.parquet")
+    assert json.loads(got["late1"]["row"])["ts"] == "2026-01-01T01:00:00+00:00"
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+        MetricsFilter().with_namespace(NAMESPACE))["counters"]}
+    assert counters["rows_dead_letter"] == 2
+    assert counters["dead_letter_validate"] == 1 and counters["dead_letter_lateness"] == 1
+
+
+@pytest.mark.parametrize(
+    ("ts", "path", "reason"),
+    [
+        (TS, "/l/events/date=2026-01-01/part-a.parquet", None),
+        (TS, "/l/events/date=2026-01-02/part-a.parquet", "late"),
+        (TS, "/l/events/date=2025-12-31/part-a.parquet", "ahead_of_partition"),
+        (TS, "gs://b/l/events/date=2026-01-02/part-a.parquet", "late"),
+        (TS, "/not/a/lake/file.parquet", None),
+        (TS, None, None),
+    ],
+)
+def test_lateness_compares_ts_with_the_partition_day(ts, path, reason) -> None:
+    from pipelines.validate import check_lateness, partition_day
+
+    assert check_lateness(ts, partition_day(path)) == reason
