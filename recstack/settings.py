@@ -134,6 +134,11 @@ class ServingSettings(BaseModel):
     # balancer, X-Request-Start) is refused with 503 at once: its deadline has passed, serving
     # it would only delay the requests behind it. 0 turns the check off.
     max_queue_ms: float = Field(100.0, ge=0)
+    # ...but only while the replica has been busy at least this fraction of the last second (it
+    # has a queue of its own). A late request at a replica with room was late elsewhere - a
+    # balancer retry after a dead replica's connect timeout keeps the first attempt's stamp -
+    # and is served. 0: refuse every late request.
+    queue_shed_min_busy: float = Field(0.5, ge=0, le=1)
     # Redis circuit breaker: opens after this many consecutive failures, probes after cooldown.
     breaker_threshold: int = Field(3, ge=1)
     breaker_cooldown_s: float = Field(1.0, gt=0)

@@ -119,6 +119,7 @@ def create_app(
         ConcurrencyLimitMiddleware, metrics=metrics, limit=tuning.max_in_flight,
         retry_after_s=tuning.retry_after_s,
         max_queue_s=tuning.max_queue_ms / 1000 if tuning.max_queue_ms else None,
+        min_busy=tuning.queue_shed_min_busy,
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app

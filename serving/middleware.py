@@ -3,7 +3,9 @@ tasks and streams): request timing by route template, and the per-replica concur
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -48,6 +50,32 @@ def _shed_label(scope: dict) -> str | None:
     return next((p for p in LIMITED_PREFIXES if path.startswith(p)), None)
 
 
+class BusyMeter:
+    """The fraction of recent wall time a replica spent working on limited requests.
+
+    An exponentially decaying integral of request durations (time constant ``window_s``):
+    ``fraction()`` is about 1 while requests run back to back, about 0 on an idle replica.
+    O(1) per request, no history kept.
+    """
+
+    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.perf_counter):
+        self.window_s = window_s
+        self.clock = clock
+        self._busy_s = 0.0
+        self._at = clock()
+
+    def _decayed(self, now: float) -> float:
+        return self._busy_s * math.exp(-(now - self._at) / self.window_s)
+
+    def add(self, duration_s: float) -> None:
+        now = self.clock()
+        self._busy_s = self._decayed(now) + duration_s
+        self._at = now
+
+    def fraction(self) -> float:
+        return min(1.0, self._decayed(self.clock()) / self.window_s)
+
+
 class ConcurrencyLimitMiddleware:
     """At most ``limit`` limited requests in flight, and none that already waited longer than
     ``max_queue_s``; the others get 503 + Retry-After at once.
@@ -60,14 +88,22 @@ class ConcurrencyLimitMiddleware:
     counter sees them: the balancer stamps each request (``X-Request-Start: t=<unix seconds>``,
     nginx's ``$msec``) and a request that waited past ``max_queue_s`` is refused when it
     finally starts, in microseconds, instead of being served too late to be useful.
+
+    Only while this replica is busy (``busy.fraction() >= min_busy``): a late request at a
+    replica with room did not wait in *its* queue. That is the balancer's retry after a dead
+    replica's connect timeout - nginx sends the retry with the first attempt's stamp - and
+    refusing it would turn a successful failover into an error.
     """
 
     def __init__(self, app: Any, metrics: ServingMetrics, limit: int, retry_after_s: int = 1,
-                 max_queue_s: float | None = None):
+                 max_queue_s: float | None = None, min_busy: float = 0.0,
+                 busy: BusyMeter | None = None):
         self.app = app
         self.metrics = metrics
         self.limit = limit
         self.max_queue_s = max_queue_s
+        self.min_busy = min_busy
+        self.busy = busy or BusyMeter()
         self.in_flight = 0
         self._body = orjson.dumps({
             "error": "overloaded",
@@ -92,7 +128,8 @@ class ConcurrencyLimitMiddleware:
                     started = float(value.split(b"=", 1)[-1])
                 except ValueError:
                     return False  # not ours to judge: serve it
-                return time.time() - started > self.max_queue_s
+                return (time.time() - started > self.max_queue_s
+                        and self.busy.fraction() >= self.min_busy)
         return False
 
     async def _refuse(self, scope: dict, send: Any, body: bytes) -> None:
@@ -113,8 +150,10 @@ class ConcurrencyLimitMiddleware:
             return
         self.in_flight += 1
         self.metrics.in_flight.inc()
+        start = time.perf_counter()
         try:
             await self.app(scope, receive, send)
         finally:
+            self.busy.add(time.perf_counter() - start)
             self.in_flight -= 1
             self.metrics.in_flight.dec()

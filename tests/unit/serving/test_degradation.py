@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from recstack.settings import Settings
 from serving.app import create_app
 from serving.breaker import BreakerState, CircuitBreaker
+from serving.middleware import BusyMeter
 from tests.unit.serving.conftest import FakeRanker, make_resources
 
 
@@ -109,7 +112,7 @@ def test_beyond_the_concurrency_limit_requests_are_shed_at_once() -> None:
 
 
 def test_a_request_that_queued_past_its_limit_is_refused_when_it_starts() -> None:
-    client = _client(make_resources(), max_queue_ms=50, retry_after_s=1)
+    client = _client(make_resources(), max_queue_ms=50, retry_after_s=1, queue_shed_min_busy=0)
     stale = {"X-Request-Start": f"t={time.time() - 0.2:.3f}"}  # nginx's $msec, 200 ms ago
     resp = client.get("/recommendations/5", headers=stale)
     assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
@@ -121,6 +124,30 @@ def test_a_request_that_queued_past_its_limit_is_refused_when_it_starts() -> Non
     assert client.get("/recommendations/5", headers=bad).status_code == 200
     assert 'recstack_shed_requests_total{route="/recommendations"} 1.0' in (
         client.get("/metrics").text)
+
+
+def test_a_late_request_at_an_idle_replica_is_served() -> None:
+    # nginx retries on this replica after a dead one's connect timeout, with the first stamp.
+    client = _client(make_resources(), max_queue_ms=50, queue_shed_min_busy=0.5)
+    retried = {"X-Request-Start": f"t={time.time() - 1.0:.3f}"}
+    assert client.get("/recommendations/5", headers=retried).status_code == 200
+    assert "recstack_shed_requests_total{" not in client.get("/metrics").text
+
+
+def test_busy_meter_tracks_the_fraction_of_recent_time_spent_working() -> None:
+    now = [0.0]
+    meter = BusyMeter(window_s=1.0, clock=lambda: now[0])
+    assert meter.fraction() == 0.0
+    for _ in range(500):  # back to back 10 ms requests for 5 s
+        now[0] += 0.01
+        meter.add(0.01)
+    assert meter.fraction() == pytest.approx(1.0, abs=0.02)
+    now[0] += 3.0  # idle for three time constants
+    assert meter.fraction() == pytest.approx(math.exp(-3), rel=0.05)
+    for _ in range(100):  # 10 ms of work every 40 ms for 4 s: a quarter busy
+        now[0] += 0.04
+        meter.add(0.01)
+    assert meter.fraction() == pytest.approx(0.25, abs=0.03)
 
 
 def test_breaker_closed_open_half_open_closed() -> None:
