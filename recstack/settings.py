@@ -100,6 +100,10 @@ class TrainSettings(BaseModel):
     ranker_rounds: int = 150
     ranker_learning_rate: float = 0.05
     negatives_per_positive: int = 4
+    # Candidate model: an event counts 2^(-age/half-life), age from the newest event trained
+    # on; None weighs every day alike. Short half-lives follow a taste shift sooner and forget
+    # long-lived tastes sooner.
+    recency_half_life_days: float | None = Field(None, gt=0)
     # The training benchmark (``recstack bench training``): event counts to train at, each in
     # its own process, e.g. RECSTACK_TRAIN__BENCH_EVENTS='[10000000]'; and how long one may run.
     bench_events: list[int] = Field(default_factory=lambda: [1_000_000, 10_000_000])

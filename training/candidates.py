@@ -71,17 +71,29 @@ def _lookup(ids: np.ndarray, emb: np.ndarray, query: np.ndarray) -> np.ndarray:
     return out
 
 
+def recency_weights(ts: pd.Series, half_life_days: float) -> np.ndarray:
+    """2^(-age / half_life) per event, age measured from the newest event in ``ts``."""
+    ts = pd.to_datetime(ts, utc=True)
+    age_days = (ts.max() - ts).dt.total_seconds().to_numpy() / 86400.0
+    return np.exp2(-age_days / half_life_days)
+
+
 def interaction_matrix(
-    events: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
+    events: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray,
+    half_life_days: float | None = None,
 ) -> sp.csr_matrix:
     """Users x items matrix of log1p(weighted impressions + clicks).
 
-    ``events`` needs user_id, item_id, event_type; ids outside ``user_ids``/``item_ids`` are
-    ignored. log1p keeps a user who saw an item fifty times from dominating the factorisation.
+    ``events`` needs user_id, item_id, event_type (and ts with ``half_life_days``); ids outside
+    ``user_ids``/``item_ids`` are ignored. log1p keeps a user who saw an item fifty times from
+    dominating the factorisation. With ``half_life_days`` an event counts 2^(-age/half_life):
+    after a taste shift the newest days outweigh the old world instead of being averaged with it.
     """
     weight = np.where(
         events["event_type"].to_numpy() == EventType.CLICK.value, CLICK_WEIGHT, IMPRESSION_WEIGHT
     )
+    if half_life_days and len(events):
+        weight = weight * recency_weights(events["ts"], half_life_days)
     rows = np.searchsorted(user_ids, events["user_id"].to_numpy())
     cols = np.searchsorted(item_ids, events["item_id"].to_numpy())
     rows_ok = (rows < len(user_ids)) & (user_ids[np.minimum(rows, len(user_ids) - 1)]
@@ -97,7 +109,8 @@ def interaction_matrix(
 
 
 def fit_candidate_model(
-    events: pd.DataFrame, catalogue_item_ids: np.ndarray, dim: int, seed: int = 0
+    events: pd.DataFrame, catalogue_item_ids: np.ndarray, dim: int, seed: int = 0,
+    half_life_days: float | None = None,
 ) -> CandidateModel:
     """Fit embeddings of size ``dim`` on ``events`` (user_id, item_id, event_type).
 
@@ -115,7 +128,7 @@ def fit_candidate_model(
     item_emb = np.zeros((len(item_ids), dim), dtype=np.float32)
     k = min(dim, len(user_ids) - 1, len(item_ids) - 1)
     if len(events) and k >= 1:
-        matrix = interaction_matrix(events, user_ids, item_ids)
+        matrix = interaction_matrix(events, user_ids, item_ids, half_life_days)
         svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=seed)
         # transform() = U * Sigma and components_ = V^T, so user . item reconstructs the matrix.
         user_emb[:, :k] = svd.fit_transform(matrix).astype(np.float32)

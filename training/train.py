@@ -89,7 +89,8 @@ def catalogue_items(settings: Settings, *frames: pd.DataFrame) -> np.ndarray:
 
 
 def add_candidate_scores(
-    rows: pd.DataFrame, events: pd.DataFrame, item_ids: np.ndarray, dim: int, seed: int
+    rows: pd.DataFrame, events: pd.DataFrame, item_ids: np.ndarray, dim: int, seed: int,
+    half_life_days: float | None = None,
 ) -> tuple[pd.DataFrame, dict[dt.date, CandidateModel]]:
     """Add CANDIDATE_SCORE_FEATURE to ``rows``, scoring each day's rows with a candidate model
     fit on events of strictly earlier days; returns (rows, {day: that model}).
@@ -102,7 +103,8 @@ def add_candidate_scores(
     rows[CANDIDATE_SCORE_FEATURE] = np.float32(0.0)
     models: dict[dt.date, CandidateModel] = {}
     for day in sorted(rows["day"].unique()):
-        model = fit_candidate_model(events[events["day"] < day], item_ids, dim, seed)
+        model = fit_candidate_model(events[events["day"] < day], item_ids, dim, seed,
+                                    half_life_days)
         mask = (rows["day"] == day).to_numpy()
         rows.loc[mask, CANDIDATE_SCORE_FEATURE] = model.score(
             rows.loc[mask, "user_id"].to_numpy(), rows.loc[mask, "item_id"].to_numpy()
@@ -203,7 +205,8 @@ def train_and_register(settings: Settings, store: Any | None = None,
     _check_stop(stop, "the dataset")
 
     with clock("candidate_scores_s"):
-        data, prior_models = add_candidate_scores(data, events, item_ids, dim, seed)
+        data, prior_models = add_candidate_scores(
+            data, events, item_ids, dim, seed, settings.train.recency_half_life_days)
     train_all, holdout = time_split(data, holdout_day)
     train = training_rows(train_all)
     features = ranker_feature_names(data.attrs["stored_features"])
@@ -237,7 +240,8 @@ def train_and_register(settings: Settings, store: Any | None = None,
         "holdout_day": holdout_day.isoformat(),
     }
     with clock("candidates_fit_s"):
-        served = fit_candidate_model(events, item_ids, dim, seed)  # all days, for serving
+        served = fit_candidate_model(events, item_ids, dim, seed,  # all days, for serving
+                                     settings.train.recency_half_life_days)
     counts = {
         "n_events": len(events), "n_train_rows": len(train), "n_holdout_rows": len(holdout),
         "n_dead_label_rows": int(data.attrs.get("n_dead", 0)),
@@ -262,6 +266,7 @@ def train_and_register(settings: Settings, store: Any | None = None,
             mlflow.set_tags({"git_sha": sha, "feature_service": service, **window})
             mlflow.log_params({
                 "embedding_dim": dim, "ranker_rounds": settings.train.ranker_rounds,
+                "recency_half_life_days": settings.train.recency_half_life_days,
                 "ranker_learning_rate": settings.train.ranker_learning_rate,
                 "negatives_per_positive": settings.train.negatives_per_positive,
                 "negative_rate": round(negative_rate, 6), "seed": seed,

@@ -55,6 +55,17 @@ def test_interaction_matrix_weights_clicks_over_impressions() -> None:
     assert m[1].sum() == 0  # item 99 is outside the item ids: ignored
 
 
+def test_recency_weighting_halves_an_event_per_half_life() -> None:
+    ts = pd.to_datetime(["2026-01-01", "2026-01-03", "2026-01-05"], utc=True)
+    events = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [5, 6, 7], "ts": ts,
+                           "event_type": ["click"] * 3})
+    m = interaction_matrix(events, np.array([1]), np.array([5, 6, 7]), half_life_days=2.0)
+    expected = np.log1p(CLICK_WEIGHT * np.array([0.25, 0.5, 1.0]))  # 4, 2 and 0 days old
+    assert m.toarray()[0] == pytest.approx(expected)
+    flat = interaction_matrix(events, np.array([1]), np.array([5, 6, 7])).toarray()[0]
+    assert flat == pytest.approx([np.log1p(CLICK_WEIGHT)] * 3)
+
+
 def test_fit_learns_taste_groups_and_covers_the_catalogue() -> None:
     events = make_events(n_users=30, n_items=24, days=2)
     catalogue = np.arange(30)  # items 24..29 never shown
