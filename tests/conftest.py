@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_run(n: int) -> int:
+    """A port p such that p .. p+n-1 are all free (a native stack's API replicas)."""
+    for _ in range(50):
+        p = free_port()
+        socks = [socket.socket() for _ in range(n)]
+        try:
+            for i, sock in enumerate(socks):
+                sock.bind(("127.0.0.1", p + i))
+            return p
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def need_binary(name: str) -> str:
@@ -118,3 +135,40 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(proc)
+
+
+@pytest.fixture
+def native_stack_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Settings]]:
+    """A factory for the settings of a private native stack: a temporary home, a tiny world,
+    every port free on loopback (``api_ports`` consecutive ones for the replicas, so a test can
+    scale up to that many), 2 replicas; ``extra`` adds environment variables. The environment
+    is set, so the stack's child processes see the same settings."""
+
+    def make(api_ports: int = 2, **extra: str) -> Settings:
+        for binary in ("redis-server", "nginx", "prometheus"):
+            need_binary(binary)
+        env = {
+            "RECSTACK_HOME": str(tmp_path / "home"),
+            "RECSTACK_REDIS__PORT": str(free_port()),
+            "RECSTACK_MLFLOW__PORT": str(free_port()),
+            "RECSTACK_STACK__LB_PORT": str(free_port()),
+            "RECSTACK_STACK__PROMETHEUS_PORT": str(free_port()),
+            "RECSTACK_STACK__SUPERVISOR_PORT": str(free_port()),
+            "RECSTACK_STACK__MONITOR_PORT": str(free_port()),
+            "RECSTACK_STACK__API_BASE_PORT": str(free_port_run(api_ports)),
+            "RECSTACK_STACK__API_REPLICAS": "2",
+            "RECSTACK_SIM__N_USERS": "300",
+            "RECSTACK_SIM__N_ITEMS": "200",
+            "RECSTACK_SIM__N_CATEGORIES": "6",
+            "RECSTACK_SIM__DAYS": "3",
+            **extra,
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield make
+    get_settings.cache_clear()

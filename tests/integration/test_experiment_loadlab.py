@@ -4,59 +4,20 @@ chaos run write their report folders with real figures."""
 from __future__ import annotations
 
 import json
-import socket
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
 from rich.console import Console
 
-from recstack.settings import Settings, get_settings
-from tests.conftest import free_port, need_binary
+from recstack.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.mlflow, pytest.mark.slow]
 
 
-def _free_run(n: int) -> int:
-    """A port p such that p .. p+n-1 are free (the api replicas)."""
-    for _ in range(50):
-        p = free_port()
-        socks = [socket.socket() for _ in range(n)]
-        try:
-            for i, sock in enumerate(socks):
-                sock.bind(("127.0.0.1", p + i))
-            return p
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError(f"no {n} consecutive free ports")
-
-
 @pytest.fixture
-def stack_settings(tmp_path, monkeypatch) -> Settings:
-    for binary in ("redis-server", "nginx", "prometheus"):
-        need_binary(binary)
-    env = {
-        "RECSTACK_HOME": str(tmp_path / "home"),
-        "RECSTACK_REDIS__PORT": str(free_port()),
-        "RECSTACK_MLFLOW__PORT": str(free_port()),
-        "RECSTACK_STACK__LB_PORT": str(free_port()),
-        "RECSTACK_STACK__PROMETHEUS_PORT": str(free_port()),
-        "RECSTACK_STACK__SUPERVISOR_PORT": str(free_port()),
-        "RECSTACK_STACK__MONITOR_PORT": str(free_port()),
-        "RECSTACK_STACK__API_BASE_PORT": str(_free_run(2)),
-        "RECSTACK_STACK__API_REPLICAS": "2",
-        "RECSTACK_SIM__N_USERS": "300",
-        "RECSTACK_SIM__N_ITEMS": "200",
-        "RECSTACK_SIM__N_CATEGORIES": "6",
-        "RECSTACK_SIM__DAYS": "3",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+def stack_settings(native_stack_settings: Callable[..., Settings]) -> Settings:
+    return native_stack_settings(api_ports=2)
 
 
 def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
