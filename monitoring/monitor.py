@@ -171,7 +171,6 @@ class DriftMonitor:
         self.episode: dict[str, float] | None = None
         # Users and items seen in recent checks: the population the feature checks sample.
         self.recent_users: deque[int] = deque(maxlen=5000)
-        self.recent_items: deque[int] = deque(maxlen=5000)
 
     # -- one check ------------------------------------------------------------------------
     def check(self) -> CheckResult:
@@ -272,15 +271,19 @@ class DriftMonitor:
     def _features(self, batch: ev.EventBatch, result: CheckResult) -> None:
         if self.store is None or self.reference is None or not self.reference.features:
             return
-        # Per impression, as the reference is per training row: a user or item shown often
-        # weighs more (sampled with replacement from the recent impressions).
+        # Users per impression, as in the reference (every impression of the champion's
+        # holdout day): an active user weighs more; sampled with replacement from the recent
+        # impressions. Items uniformly from the catalogue, as the reference has each item once:
+        # weighted by impressions, item features would move whenever the serving policy shows
+        # other items (a new champion), drift or not.
         rng = np.random.default_rng(len(self.history))
         self.recent_users.extend(batch.user_impressions)
-        self.recent_items.extend(int(i) for i, n in batch.items.items() for _ in range(n))
         users = [int(u) for u in rng.choice(np.array(self.recent_users, dtype=np.int64),
                                             self.cfg.sample_users)] if self.recent_users else []
-        items = [int(i) for i in rng.choice(np.array(self.recent_items, dtype=np.int64),
-                                            self.cfg.sample_items)] if self.recent_items else []
+        catalogue = refs.catalogue_ids(self.settings)
+        items = [int(i) for i in rng.choice(np.array(catalogue, dtype=np.int64),
+                                            min(self.cfg.sample_items, len(catalogue)),
+                                            replace=False)] if catalogue else []
         if len(users) + len(items) == 0:
             return
         from monitoring.features import online_features

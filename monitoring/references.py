@@ -104,6 +104,16 @@ def popular_items(settings: Settings) -> list[int]:
     return pop["item_id"].astype("int64").drop_duplicates().tolist()
 
 
+def catalogue_ids(settings: Settings) -> list[int]:
+    """Every item id of the lake's catalogue (empty before the first simulation)."""
+    from recstack.lake import read_items
+
+    try:
+        return [int(i) for i in read_items(settings.lake_dir).column("item_id").to_pylist()]
+    except Exception:  # noqa: BLE001 - no catalogue yet: no item feature check, not an error
+        return []
+
+
 def catalogue_size(settings: Settings) -> int:
     from recstack.lake import read_items
 

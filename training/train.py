@@ -132,12 +132,20 @@ def ranker_feature_names(stored: list[str]) -> list[str]:
     return [*stored, CANDIDATE_SCORE_FEATURE]
 
 
-def feature_reference(train: pd.DataFrame, names: list[str]) -> dict[str, dict[str, float]]:
-    """Per ranker feature: count, NaN share, mean, std and quantiles on the training rows (the
-    reference a drift monitor compares live features against)."""
+def feature_reference(rows: pd.DataFrame, names: list[str]) -> dict[str, dict[str, float]]:
+    """Per ranker feature: count, NaN share, mean, std and quantiles of ``rows`` (the reference
+    a drift monitor compares live features against).
+
+    Called with the holdout day's rows: every impression of the newest day, with the values
+    serving read then. Not the training rows: negatives are sampled there (active users weigh
+    more), and their early days have half-filled 7- and 28-day windows - both differ from live
+    traffic with no drift at all, and the monitor raised feature alerts every hour. Item
+    features count each item once (its last row): the monitor samples items from the catalogue,
+    because per impression they would follow the serving policy rather than the world."""
+    per_item = rows.drop_duplicates("item_id", keep="last") if "item_id" in rows else rows
     out = {}
     for name in names:
-        col = train[name].astype("float64")
+        col = (per_item if name.startswith("item_") else rows)[name].astype("float64")
         q = col.quantile([0.01, 0.1, 0.5, 0.9, 0.99]).to_dict() if col.notna().any() else {}
         out[name] = {"n": len(col), "nan_share": float(col.isna().mean()),
                      "mean": float(col.mean()), "std": float(col.std()),
@@ -285,7 +293,7 @@ def train_and_register(settings: Settings, store: Any | None = None,
                             "calibration.md")
             mlflow.log_dict({"feature_service": service, "feature_names": features},
                             "ranker_features.json")
-            mlflow.log_dict(feature_reference(train, features), "feature_reference.json")
+            mlflow.log_dict(feature_reference(holdout, features), "feature_reference.json")
             cand_info = registry.log_candidates(
                 Path(tmp), settings.mlflow.candidates_model,
                 pd.DataFrame({"user_id": served.user_ids[:3].astype("int64")}),

@@ -38,10 +38,15 @@ class DriftConfig:
     n_items: int = 400
     n_categories: int = 8
     seed: int = 42
-    warm_days: int = 5  # logging-policy days in the lake before the live run
+    # Logging-policy days in the lake before the live run: more than a week, so the champion's
+    # feature reference has full 7-day windows, like the live features it is compared with.
+    warm_days: int = 8
     burn_in_days: int = 1  # live traffic before the monitor watches (users reach steady state)
     live_days: int = 4  # burn-in included
-    shift_day: int = 7  # 0-based simulated day the scenario starts (a live day)
+    shift_day: int = 10  # 0-based simulated day the scenario starts (a live day)
+    # Retraining weighs recent events more (train.recency_half_life_days): after a shift the
+    # candidate model follows the new tastes instead of averaging them with a week of old ones.
+    recency_half_life_days: float | None = 1.0
     requests_per_hour: int = 40
     k: int = 10
     retrain: bool = True
@@ -101,6 +106,8 @@ def run_drift(base: Settings, cfg: DriftConfig, console: Any = None) -> dict[str
         "RECSTACK_SERVING__DEADLINE_MS": "1000", "RECSTACK_SERVING__CANDIDATES_BUDGET_MS": "300",
         "RECSTACK_SERVING__RANKING_BUDGET_MS": "300",
         "RECSTACK_SERVING__USER_FEATURES_BUDGET_MS": "200",
+        **({"RECSTACK_TRAIN__RECENCY_HALF_LIFE_DAYS": str(cfg.recency_half_life_days)}
+           if cfg.recency_half_life_days else {}),
     }) as stack:
         with console.status("bootstrap: Redis, MLflow, simulate, pipeline, train"):
             stack.start_infra(settings.redis.port, settings.mlflow.port)

@@ -88,3 +88,24 @@ def test_features_as_of_reads_the_snapshot_of_that_midnight() -> None:
     assert x[0, 0] == own and np.isnan(x[1, 0])
     assert x[0, 1] == x[1, 1] == items.loc[4, "item_impressions_7d"]
     assert np.isnan(users.loc[99]).all()  # unknown user: NaN, as at serving
+
+
+def test_feature_reference_summarises_each_feature() -> None:
+    from training.train import feature_reference
+
+    rows = pd.DataFrame({"a": [1.0, 2.0, 3.0, np.nan], "b": [0.5] * 4})
+    ref = feature_reference(rows, ["a", "b"])
+    assert ref["a"]["n"] == 4 and ref["a"]["nan_share"] == 0.25
+    assert ref["a"]["mean"] == 2.0 and ref["a"]["q50"] == 2.0
+    assert ref["b"]["std"] == 0.0 and ref["b"]["q99"] == 0.5
+
+
+def test_feature_reference_counts_each_item_once() -> None:
+    from training.train import feature_reference
+
+    # Item 1 was shown three times, item 2 once: per impression the median would be 10.
+    rows = pd.DataFrame({"item_id": [1, 1, 1, 2], "user_x": [1.0, 2.0, 3.0, 4.0],
+                         "item_clicks_7d": [10.0, 10.0, 10.0, 0.0]})
+    ref = feature_reference(rows, ["user_x", "item_clicks_7d"])
+    assert ref["user_x"]["n"] == 4 and ref["item_clicks_7d"]["n"] == 2
+    assert ref["item_clicks_7d"]["mean"] == 5.0
