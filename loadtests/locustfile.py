@@ -19,7 +19,7 @@ how to get one); ``RECSTACK_SIM__N_USERS`` then gives the user-id range.
 Knobs for the load-testing lab (``recstack experiment scale|chaos``), all optional:
 
 - ``RECSTACK_LOADTEST_USER_RPS``: each user runs its task at this constant rate
-  (``constant_throughput``), so ``users x rate`` is the offered load whatever the latency;
+  (``loadtests/pacing.py``), so ``users x rate`` is the offered load whatever the latency;
 - ``RECSTACK_LOADTEST_STAGES``: ``"end_s:users,end_s:users,..."`` drives the user count over time
   (a ``LoadTestShape``; e.g. 50% load, then 2x, then 50% again);
 - ``RECSTACK_LOADTEST_REQUEST_LOG``: a path prefix; each Locust process appends one CSV row per
@@ -38,8 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gevent
-from locust import FastHttpUser, LoadTestShape, between, constant_throughput, events, task
+from locust import FastHttpUser, LoadTestShape, between, events, task
 
 # Imported after locust (gevent patching first); numpy and the world only, no pyarrow.
 try:
@@ -51,8 +50,10 @@ else:
     _IMPORT_ERROR = None
 try:  # run from the repository root (the project's runners) or from loadtests/ (Locust's path)
     from loadtests.checks import degraded_reasons, events_problem, recommendation_problem
+    from loadtests.pacing import begin, paced
 except ImportError:
     from checks import degraded_reasons, events_problem, recommendation_problem  # type: ignore[no-redef]
+    from pacing import begin, paced  # type: ignore[no-redef]
 
 logger = logging.getLogger("recstack.locustfile")
 
@@ -225,14 +226,14 @@ class RecommendationUser(FastHttpUser):
     Checks the body, not just the status, for both endpoints.
     """
 
-    wait_time = constant_throughput(USER_RPS) if USER_RPS > 0 else between(0.01, 0.05)
+    wait_time = paced(USER_RPS) if USER_RPS > 0 else between(0.01, 0.05)
 
     def on_start(self) -> None:
         self.pending: list[dict[str, Any]] = []
         if USER_RPS > 0:
-            # Users spawned together would stay in phase and arrive in bursts: start each at a
-            # random point of its period, so the offered load is smooth.
-            gevent.sleep(random.random() / USER_RPS)
+            # Users spawned together would stay in phase and arrive in bursts: each starts at a
+            # random point of its period and keeps that phase (loadtests/pacing.py).
+            begin(self, USER_RPS)
 
     def on_stop(self) -> None:
         self._flush()

@@ -2,7 +2,7 @@
 
 Run by ``serving.bench`` (``python -m locust -f loadtests/serving_bench.py --headless ...``);
 imports nothing of the project. Each user sends ``RECSTACK_BENCH_USER_RPS`` requests per second
-(``constant_throughput``), so ``users x user_rps`` is the offered load whatever the latency
+(``loadtests/pacing.py``), so ``users x user_rps`` is the offered load whatever the latency
 (below saturation). Known users only: the benchmark measures the two-stage path, 500 candidates
 ranked, top ``RECSTACK_LOADTEST_K`` returned. A degraded answer is a success here (the API did
 its job); the benchmark counts degraded answers from the replicas' /metrics.
@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import random
 
-import gevent
-from locust import FastHttpUser, constant_throughput, task
+from locust import FastHttpUser, task
 
 try:  # run from the repository root (python -m locust -f loadtests/...)
     from loadtests.checks import recommendation_problem
+    from loadtests.pacing import begin, paced
 except ImportError:  # Locust puts the locustfile's own folder on the path
     from checks import recommendation_problem  # type: ignore[no-redef]
+    from pacing import begin, paced  # type: ignore[no-redef]
 
 N_USERS = int(os.environ.get("RECSTACK_SIM__N_USERS", "3000"))
 K = int(os.environ.get("RECSTACK_LOADTEST_K", "20"))
@@ -27,13 +28,13 @@ USER_RPS = float(os.environ.get("RECSTACK_BENCH_USER_RPS", "5"))
 
 
 class BenchUser(FastHttpUser):
-    wait_time = constant_throughput(USER_RPS)
+    wait_time = paced(USER_RPS)
 
     def on_start(self) -> None:
         # Users spawned together stay in phase and arrive as one burst per period (25 requests
-        # at once every 250 ms measured p50 29 ms where smooth arrivals measured 6 ms): start
-        # each at a random point of its period, so the offered load is smooth.
-        gevent.sleep(random.random() / USER_RPS)
+        # at once every 250 ms measured p50 29 ms where smooth arrivals measured 6 ms): each
+        # starts at a random point of its period and keeps that phase (loadtests/pacing.py).
+        begin(self, USER_RPS)
 
     @task
     def recommend(self) -> None:
