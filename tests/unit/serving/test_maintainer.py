@@ -62,15 +62,17 @@ def world(monkeypatch: pytest.MonkeyPatch):
     return state
 
 
-def _maintainer(resources: Resources, metrics: ServingMetrics) -> Maintainer:
-    # item_refresh_s=0: the alias is checked at every step.
-    return Maintainer(Settings(serving={"item_refresh_s": 0}), resources, metrics, object())
+def _maintainer(resources: Resources, metrics: ServingMetrics, home) -> Maintainer:
+    # item_refresh_s=0: the alias is checked at every step. A home of its own: with the default
+    # one, a developer's real Feast registry file would decide whether a materialization is new.
+    return Maintainer(Settings(home=home, serving={"item_refresh_s": 0}), resources, metrics,
+                      object())
 
 
-def test_loads_then_hot_reloads_and_refuses_a_corrupt_version(world) -> None:
+def test_loads_then_hot_reloads_and_refuses_a_corrupt_version(world, tmp_path) -> None:
     metrics = ServingMetrics()
     resources = Resources()
-    maintainer = _maintainer(resources, metrics)
+    maintainer = _maintainer(resources, metrics, tmp_path)
 
     maintainer.step()
     assert resources.missing() == ["event stream"]  # models, features: loaded
@@ -96,9 +98,9 @@ def test_loads_then_hot_reloads_and_refuses_a_corrupt_version(world) -> None:
     assert resources.recommender.versions == {"candidates": "2", "ranker": "2"}
 
 
-def test_item_features_reload_when_a_materialization_finishes(world) -> None:
+def test_item_features_reload_when_a_materialization_finishes(world, tmp_path) -> None:
     resources = Resources()
-    maintainer = _maintainer(resources, ServingMetrics())
+    maintainer = _maintainer(resources, ServingMetrics(), tmp_path)
     maintainer.step()
     assert world["fetches"] == 1
     maintainer.step()
