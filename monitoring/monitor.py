@@ -181,8 +181,11 @@ class DriftMonitor:
         batch = self._part("events", self._events) or ev.EventBatch()
         self._part("ctr", lambda: self._ctr(batch, result))
         self._part("integrity", lambda: self._integrity(batch, result))
-        self._part("mix", lambda: self._coverage(batch, result))
-        self._part("features", lambda: self._features(batch, result))
+        # Read once per check: the coverage and the item feature sample both need it.
+        catalogue = self._part("catalogue", lambda: refs.catalogue_ids(self.settings))
+        catalogue = catalogue if catalogue is not None else np.zeros(0, dtype=np.int64)
+        self._part("mix", lambda: self._coverage(batch, catalogue, result))
+        self._part("features", lambda: self._features(batch, catalogue, result))
         self._part("outputs", lambda: self._outputs(batch, result))
         self._part("pipeline", self._pipeline)
         self._part("skew", lambda: self._skew(result))
@@ -259,16 +262,17 @@ class DriftMonitor:
         result.signals += [Signal("events_null_model_version", null_share, MAX_NULL_MODEL_VERSION),
                            Signal("events_without_top_position", no_top, MAX_REQUESTS_WITHOUT_TOP)]
 
-    def _coverage(self, batch: ev.EventBatch, result: CheckResult) -> None:
+    def _coverage(self, batch: ev.EventBatch, catalogue: np.ndarray, result: CheckResult) -> None:
         if not batch.items:
             return
-        cov = ev.coverage(batch.items, refs.catalogue_size(self.settings))
+        cov = ev.coverage(batch.items, len(catalogue))
         pop = ev.popularity_share(batch.items, refs.popular_items(self.settings), POPULAR_HEAD)
         self.metrics.coverage.set(cov)
         self.metrics.popularity.set(pop)
         result.values.update(coverage=cov, popularity_share=pop)
 
-    def _features(self, batch: ev.EventBatch, result: CheckResult) -> None:
+    def _features(self, batch: ev.EventBatch, catalogue: np.ndarray, result: CheckResult
+                  ) -> None:
         if self.store is None or self.reference is None or not self.reference.features:
             return
         # Users per impression, as in the reference (every impression of the champion's
@@ -280,10 +284,8 @@ class DriftMonitor:
         self.recent_users.extend(batch.user_impressions)
         users = [int(u) for u in rng.choice(np.array(self.recent_users, dtype=np.int64),
                                             self.cfg.sample_users)] if self.recent_users else []
-        catalogue = refs.catalogue_ids(self.settings)
-        items = [int(i) for i in rng.choice(np.array(catalogue, dtype=np.int64),
-                                            min(self.cfg.sample_items, len(catalogue)),
-                                            replace=False)] if catalogue else []
+        items = [int(i) for i in rng.choice(catalogue, min(self.cfg.sample_items, len(catalogue)),
+                                            replace=False)] if len(catalogue) else []
         if len(users) + len(items) == 0:
             return
         from monitoring.features import online_features

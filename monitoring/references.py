@@ -1,5 +1,5 @@
 """What the monitor compares against: the champion's training reference (MLflow), the feature
-pipeline's manifest (freshness, failures), the popular list and the catalogue size."""
+pipeline's manifest (freshness, failures), the popular list and the catalogue."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from recstack.schemas import POPULAR_FILE
 from recstack.settings import Settings
@@ -104,20 +106,11 @@ def popular_items(settings: Settings) -> list[int]:
     return pop["item_id"].astype("int64").drop_duplicates().tolist()
 
 
-def catalogue_ids(settings: Settings) -> list[int]:
-    """Every item id of the lake's catalogue (empty before the first simulation)."""
+def catalogue_ids(settings: Settings) -> np.ndarray:
+    """Every item id of the lake's catalogue, int64 (empty before the first simulation)."""
     from recstack.lake import read_items
 
     try:
-        return [int(i) for i in read_items(settings.lake_dir).column("item_id").to_pylist()]
-    except Exception:  # noqa: BLE001 - no catalogue yet: no item feature check, not an error
-        return []
-
-
-def catalogue_size(settings: Settings) -> int:
-    from recstack.lake import read_items
-
-    try:
-        return read_items(settings.lake_dir).num_rows
-    except Exception:  # noqa: BLE001 - no catalogue yet: coverage is unknown, not an error
-        return 0
+        return read_items(settings.lake_dir).column("item_id").to_numpy().astype(np.int64)
+    except Exception:  # noqa: BLE001 - no catalogue yet: coverage and item PSI are unknown
+        return np.zeros(0, dtype=np.int64)

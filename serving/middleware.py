@@ -96,14 +96,13 @@ class ConcurrencyLimitMiddleware:
     """
 
     def __init__(self, app: Any, metrics: ServingMetrics, limit: int, retry_after_s: int = 1,
-                 max_queue_s: float | None = None, min_busy: float = 0.0,
-                 busy: BusyMeter | None = None):
+                 max_queue_s: float | None = None, min_busy: float = 0.0):
         self.app = app
         self.metrics = metrics
         self.limit = limit
         self.max_queue_s = max_queue_s
         self.min_busy = min_busy
-        self.busy = busy or BusyMeter()
+        self.busy = BusyMeter()
         self.in_flight = 0
         self._body = orjson.dumps({
             "error": "overloaded",

@@ -24,7 +24,7 @@ import pandas as pd
 
 from recstack.clock import day_start
 from recstack.lake import read_events, read_items
-from recstack.schemas import CANDIDATE_SCORE_FEATURE, POPULAR_FILE
+from recstack.schemas import CANDIDATE_SCORE_FEATURE, POPULAR_FILE, RANKER_V2_ITEM_FEATURES
 from recstack.settings import GateSettings, Settings
 from training import evaluate as ev
 from training.candidates import CandidateModel, fit_candidate_model, save_artifacts
@@ -132,6 +132,10 @@ def ranker_feature_names(stored: list[str]) -> list[str]:
     return [*stored, CANDIDATE_SCORE_FEATURE]
 
 
+# Every item-level feature (v1 and v2 views): summarised per item in the drift reference.
+ITEM_FEATURE_NAMES = frozenset(RANKER_V2_ITEM_FEATURES)
+
+
 def feature_reference(rows: pd.DataFrame, names: list[str]) -> dict[str, dict[str, float]]:
     """Per ranker feature: count, NaN share, mean, std and quantiles of ``rows`` (the reference
     a drift monitor compares live features against).
@@ -145,7 +149,7 @@ def feature_reference(rows: pd.DataFrame, names: list[str]) -> dict[str, dict[st
     per_item = rows.drop_duplicates("item_id", keep="last") if "item_id" in rows else rows
     out = {}
     for name in names:
-        col = (per_item if name.startswith("item_") else rows)[name].astype("float64")
+        col = (per_item if name in ITEM_FEATURE_NAMES else rows)[name].astype("float64")
         q = col.quantile([0.01, 0.1, 0.5, 0.9, 0.99]).to_dict() if col.notna().any() else {}
         out[name] = {"n": len(col), "nan_share": float(col.isna().mean()),
                      "mean": float(col.mean()), "std": float(col.std()),
