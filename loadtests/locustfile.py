@@ -8,7 +8,8 @@ Each request is made on behalf of a user of the simulated world (drawn by activi
 the world's ground truth (``simulator.users.SimulatedUser``: taste, freshness, position bias,
 fatigue), and the impressions and clicks, carrying the response's ``request_id`` and model
 version, are posted in batches to ``POST /events`` — so the next training run learns from what
-the deployed model showed. ~10% of requests are for unknown users (cold start; not in the
+the deployed model showed. A batch the API refuses stays buffered and is posted again after a
+back-off (the lake dedupes on ``event_id``), so a fault under load loses no events. ~10% of requests are for unknown users (cold start; not in the
 world, so they post nothing). When the run stops, the online CTR (realized, expected, and as a
 fraction of the oracle's) is written to ``$RECSTACK_LOADTEST_CTR_FILE`` (default
 ``$RECSTACK_HOME/reports/online_ctr.json``).
@@ -63,6 +64,13 @@ K = int(os.environ.get("RECSTACK_LOADTEST_K", "20"))
 # Simulated seconds per wall second for event timestamps (which start where the run ended).
 SPEEDUP = float(os.environ.get("RECSTACK_LOADTEST_SPEEDUP", "1"))
 FLUSH_EVENTS = 200  # events buffered per Locust user before one POST /events (max 1000)
+# A batch the API did not accept (503 while Redis is down or the replica sheds, 502 when a
+# replica dies mid-request) stays buffered and is posted again after a back-off, like a client
+# SDK does: the lake dedupes on event_id, so a batch that did land before the error is not
+# counted twice. Beyond MAX_BUFFERED events per user the oldest are dropped (and counted).
+MAX_BATCH = 1000
+MAX_BUFFERED = 5 * MAX_BATCH
+RETRY_S = (1.0, 8.0)  # first and longest back-off
 # Ids far above the simulated world: unknown users, served the cold-start list.
 UNKNOWN_BASE = 10_000_000
 USER_RPS = float(os.environ.get("RECSTACK_LOADTEST_USER_RPS", "0") or 0)
@@ -125,6 +133,8 @@ class _Feedback:
         self.clock: Any = None
         self.cum_weights: list[float] = []
         self.home = Path(os.environ.get("RECSTACK_HOME", "var")).resolve()
+        self.events_retried = 0  # events of batches posted again after a failed POST
+        self.events_dropped = 0  # events given up (buffer full, or still failing at the end)
 
     def load(self) -> None:
         """Load the saved world; on failure keep going without clicks, saying why once."""
@@ -174,6 +184,8 @@ class _Feedback:
             "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "k": K,
             **self.tally.summary(),
+            "events_retried": self.events_retried,
+            "events_dropped": self.events_dropped,
         }
         out.write_text(json.dumps(summary, indent=2))
         logger.warning(
@@ -205,17 +217,13 @@ def _on_test_stop(**_: Any) -> None:
 @events.request.add_listener
 def _on_request(
     name: str, response_time: float, response: Any = None, exception: Any = None,
-    start_time: float | None = None, **_: Any,
+    start_time: float | None = None, context: dict[str, Any] | None = None, **_: Any,
 ) -> None:
     if not REQUEST_LOG_ROWS.enabled:
         return
     status = int(getattr(response, "status_code", 0) or 0)
-    degraded = ""
-    if status == 200 and name.startswith("/recommendations"):
-        try:
-            degraded = ";".join(degraded_reasons(json.loads(response.content or b"{}")))
-        except (ValueError, TypeError, AttributeError):
-            degraded = ""
+    # The reasons were read from the body the user already parsed (no second parse here).
+    degraded = str((context or {}).get("degraded", ""))
     started = start_time if start_time is not None else time.time() - response_time / 1000
     REQUEST_LOG_ROWS.add(started, name, response_time or 0.0, exception is None, status, degraded)
 
@@ -230,13 +238,18 @@ class RecommendationUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.pending: list[dict[str, Any]] = []
+        self.retry_at = 0.0  # no POST /events before this (monotonic), after a failed one
+        self.backoff_s = RETRY_S[0]
         if USER_RPS > 0:
             # Users spawned together would stay in phase and arrive in bursts: each starts at a
             # random point of its period and keeps that phase (loadtests/pacing.py).
             begin(self, USER_RPS)
 
     def on_stop(self) -> None:
+        self.retry_at = 0.0  # one last try
         self._flush()
+        FEEDBACK.events_dropped += len(self.pending)
+        self.pending = []
 
     def _recommend(self, user_id: int) -> dict[str, Any] | None:
         """GET a list; the validated body, or None (the failure is recorded)."""
@@ -258,28 +271,45 @@ class RecommendationUser(FastHttpUser):
                 resp.failure(problem)
                 return None
             resp.success()
+            # For the request log (the request event gets this context when the block ends).
+            resp.request_meta["context"] = {**(resp.request_meta.get("context") or {}),
+                                            "degraded": ";".join(degraded_reasons(body))}
             return body
         return None
 
     def _flush(self) -> None:
-        """POST the buffered events (one batch); 202 with the right count or a failure."""
-        batch, self.pending = self.pending, []
-        if not batch:
+        """POST the oldest buffered events (one batch); 202 with the right count or a failure,
+        after which the batch stays buffered for a retry (see ``RETRY_S``)."""
+        if not self.pending or time.monotonic() < self.retry_at:
             return
+        batch = self.pending[:MAX_BATCH]
+        accepted = False
         with self.client.post(
             "/events", json={"events": batch}, name="/events", catch_response=True
         ) as resp:
             if resp.status_code != 202:
                 resp.failure(f"status {resp.status_code}: {(resp.text or '')[:120]}")
-                return
-            try:
-                problem = events_problem(resp.json(), len(batch))
-            except ValueError:
-                problem = "body is not JSON"
-            if problem is not None:
-                resp.failure(problem)
             else:
-                resp.success()
+                try:
+                    problem = events_problem(resp.json(), len(batch))
+                except ValueError:
+                    problem = "body is not JSON"
+                if problem is not None:
+                    resp.failure(problem)
+                else:
+                    resp.success()
+                    accepted = True
+        if accepted:
+            del self.pending[:len(batch)]
+            self.backoff_s = RETRY_S[0]
+            return
+        self.retry_at = time.monotonic() + self.backoff_s * random.uniform(0.5, 1.0)
+        self.backoff_s = min(2 * self.backoff_s, RETRY_S[1])
+        FEEDBACK.events_retried += len(batch)
+        if len(self.pending) > MAX_BUFFERED:
+            over = len(self.pending) - MAX_BUFFERED
+            del self.pending[:over]
+            FEEDBACK.events_dropped += over
 
     @task(9)
     def known_user(self) -> None:

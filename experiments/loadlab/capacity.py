@@ -72,9 +72,12 @@ def plan(summary: dict[str, Any], target: CapacityTarget,
         "api_mean_service_time_ms": round(1000 / mu, 3),
     }
     cpu_ms = summary.get("cpu_ms_per_request_api_at_knee_1_replica")
+    # A replica measured under a CPU budget is a unit of that many cores; else one whole core.
+    replica_cores = float(summary.get("replica_cpu_budget_cores") or 1.0)
+    out["api_cores_per_replica"] = replica_cores
     if cpu_ms:
         out["api_cpu_ms_per_request"] = cpu_ms
-        out["api_service_rate_from_cpu_rps"] = round(1000 / cpu_ms, 2)
+        out["api_service_rate_from_cpu_rps"] = round(replica_cores * 1000 / cpu_ms, 2)
     # Check against the measured multi-replica knees.
     for key, value in summary.items():
         if key.startswith("max_rps_at_slo_") and value and not key.endswith("_1_replica"):
@@ -111,8 +114,8 @@ def plan(summary: dict[str, Any], target: CapacityTarget,
     other = summary.get("other_tenants_cpu_cores_at_knees_mean") or 0.0
     out["other_tenants_cpu_cores_during_scale"] = other
     out["plan_model"] = "fitted to the knee"
-    if cpu_ms and 1000 / cpu_ms > mu:
-        mu_cpu = 1000 / cpu_ms
+    if cpu_ms and replica_cores * 1000 / cpu_ms > mu:
+        mu_cpu = replica_cores * 1000 / cpu_ms
         try:
             cpu_replicas = max(mmc.servers_needed(target.qps, mu_cpu, p99_s),
                                math.ceil(target.qps / (API_MAX_UTILIZATION * mu_cpu)))
@@ -126,7 +129,7 @@ def plan(summary: dict[str, Any], target: CapacityTarget,
             out["api_utilization_at_target"] = round(target.qps / (replicas * mu), 3)
             out["api_p99_ms_predicted"] = round(1000 * mmc.response_time_quantile(
                 0.99, target.qps, mu, replicas), 2)
-    api_cores = float(replicas)  # one uvicorn worker process = one core
+    api_cores = replicas * replica_cores  # one uvicorn worker: a core, or its budget
     # The balancer and Redis, sized by their measured CPU per request.
     nginx_ms = summary.get("cpu_ms_per_request_nginx_at_knee_1_replica")
     nginx_cores = math.ceil(target.qps * nginx_ms / 1000 / TARGET_UTILIZATION) if nginx_ms else 0
@@ -180,8 +183,9 @@ def measure_redis_bytes(settings: Settings, sample: int = 300) -> tuple[float, f
 
 MODEL_TEXT = """## The model
 
-Each api replica is one uvicorn worker process: one event loop on one core, so it is modelled
-as **one server** of an **M/M/c queue** (c = replicas behind the balancer):
+Each api replica is one uvicorn worker process: one event loop on one core (or, when the scale
+run gave each replica a CPU budget, on that many cores: `api_cores_per_replica`), so it is
+modelled as **one server** of an **M/M/c queue** (c = replicas behind the balancer):
 
 - arrivals are Poisson at the target rate λ; service times are exponential with mean 1/μ;
   requests are served first come, first served; the balancer spreads load evenly (one shared

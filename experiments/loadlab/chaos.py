@@ -1,7 +1,8 @@
 """``recstack experiment chaos --fault NAME``: a fault under steady load, timed to the second.
 
 Locust offers a constant load (default: 50% of the knee of the latest scale report for the
-running replica count); ``pre_s`` seconds in, the fault is injected; it ends after ``fault_s``
+running replica count, preferring one measured without a CPU budget per replica, as the chaos
+replicas run); ``pre_s`` seconds in, the fault is injected; it ends after ``fault_s``
 seconds (or, for a killed program, when supervisord has restarted it and it is ready again); the
 load goes on for ``post_s`` seconds. ``overload`` instead steps the load itself: 50% of the peak,
 2x the peak for the window, 50% again. Every request is logged (status, latency, ``degraded``
@@ -36,7 +37,7 @@ from experiments.loadlab.analysis import (
 )
 from experiments.loadlab.faults import DESCRIPTIONS, FaultError, KillProgram, make_fault
 from experiments.loadlab.loadgen import run_load, users_for
-from experiments.report import ReportFolder, latest
+from experiments.report import ReportFolder
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -82,15 +83,28 @@ class FaultTimes:
     notes: list[str] = field(default_factory=list)
 
 
-def peak_rps(settings: Settings, replicas: int) -> float | None:
-    """The knee for ``replicas`` api replicas in the latest scale report (else its 1-replica
-    knee, a lower bound), if there is one."""
-    folder = latest(settings, "scale")
-    if folder is None:
-        return None
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
+def scale_summary(settings: Settings) -> dict[str, Any] | None:
+    """The newest scale report measured like chaos runs, without a CPU budget per replica (a
+    budgeted knee understates what unlimited replicas serve); else the newest one."""
+    folders = sorted((p for p in settings.reports_dir.glob("scale-*")
+                      if p.is_dir() and not p.is_symlink()), reverse=True)
+    found: dict[str, Any] | None = None
+    for folder in folders:
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        summary["report_folder"] = folder.name
+        if not summary.get("replica_cpu_budget_cores"):
+            return summary
+        found = found or summary
+    return found
+
+
+def peak_rps(summary: dict[str, Any] | None, replicas: int) -> float | None:
+    """The knee for ``replicas`` api replicas in a scale summary (else its 1-replica knee, a
+    lower bound), if there is one."""
+    if not summary:
         return None
     word = "replica" if replicas == 1 else "replicas"
     value = summary.get(f"max_rps_at_slo_{replicas}_{word}")
@@ -114,7 +128,8 @@ def run_chaos(settings: Settings, cfg: ChaosConfig, console: Console | None = No
     if replicas == 0:
         raise FaultError("no api replica is running; start the stack with `recstack up`")
     fault = make_fault(settings, cfg.fault, replicas)
-    peak = peak_rps(settings, replicas)
+    measured = scale_summary(settings)
+    peak = peak_rps(measured, replicas)
     if cfg.fault == "overload":
         peak = cfg.rps or peak
         if not peak:
@@ -180,7 +195,9 @@ def run_chaos(settings: Settings, cfg: ChaosConfig, console: Console | None = No
     summary = chaos_figures(cfg, df, tl, times, t0, base_rps, peak)
     summary |= {"fault": cfg.fault, "api_replicas": replicas, "slo_p99_ms": cfg.slo_ms,
                 "locust_cpu_cores_mean": _r(run.locust_cpu_cores),
-                "load_average_1m": _load1()}
+                "load_average_1m": _load1(),
+                "load_from_scale_report": (measured or {}).get("report_folder")
+                if not cfg.rps else None}
     report.csv("requests", df)
     report.csv("timeline", tl)
     _write_report(report, cfg, tl, window, summary, times, run.top_failures)

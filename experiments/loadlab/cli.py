@@ -5,6 +5,7 @@ Imports of the experiments happen inside the commands, so ``recstack --help`` st
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -25,6 +26,21 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _cpus(text: str, counts: list[int]) -> float:
+    """``--replica-cpus``: 'auto' or cores >= 0."""
+    from experiments.loadlab.scale import auto_replica_cpus
+
+    if text.strip().lower() == "auto":
+        return auto_replica_cpus(os.cpu_count() or 1, counts)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise typer.BadParameter(f"expected 'auto' or cores >= 0 (e.g. 0.6), got {text!r}")
+    return value
+
+
 def scale(
     replicas: Annotated[str, typer.Option(help="replica counts to measure, e.g. 1,2,4")] = "1,2",
     service: Annotated[str, typer.Option(help="the service to scale (api, ranking, candidates)")]
@@ -32,16 +48,22 @@ def scale(
     slo_ms: Annotated[float, typer.Option(help="p99 SLO of GET /recommendations, ms")] = 100.0,
     step_s: Annotated[int, typer.Option(help="seconds per offered-load step")] = 15,
     start_rps: Annotated[float, typer.Option(help="offered RPS of the first step")] = 40.0,
-    growth: Annotated[float, typer.Option(help="offered load multiplier per step")] = 1.35,
-    max_steps: Annotated[int, typer.Option(help="steps per replica count at most")] = 8,
+    growth: Annotated[float, typer.Option(help="offered load multiplier per step")] = 1.15,
+    max_steps: Annotated[int, typer.Option(help="steps per replica count at most")] = 16,
     processes: Annotated[int, typer.Option(help="Locust processes (>1: master + forked workers)")]
     = 1,
     user_rps: Annotated[float, typer.Option(
         help="requests/s per simulated user: fewer, faster users keep fewer connections open")]
     = 4.0,
+    replica_cpus: Annotated[str, typer.Option(
+        help="CPU quota per replica in cores (a cgroup each, like a pod's CPU limit), so n "
+             "replicas get n times the CPU of one; 'auto': (cores - 0.8) / max replicas where "
+             "cgroups allow; 0: no limit, the replicas share the machine")]
+    = "auto",
 ) -> None:
     """Step the offered load per replica count until p99 breaks the SLO; report the knee, the
     latency curves, CPU per request and the scaling efficiency RPS(n) / (n * RPS(1))."""
+    from experiments.loadlab.cpubudget import CpuBudgetError
     from experiments.loadlab.scale import ScaleConfig, run_scale
     from recstack.logs import configure_logging
     from recstack.settings import get_settings
@@ -49,6 +71,7 @@ def scale(
     from recstack.stack.loadtest import LoadTestError
 
     counts = _ints(replicas)
+    cpus = _cpus(replica_cpus, counts)
     if (step_s < 5 or start_rps <= 0 or growth <= 1 or max_steps < 1 or processes < 1
             or user_rps <= 0):
         raise typer.BadParameter("need step-s >= 5, start-rps > 0, growth > 1, max-steps >= 1, "
@@ -57,10 +80,10 @@ def scale(
     configure_logging(settings.log_level, settings.log_json)
     cfg = ScaleConfig(replicas=counts, service=service, slo_ms=slo_ms, step_s=step_s,
                       start_rps=start_rps, growth=growth, max_steps=max_steps,
-                      processes=processes, user_rps=user_rps)
+                      processes=processes, user_rps=user_rps, replica_cpus=cpus)
     try:
         run_scale(settings, cfg)
-    except (StackError, LoadTestError) as exc:
+    except (StackError, LoadTestError, CpuBudgetError) as exc:
         _fail(str(exc))
 
 

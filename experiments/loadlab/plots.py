@@ -89,9 +89,11 @@ def efficiency(knees: dict[int, float], eff: dict[int, float]) -> Any:
     fig, ax = plt.subplots(figsize=(6, 4))
     counts = sorted(knees)
     base = knees.get(1, math.nan)
-    ax.bar([str(n) for n in counts], [knees[n] for n in counts], label="measured knee RPS")
+    x = list(range(len(counts)))  # positions; the counts are the tick labels
+    ax.bar(x, [knees[n] for n in counts], label="measured knee RPS")
     if base and not math.isnan(base):
-        ax.plot([str(n) for n in counts], [n * base for n in counts], "k--o", label="linear")
+        ax.plot(x, [n * base for n in counts], "k--o", label="linear")
+    ax.set_xticks(x, [str(n) for n in counts])
     for i, n in enumerate(counts):
         e = eff.get(n, math.nan)
         if not math.isnan(e):
@@ -170,7 +172,8 @@ def chaos_figures(figures: dict[str, float], targets: dict[str, float], title: s
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         value = figures[name]
-        ax.bar(["measured"], [0 if value is None or math.isnan(value) else value], color="C0")
+        ax.bar([0], [0 if value is None or math.isnan(value) else value], color="C0")
+        ax.set_xticks([0], ["measured"])
         if name in targets:
             ax.axhline(targets[name], color="red", ls="--", label=f"target {targets[name]:g}")
             ax.legend(fontsize=7)

@@ -6,6 +6,11 @@ a constant throughput that grows by ``growth`` each step (``step_s`` seconds, th
 than 90% of the offered load delivered). The knee is the highest achieved RPS within the SLO;
 the scaling efficiency is RPS(n) / (n * RPS(1)). CPU per request comes from /proc for the
 service's processes (and nginx, Redis and Locust, to see where the cores went).
+
+With ``replica_cpus`` each replica runs under a CPU quota of that many cores (a cgroup per
+replica, ``cpubudget.py``): n replicas then have n times the CPU of one, as pods with CPU limits
+do, instead of sharing whatever the machine has left. Without it the replicas compete for the
+same cores with nginx, Redis and the generator, and the efficiency measures that contention.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from experiments.loadlab.analysis import (
     scaling_efficiency,
     step_stats,
 )
+from experiments.loadlab.cpubudget import CpuBudget
 from experiments.loadlab.loadgen import LoadRun, run_load, users_for
 from experiments.report import ReportFolder
 from recstack.settings import Settings
@@ -46,12 +52,49 @@ class ScaleConfig:
     step_s: int = 15
     warmup_s: float = 3.0
     start_rps: float = 40.0
-    growth: float = 1.35
-    max_steps: int = 8
+    growth: float = 1.15  # fine steps: an efficiency is the ratio of two knees, each this coarse
+    max_steps: int = 16
     user_rps: float = 4.0
     processes: int = 1
     max_error_rate: float = 0.01
     confirm_retries: int = 1  # a breaking step is repeated this often to confirm the break
+    replica_cpus: float = 0.0  # > 0: each replica's CPU quota in cores (cgroup); 0: no limit
+    # Counts after the first start their steps at this fraction of the linear expectation
+    # n x knee(1) (not below start_rps): no minutes spent far below the knee.
+    start_fraction: float = 0.5
+
+
+# Cores left to nginx, Redis and the load generator when the budget is chosen automatically
+# (measured at the knee on 2 cores: ~0.5; the rest is margin for other tenants).
+AUTO_RESERVED_CORES = 0.8
+AUTO_MIN_CPUS = 0.2
+
+
+def auto_replica_cpus(cores: int, replicas: list[int]) -> float:
+    """A CPU budget per replica such that the largest count still leaves ``AUTO_RESERVED_CORES``
+    to the rest of the stack, rounded down to 0.05 cores; 0 (no limit) when that would be below
+    ``AUTO_MIN_CPUS`` or no cgroup quota can be set here."""
+    from experiments.loadlab.cpubudget import CpuBudget, CpuBudgetError
+
+    per = math.floor(20 * (cores - AUTO_RESERVED_CORES) / max(replicas)) / 20
+    if per < AUTO_MIN_CPUS:
+        return 0.0
+    try:
+        CpuBudget.detect(per).release()
+    except CpuBudgetError as exc:
+        logger.warning("no CPU budget per replica: %s", exc)
+        return 0.0
+    return per
+
+
+def first_step_rps(cfg: ScaleConfig, n: int, knees: dict[int, float]) -> float:
+    """Where the steps for ``n`` replicas start: ``start_rps``, or for counts after the first
+    ``start_fraction`` of n x knee(smallest count) per replica."""
+    measured = {c: k for c, k in knees.items() if k and not math.isnan(k)}
+    if not measured:
+        return cfg.start_rps
+    c = min(measured)
+    return max(cfg.start_rps, cfg.start_fraction * n * measured[c] / c)
 
 
 def _replica_word(n: int) -> str:
@@ -71,6 +114,14 @@ def metric_ports(settings: Settings, service: str, replicas: int) -> list[int]:
     if service == "api":
         return api_ports(settings, replicas)
     return stage_ports(settings, service, replicas)
+
+
+def replica_pids(settings: Settings, service: str) -> dict[str, list[int]]:
+    """The running replicas of ``service``: program name -> its pid and its children's."""
+    from experiments.loadlab.probes import program_pids, tree_pids
+
+    return {name: tree_pids(pid) for name, pid in program_pids(settings).items()
+            if name.split("-", 1)[0] == service}
 
 
 def step_cpu(run: LoadRun, stats: StepStats, warmup_s: float) -> dict[str, float]:
@@ -108,19 +159,25 @@ def run_scale(settings: Settings, cfg: ScaleConfig, console: Console | None = No
     knees: dict[int, float] = {}
     knee_rows: dict[int, dict[str, Any]] = {}
     loads: list[float] = []
+    budget = CpuBudget.detect(cfg.replica_cpus) if cfg.replica_cpus > 0 else None
     try:
         for n in cfg.replicas:
             with console.status(f"scaling {cfg.service} to {n} replica(s)"):
                 runner.scale(settings, cfg.service, n)
                 runner.wait_ready(settings, settings.stack.start_timeout_s)
             ports = metric_ports(settings, cfg.service, n)
-            rps = cfg.start_rps  # the same steps for every count: comparable curves
+            rps = first_step_rps(cfg, n, knees)
             steps: list[StepStats] = []
             retries = cfg.confirm_retries
             i = run_index = 0  # i: offered-load step; run_index: Locust runs (repeats included)
             while i < cfg.max_steps:
                 rps = users_for(rps, cfg.user_rps) * cfg.user_rps  # what the users really offer
                 label = f"{n} replica(s), step {i + 1}/{cfg.max_steps}: {rps:.0f} RPS offered"
+                replicas = replica_pids(settings, cfg.service)
+                if budget is not None:  # again each step: a restarted replica has a new pid
+                    for name, pids in replicas.items():
+                        budget.limit(name, pids)
+                before = {name: budget.stats(name) for name in replicas} if budget else {}
                 with console.status(f"{label} for {cfg.step_s}s"):
                     run = run_load(
                         settings, raw / f"r{n}-s{run_index}", users=users_for(rps, cfg.user_rps),
@@ -131,6 +188,9 @@ def run_scale(settings: Settings, cfg: ScaleConfig, console: Console | None = No
                 stats = step_stats(run.requests, rps, cfg.warmup_s)
                 steps.append(stats)
                 cpu = step_cpu(run, stats, cfg.warmup_s)
+                if budget is not None and before:
+                    deltas = [budget.stats(name) - b for name, b in before.items()]
+                    cpu["throttled_fraction"] = sum(d.throttled_fraction for d in deltas) / len(deltas)
                 reason = breaks_slo(stats, cfg.slo_ms, cfg.max_error_rate)
                 locust_cores = cpu.get("cpu_cores_locust", math.nan)
                 row = {"replicas": n, "step": i, **stats.as_dict(), **cpu,
@@ -145,6 +205,8 @@ def run_scale(settings: Settings, cfg: ScaleConfig, console: Console | None = No
                     f"{cfg.service} CPU {cpu.get(f'cpu_cores_{cfg.service}', math.nan):.2f} cores, "
                     f"Locust {locust_cores:.2f} cores, other tenants "
                     f"{cpu.get('cpu_cores_other', math.nan):.2f} cores"
+                    + (f", quota used up in {cpu['throttled_fraction']:.0%} of periods"
+                       if "throttled_fraction" in cpu else "")
                     + (f"  [red]{reason}[/red]" if reason else "")
                 )
                 if reason and retries > 0:
@@ -164,6 +226,8 @@ def run_scale(settings: Settings, cfg: ScaleConfig, console: Console | None = No
                 knee_rows[n] = next(r for r in rows if r["replicas"] == n
                                     and r["achieved_rps"] == knee.achieved_rps)
     finally:
+        if budget is not None:
+            budget.release()
         if original and original != (cfg.replicas[-1] if cfg.replicas else original):
             try:
                 runner.scale(settings, cfg.service, original)
@@ -192,7 +256,8 @@ def _load1() -> float:
 def _summary(cfg: ScaleConfig, knees: dict[int, float], eff: dict[int, float],
              knee_rows: dict[int, dict[str, Any]], loads: list[float]) -> dict[str, Any]:
     s: dict[str, Any] = {"service": cfg.service, "slo_p99_ms": cfg.slo_ms,
-                         "replica_counts": cfg.replicas, "step_s": cfg.step_s}
+                         "replica_counts": cfg.replicas, "step_s": cfg.step_s,
+                         "replica_cpu_budget_cores": cfg.replica_cpus or None}
     for n, knee in knees.items():
         w = _replica_word(n)
         s[f"max_rps_at_slo_{w}"] = _r(knee)
@@ -204,6 +269,8 @@ def _summary(cfg: ScaleConfig, knees: dict[int, float], eff: dict[int, float],
                 s[f"cpu_ms_per_request_{group}_at_knee_{w}"] = _r(row[f"cpu_ms_per_request_{group}"])
                 s[f"cpu_cores_{group}_at_knee_{w}"] = _r(row[f"cpu_cores_{group}"])
         s[f"generator_saturated_at_knee_{w}"] = bool(row.get("generator_saturated", False))
+        if "throttled_fraction" in row:
+            s[f"quota_throttled_period_fraction_at_knee_{w}"] = _r(row["throttled_fraction"])
     other = [r.get("cpu_cores_other") for r in knee_rows.values() if r.get("cpu_cores_other")]
     if other:
         s["other_tenants_cpu_cores_at_knees_mean"] = _r(sum(other) / len(other))
@@ -235,11 +302,22 @@ def _write_report(report: ReportFolder, cfg: ScaleConfig, steps: pd.DataFrame,
         f"Locust ran as {cfg.processes} process(es); its CPU is measured so that a saturated "
         "generator is not read as a saturated service."
     )
+    if cfg.replica_cpus:
+        report.text(
+            f"**CPU budget per replica: {cfg.replica_cpus:g} cores** (a cgroup CFS quota each, "
+            "10 ms period, like a pod's CPU limit): n replicas had n times the CPU of one, and "
+            "the rest of the machine was left to nginx, Redis and the load generator. The column "
+            "`throttled_fraction` is the share of 10 ms periods in which a replica used its whole "
+            "quota: near the knee it rises, i.e. the replica is bound by its budget. Run with "
+            "`--replica-cpus 0` to let the replicas share the whole machine instead."
+        )
     table = [{"replicas": n, "max RPS at SLO": knees[n],
               "p99 at knee (ms)": knee_rows.get(n, {}).get("p99_ms"),
               f"{cfg.service} CPU ms/request": knee_rows.get(n, {}).get(
                   f"cpu_ms_per_request_{cfg.service}"),
               "Locust cores": knee_rows.get(n, {}).get("cpu_cores_locust"),
+              **({"quota throttled": knee_rows.get(n, {}).get("throttled_fraction")}
+                 if cfg.replica_cpus else {}),
               "efficiency": eff.get(n)} for n in sorted(knees)]
     report.table(table)
     if len(steps):
@@ -254,7 +332,7 @@ def _write_report(report: ReportFolder, cfg: ScaleConfig, steps: pd.DataFrame,
                       "Knee RPS per replica count against linear scaling.")
         cols = ["replicas", "offered_rps", "achieved_rps", "p50_ms", "p95_ms", "p99_ms",
                 "error_rate", *[c for c in steps.columns if c.startswith("cpu_cores_")],
-                "breaks_slo"]
+                "throttled_fraction", "breaks_slo"]
         report.text("### Every step")
         report.table(steps[[c for c in cols if c in steps]].to_dict("records"))
     report.text(explain_efficiency(cfg, knees, eff, knee_rows))
@@ -264,6 +342,15 @@ def explain_efficiency(cfg: ScaleConfig, knees: dict[int, float], eff: dict[int,
                        knee_rows: dict[int, dict[str, Any]]) -> str:
     """Why the efficiency is what it is, in the measured numbers."""
     lines = ["## Why the scaling efficiency falls where it falls"]
+    if cfg.replica_cpus:
+        lines.append(
+            f"- **CPU budget**: each replica had {cfg.replica_cpus:g} cores; the service had "
+            + ", ".join(f"{n * cfg.replica_cpus:g} cores with {n}" for n in sorted(knees))
+            + ". The budget makes a replica a fixed unit of capacity, so the knee per replica "
+            "is what a capacity plan multiplies; what is left of the efficiency's shortfall is "
+            "the shared part: nginx, Redis and the generator on the remaining cores, and "
+            "balancing."
+        )
     for n in sorted(knee_rows):
         row = knee_rows[n]
         groups = [(g, row.get(f"cpu_cores_{g}")) for g in CPU_GROUPS]
@@ -294,11 +381,23 @@ def explain_efficiency(cfg: ScaleConfig, knees: dict[int, float], eff: dict[int,
         if n not in knee_rows:
             lines.append(f"- With {n} replica(s) even the first step broke the SLO: no knee "
                          "(a lower `--start-rps` finds it, if the machine allows one).")
+    if cfg.replica_cpus:
+        used = [f"{row.get(f'cpu_cores_{cfg.service}', 0.0) / (n * cfg.replica_cpus):.0%} with {n}"
+                for n, row in sorted(knee_rows.items())]
+        lines.append(
+            "- **Budget used at the knee**: " + ", ".join(used) + " of the replicas' quota. "
+            "Where more replicas reach their knee at a lower share of their budget, they waited "
+            "for a core, not for quota: the budgets and the shared processes together come "
+            "closer to the machine's 2 cores, and a replica with quota left still queues behind "
+            "nginx, Redis or the generator.")
+    else:
+        lines.append(
+            "- **2 cores**: every replica, nginx, Redis and the load generator share the same two "
+            "cores, so a second replica adds a process but no core. Once the measured CPU total "
+            "nears 2 cores, the extra replica only helps while one replica alone was waiting "
+            "(on Redis, on its event loop) rather than computing. A CPU budget per replica "
+            "(`--replica-cpus`) measures scaling with the CPU that each replica brings.")
     lines += [
-        "- **2 cores**: every replica, nginx, Redis and the load generator share the same two "
-        "cores, so a second replica adds a process but no core. Once the measured CPU total "
-        "nears 2 cores, the extra replica only helps while one replica alone was waiting "
-        "(on Redis, on its event loop) rather than computing.",
         "- **The generator**: Locust's simulated users (ground-truth clicks, event batches) cost "
         "CPU per request on the same cores; its share grows with the offered load. When its "
         "process nears one core (`generator_saturated`), the latency it measures includes its "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -22,6 +23,7 @@ def stack_settings(native_stack_settings: Callable[..., Settings]) -> Settings:
 
 def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
     from experiments.loadlab.chaos import ChaosConfig, run_chaos
+    from experiments.loadlab.cpubudget import CpuBudget, CpuBudgetError
     from experiments.loadlab.probes import program_pids
     from experiments.loadlab.scale import ScaleConfig, run_scale
     from recstack import stack
@@ -32,9 +34,15 @@ def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
     try:
         run_demo(s, console=console, run_load=False)
 
-        # A tiny scale run: 1 replica, 2 short steps (a lenient SLO, so both steps are measured).
+        # A tiny scale run: 1 replica, 2 short steps (a lenient SLO, so both steps are measured),
+        # under a CPU budget where this machine lets us set one.
+        try:
+            CpuBudget.detect(0.5).release()
+            cpus = 0.5
+        except CpuBudgetError:
+            cpus = 0.0
         cfg = ScaleConfig(replicas=[1], step_s=6, warmup_s=1.0, start_rps=8, growth=1.5,
-                          max_steps=2, slo_ms=5000)
+                          max_steps=2, slo_ms=5000, replica_cpus=cpus)
         folder = run_scale(s, cfg, console)
         for name in ("report.md", "summary.json", "steps.csv", "latency_curves.png",
                      "throughput.png", "cpu_per_request.png", "efficiency.png"):
@@ -52,6 +60,11 @@ def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
         assert (s.reports_dir / "scale-latest").resolve() == folder.resolve()
         # the api is back at its 2 replicas
         assert {"api-0", "api-1"} <= set(program_pids(s))
+        if cpus:
+            assert summary["replica_cpu_budget_cores"] == cpus
+            assert 0 <= summary["quota_throttled_period_fraction_at_knee_1_replica"] <= 1
+            for pid in program_pids(s).values():  # released: nobody is left in the budget
+                assert "/recstack/" not in Path(f"/proc/{pid}/cgroup").read_text()
 
         # Kill one of the 2 replicas under load; supervisord brings it back.
         before = program_pids(s)["api-1"]

@@ -119,3 +119,16 @@ def test_plan_uses_the_cpu_model_when_other_tenants_held_the_cores() -> None:
     assert busy["plan_model"].startswith("CPU per request")
     assert busy["api_replicas_needed"] == 250
     assert busy["api_replicas_needed_fitted_model"] == quiet["api_replicas_needed"]
+
+
+def test_a_budgeted_replica_costs_its_budget_not_a_core() -> None:
+    target = CapacityTarget(qps=50_000, p99_ms=100, users=0, items=0)
+    whole = plan(SUMMARY, target, (400.0, 600.0, True))
+    budgeted = plan({**SUMMARY, "replica_cpu_budget_cores": 0.5}, target, (400.0, 600.0, True))
+    assert whole["api_cores_per_replica"] == 1.0 and budgeted["api_cores_per_replica"] == 0.5
+    # the same measured knees give the same replica count; each replica is half a core
+    assert budgeted["api_replicas_needed"] == whole["api_replicas_needed"]
+    assert whole["total_cores"] - budgeted["total_cores"] == pytest.approx(
+        0.5 * whole["api_replicas_needed"])
+    # 4 CPU ms per request on half a core: 125 RPS, not 250
+    assert budgeted["api_service_rate_from_cpu_rps"] == pytest.approx(125.0)

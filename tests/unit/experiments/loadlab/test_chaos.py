@@ -52,3 +52,27 @@ def test_experiment_help_lists_the_lab_commands() -> None:
     assert "scale" in result.output and "chaos" in result.output
     bad = CliRunner().invoke(app, ["experiment", "chaos", "--fault", "meteor"])
     assert bad.exit_code != 0 and "unknown fault" in bad.output
+
+
+def test_chaos_takes_its_load_from_the_newest_unbudgeted_scale_report(tmp_path) -> None:
+    import json
+
+    from experiments.loadlab.chaos import peak_rps, scale_summary
+    from recstack.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    assert scale_summary(settings) is None and peak_rps(None, 2) is None
+    for name, budget, knee2 in (("scale-20261201T000000Z", None, 340.0),
+                                ("scale-20261202T000000Z", 0.6, 358.0)):
+        folder = settings.reports_dir / name
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({
+            "replica_cpu_budget_cores": budget, "max_rps_at_slo_1_replica": 200.0,
+            "max_rps_at_slo_2_replicas": knee2}))
+    summary = scale_summary(settings)
+    # the newer one gave each replica 0.6 cores; chaos runs unlimited replicas
+    assert summary["report_folder"] == "scale-20261201T000000Z"
+    assert peak_rps(summary, 2) == 340.0
+    assert peak_rps(summary, 4) == 200.0  # not measured: the 1-replica knee, a lower bound
+    (settings.reports_dir / "scale-20261201T000000Z" / "summary.json").write_text("{broken")
+    assert scale_summary(settings)["report_folder"] == "scale-20261202T000000Z"
