@@ -27,7 +27,13 @@ def timeline_figure(timeline: pd.DataFrame, marks: list[dict[str, Any]], t0: dt.
                 / t["oracle_clicks"].rolling(6, min_periods=1).sum())
         label = ("live: drift monitor retrains" if arm == "live"
                  else "frozen: retraining disabled")
-        ax.plot(days, frac, style, label=label, lw=1.8)
+        line, = ax.plot(days, frac, style, label=label, lw=1.8)
+        if "affected_oracle_clicks" in t and t["affected_oracle_clicks"].sum() > 0:
+            # The users the scenario changes, apart: where the loss (and any recovery) is.
+            seg = (t["affected_expected_clicks"].rolling(6, min_periods=1).sum()
+                   / t["affected_oracle_clicks"].rolling(6, min_periods=1).sum())
+            ax.plot(days, seg, style, lw=0.9, alpha=0.6, color=line.get_color(),
+                    label=f"{arm}: affected users only")
         ctr = t["clicks"].rolling(6, min_periods=1).sum() / t["impressions"].rolling(
             6, min_periods=1).sum()
         ax2.plot(days, ctr, style, lw=1.2, label=f"{arm} realized CTR")

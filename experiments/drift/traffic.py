@@ -31,6 +31,10 @@ class ArmHour:
     clicks: int = 0
     expected_clicks: float = 0.0
     oracle_clicks: float = 0.0
+    # The same two sums over the users the scenario affects (ground truth the experiment knows,
+    # serving never does), so the summary can tell the shifted segment's loss from the rest.
+    affected_expected_clicks: float = 0.0
+    affected_oracle_clicks: float = 0.0
     model: str = ""
 
     def row(self) -> dict[str, Any]:
@@ -38,6 +42,8 @@ class ArmHour:
                 "requests": self.requests, "errors": self.errors,
                 "impressions": self.impressions, "clicks": self.clicks,
                 "expected_clicks": self.expected_clicks, "oracle_clicks": self.oracle_clicks,
+                "affected_expected_clicks": self.affected_expected_clicks,
+                "affected_oracle_clicks": self.affected_oracle_clicks,
                 "fraction_of_oracle": (self.expected_clicks / self.oracle_clicks
                                        if self.oracle_clicks else float("nan")),
                 "model": self.model}
@@ -77,9 +83,11 @@ def draw_requests(world: World, at: dt.datetime, n: int, rng: np.random.Generato
 
 
 def play_hour(arms: list[Arm], world: World, hour: int, at: dt.datetime, n: int, k: int,
-              rng: np.random.Generator) -> tuple[list[ArmHour], list[dict[str, Any]]]:
+              rng: np.random.Generator, affected: np.ndarray | None = None,
+              ) -> tuple[list[ArmHour], list[dict[str, Any]]]:
     """``n`` requests in the simulated hour starting ``at``, on every arm; returns the arms'
-    figures and the events to post (of the arms with ``post_events``)."""
+    figures and the events to post (of the arms with ``post_events``). ``affected``: bool mask
+    by user id of the users a scenario changes (their sums are also kept apart)."""
     users, offsets = draw_requests(world, at, n, rng)
     seeds = rng.integers(1 << 31, size=n)  # same click draws on every arm
     out = {a.name: ArmHour(a.name, hour, at) for a in arms}
@@ -106,6 +114,9 @@ def play_hour(arms: list[Arm], world: World, hour: int, at: dt.datetime, n: int,
             rec.clicks += len(reaction.clicked)
             rec.expected_clicks += reaction.expected_clicks
             rec.oracle_clicks += oracle
+            if affected is not None and affected[user_id]:
+                rec.affected_expected_clicks += reaction.expected_clicks
+                rec.affected_oracle_clicks += oracle
             rec.model = model_version_of(body) or ""
             if arm.post_events:
                 events[arm.name] += reaction.events

@@ -90,3 +90,21 @@ def test_arms_see_the_same_users_and_only_live_posts(settings: Settings, apis) -
     assert post_events(live, events) == len(events) > 250
     assert len(live_api.events) == len(events) and frozen_api.events == []
     assert {e.model_version for e in live_api.events} == {"candidates=1,ranker=1"}
+
+
+def test_affected_users_are_summed_apart(settings: Settings, apis) -> None:
+    live_api, _ = apis
+    world = World.generate(settings.sim.model_copy(update={"n_items": 100}))
+    at = dt.datetime(2026, 1, 4, tzinfo=dt.UTC)
+    half = np.arange(world.n_users) % 2 == 0
+    arm = Arm("live", f"http://127.0.0.1:{live_api.server_port}", post_events=False)
+    (fig,), _ = play_hour([arm], world, 0, at, 40, 10, np.random.default_rng(1), half)
+    users = np.array(live_api.users)
+    assert half[users].any() and not half[users].all()  # both kinds drawn
+    assert 0 < fig.affected_expected_clicks < fig.expected_clicks
+    assert 0 < fig.affected_oracle_clicks < fig.oracle_clicks
+    everyone = Arm("all", arm.url, post_events=False)
+    (all_fig,), _ = play_hour([everyone], world, 0, at, 40, 10, np.random.default_rng(1),
+                              np.ones(world.n_users, dtype=bool))
+    assert all_fig.affected_oracle_clicks == pytest.approx(all_fig.oracle_clicks)
+    assert all_fig.row()["affected_expected_clicks"] == pytest.approx(all_fig.expected_clicks)

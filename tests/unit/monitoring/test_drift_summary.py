@@ -39,3 +39,62 @@ def test_summary_figures() -> None:
     # live: the 6-hour mean is back over 0.45 once 0.49 dominates the window (hour 43-45)
     assert 19 / 24 <= out["live_ctr_recovery_time_sim_days"] <= 22 / 24
     assert out["frozen_ctr_recovery_time_sim_days"] is None
+
+
+def _segment_timeline() -> pd.DataFrame:
+    """A third of the oracle's clicks come from users the scenario affects: they drop from 0.5
+    to 0.2 at the shift (hour 48); live brings them back to 0.45 at hour 70. The others stay
+    at 0.5, except a warm-up slope before hour 36 (the pre-shift window must not see it)."""
+    rows = []
+    for hour in range(96):
+        rest = 0.6 if hour < 36 else 0.5
+        hit = 0.5 if hour < 48 else 0.2
+        for arm in ("live", "frozen"):
+            mine = 0.45 if (arm == "live" and hour >= 70) else hit
+            rows.append({"arm": arm, "hour": hour, "impressions": 100, "clicks": 5,
+                         "expected_clicks": 10 * rest + 5 * mine, "oracle_clicks": 15.0,
+                         "affected_expected_clicks": 5 * mine, "affected_oracle_clicks": 5.0})
+    return pd.DataFrame(rows)
+
+
+def test_summary_splits_the_affected_segment_from_the_rest() -> None:
+    shift = T0 + dt.timedelta(hours=48)
+    out = summarize(_segment_timeline(), [], shift, T0, DriftConfig())
+    for arm in ("live", "frozen"):
+        assert out[f"{arm}_unaffected_pre_shift_fraction_of_oracle"] == pytest.approx(0.5)
+        assert out[f"{arm}_unaffected_ctr_recovery_fraction"] == pytest.approx(1.0)
+        assert out[f"{arm}_affected_pre_shift_fraction_of_oracle"] == pytest.approx(0.5)
+        # the 12 h before the pre-shift window (hours 24-35) are still on the warm-up slope
+        assert out[f"{arm}_pre_shift_previous_12h_fraction_of_oracle"] == pytest.approx(
+            (10 * 0.6 + 5 * 0.5) / 15, abs=1e-4)
+    assert out["live_affected_ctr_recovery_fraction"] == pytest.approx(0.9)
+    assert out["frozen_affected_ctr_recovery_fraction"] == pytest.approx(0.4)
+    # the whole population's ratio mixes both: (10*0.5 + 5*0.45) / 15 over 0.5
+    assert out["live_ctr_recovery_fraction"] == pytest.approx((5 + 2.25) / 15 / 0.5, abs=1e-3)
+
+
+def test_summary_without_segment_columns_has_no_segment_figures() -> None:
+    out = summarize(_timeline(), [], T0 + dt.timedelta(hours=24), T0, DriftConfig())
+    assert not [k for k in out if "affected" in k]
+
+
+def test_config_check_keeps_a_watched_pre_shift_day_and_a_recovery_window() -> None:
+    DriftConfig().check()  # the defaults fit
+    with pytest.raises(ValueError, match="shift_day"):
+        DriftConfig(burn_in_days=3).check()  # the shift would fall into the burn-in
+    with pytest.raises(ValueError, match="shift_day"):
+        DriftConfig(live_days=4).check()  # no live day after the shift
+
+
+def test_affected_users_are_the_shifted_segment_only() -> None:
+    from experiments.drift.drift import affected_users, shifted_scenario
+    from recstack.settings import SimSettings
+    from simulator.world import World
+
+    world = World.generate(SimSettings(n_users=300, n_items=80, n_categories=8, seed=3, days=2))
+    taste = shifted_scenario("taste-shift", 1)
+    mask = affected_users(taste, world, 1)
+    assert mask.any() and not mask.all()
+    assert (mask == world.segment_mask("us")).all()
+    assert not affected_users(taste, world, 0).any()  # before the shift's day
+    assert not affected_users(shifted_scenario("hot-item", 1), world, 1).any()
