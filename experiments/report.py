@@ -101,11 +101,16 @@ class ReportFolder:
         return self.path
 
 
+def folders(settings: Settings, kind: str) -> list[Path]:
+    """The report folders of ``kind``, oldest first (their names end in a UTC stamp)."""
+    return sorted(p for p in settings.reports_dir.glob(f"{kind}-*")
+                  if p.is_dir() and not p.is_symlink())
+
+
 def latest(settings: Settings, kind: str) -> Path | None:
     """The newest report folder of ``kind``, or None."""
-    folders = sorted(p for p in settings.reports_dir.glob(f"{kind}-*")
-                     if p.is_dir() and not p.is_symlink())
-    return folders[-1] if folders else None
+    found = folders(settings, kind)
+    return found[-1] if found else None
 
 
 def _cell(value: Any) -> str:

@@ -37,7 +37,7 @@ from experiments.loadlab.analysis import (
 )
 from experiments.loadlab.faults import DESCRIPTIONS, FaultError, KillProgram, make_fault
 from experiments.loadlab.loadgen import run_load, users_for
-from experiments.report import ReportFolder
+from experiments.report import ReportFolder, folders as report_folders
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -86,10 +86,8 @@ class FaultTimes:
 def scale_summary(settings: Settings) -> dict[str, Any] | None:
     """The newest scale report measured like chaos runs, without a CPU budget per replica (a
     budgeted knee understates what unlimited replicas serve); else the newest one."""
-    folders = sorted((p for p in settings.reports_dir.glob("scale-*")
-                      if p.is_dir() and not p.is_symlink()), reverse=True)
     found: dict[str, Any] | None = None
-    for folder in folders:
+    for folder in reversed(report_folders(settings, "scale")):
         try:
             summary = json.loads((folder / "summary.json").read_text())
         except (OSError, ValueError):

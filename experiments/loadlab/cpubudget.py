@@ -53,16 +53,20 @@ class ThrottleStats:
         return self.throttled / self.periods if self.periods > 0 else 0.0
 
 
-def _v1_stats(text: str) -> ThrottleStats:
+def _parse_stats(text: str, wait_key: str, wait_unit_s: float) -> ThrottleStats:
+    """``cpu.stat`` as counters; the waited time is ``throttled_time`` (ns) in v1 and
+    ``throttled_usec`` in v2."""
     values = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
     return ThrottleStats(int(values.get("nr_periods", 0)), int(values.get("nr_throttled", 0)),
-                         int(values.get("throttled_time", 0)) / 1e9)
+                         int(values.get(wait_key, 0)) * wait_unit_s)
+
+
+def _v1_stats(text: str) -> ThrottleStats:
+    return _parse_stats(text, "throttled_time", 1e-9)
 
 
 def _v2_stats(text: str) -> ThrottleStats:
-    values = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
-    return ThrottleStats(int(values.get("nr_periods", 0)), int(values.get("nr_throttled", 0)),
-                         int(values.get("throttled_usec", 0)) / 1e6)
+    return _parse_stats(text, "throttled_usec", 1e-6)
 
 
 @dataclass
@@ -114,14 +118,15 @@ class CpuBudget:
         the cgroup ``name`` with a quota of ``cpus`` cores. Idempotent: call it again after a
         replica restarted, with the new pid."""
         path = self.group(name)
-        path.mkdir(parents=True, exist_ok=True)
-        quota = max(int(self.cpus * self.period_us), 1000)
-        if self.version == 1:
-            (path / "cpu.cfs_period_us").write_text(str(self.period_us))
-            (path / "cpu.cfs_quota_us").write_text(str(quota))
-        else:
-            (path / "cpu.max").write_text(f"{quota} {self.period_us}")
-        self._groups.add(name)
+        if name not in self._groups:  # the quota once; only the pids change between calls
+            path.mkdir(parents=True, exist_ok=True)
+            quota = max(int(self.cpus * self.period_us), 1000)
+            if self.version == 1:
+                (path / "cpu.cfs_period_us").write_text(str(self.period_us))
+                (path / "cpu.cfs_quota_us").write_text(str(quota))
+            else:
+                (path / "cpu.max").write_text(f"{quota} {self.period_us}")
+            self._groups.add(name)
         for pid in pids:
             if pid not in self._origins:
                 origin = _cgroup_of(pid, self.root, self.version)

@@ -101,10 +101,16 @@ def _replica_word(n: int) -> str:
     return f"{n}_replica" if n == 1 else f"{n}_replicas"
 
 
-def _running_count(settings: Settings, service: str) -> int:
+def _replica_programs(settings: Settings, service: str) -> dict[str, int]:
+    """The running replicas of ``service``: supervised program name -> pid."""
     from experiments.loadlab.probes import program_pids
 
-    return sum(1 for name in program_pids(settings) if name.split("-", 1)[0] == service)
+    return {name: pid for name, pid in program_pids(settings).items()
+            if name.split("-", 1)[0] == service}
+
+
+def _running_count(settings: Settings, service: str) -> int:
+    return len(_replica_programs(settings, service))
 
 
 def metric_ports(settings: Settings, service: str, replicas: int) -> list[int]:
@@ -118,10 +124,9 @@ def metric_ports(settings: Settings, service: str, replicas: int) -> list[int]:
 
 def replica_pids(settings: Settings, service: str) -> dict[str, list[int]]:
     """The running replicas of ``service``: program name -> its pid and its children's."""
-    from experiments.loadlab.probes import program_pids, tree_pids
+    from experiments.loadlab.probes import tree_pids
 
-    return {name: tree_pids(pid) for name, pid in program_pids(settings).items()
-            if name.split("-", 1)[0] == service}
+    return {name: tree_pids(pid) for name, pid in _replica_programs(settings, service).items()}
 
 
 def step_cpu(run: LoadRun, stats: StepStats, warmup_s: float) -> dict[str, float]:
