@@ -84,6 +84,7 @@ from pipelines.windows import (
     UserCategorySnapshots,
     UserV2Rows,
     catalogue_entry,
+    profile_entry,
 )
 from recstack import lake
 from recstack.schemas import (
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="item catalogue (item_id, category, created_at) for the ranker_v2 "
                         "tables and the fresh list (default: <lake>/items.parquet; skipped when "
                         "it does not exist)")
+    parser.add_argument("--users", default=None,
+                        help="user profile (user_id, country, device) for the ranker_v2 user "
+                        "table's profile codes (default: <lake>/users.parquet; codes are -1 "
+                        "when it does not exist)")
     parser.add_argument("--popular-size", type=int, default=500,
                         help="items in the popular list (default 500)")
     parser.add_argument("--prior-ctr", type=float, default=0.05,
@@ -186,6 +191,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     if args.items is None:
         default = partitions.join(args.lake, lake.ITEMS_FILE)
         args.items = default if FileSystems.exists(default) else None
+    if args.users is None:
+        default = partitions.join(args.lake, lake.USERS_FILE)
+        args.users = default if FileSystems.exists(default) else None
     return args, beam_args
 
 
@@ -444,10 +452,16 @@ def build_v2(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan, even
                                                  columns=["item_id", "category", "created_at"])
         | "CatalogueEntry" >> beam.Map(catalogue_entry)
     )
+    profiles = beam.pvalue.AsDict(
+        (pipeline
+         | "ReadUsers" >> beam.io.ReadFromParquet(args.users,
+                                                  columns=["user_id", "country", "device"])
+         | "ProfileEntry" >> beam.Map(profile_entry))
+        if args.users else (pipeline | "NoUsers" >> beam.Create([])))
     (
         user_days
         | "UserV2" >> EntitySnapshotsV2(UserV2Rows(first, last, args.prior_ctr,
-                                                   args.prior_weight))
+                                                   args.prior_weight), profiles)
         | "WriteUserV2" >> WritePartitions(
             partitions.join(out, USER_FEATURES_V2_FILE), USER_FEATURES_V2_SCHEMA, ["user_id"],
             "rows_user_features_v2", offset_days=1)

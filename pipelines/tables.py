@@ -52,6 +52,9 @@ _FEATURE_TYPES: dict[str, pa.DataType] = {
     "item_ctr_28d": pa.float64(),
     "item_trend_7d_28d": pa.float64(),  # clicks/day over 7 days vs 28 days, smoothed
     "item_age_days": pa.int64(),  # snapshot day - the item's created_at day
+    "user_country_code": pa.int64(),  # recstack.schemas.profile_code; -1 = unknown
+    "user_device_code": pa.int64(),
+    "item_category": pa.int64(),  # the catalogue's category; -1 = not in the catalogue
     "user_category_clicks_28d": pa.int64(),
     "user_category_share_28d": pa.float64(),  # of the user's clicks in 28 days, in [0, 1]
 }

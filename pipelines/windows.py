@@ -21,6 +21,7 @@ import apache_beam as beam
 
 from pipelines.tables import CREATED, EVENT_TIMESTAMP
 from pipelines.transforms import from_epoch_day, smoothed_ctr, snapshot_time
+from recstack.schemas import NO_PROFILE_CODE, profile_code
 
 LONG_DAYS = 28  # the longest window; a daily run reads this many days back
 NO_CLICK_DAYS = LONG_DAYS + 1  # days_since_click when there is no click in the long window
@@ -73,9 +74,11 @@ class UserV2Rows(beam.DoFn):
         self.first, self.last = first, last
         self.prior_ctr, self.prior_weight = prior_ctr, prior_weight
 
-    def process(self, element: tuple[int, Iterable[DayCounts]]) -> Iterator[dict[str, Any]]:
+    def process(self, element: tuple[int, Iterable[DayCounts]],
+                profiles: dict[int, tuple[int, int]] | None = None) -> Iterator[dict[str, Any]]:
         user_id, counts = element
         counts = list(counts)
+        country, device = (profiles or {}).get(user_id, (NO_PROFILE_CODE, NO_PROFILE_CODE))
         for s, _empty in active_snapshots((c[0] for c in counts), self.first, self.last):
             w = window_stats(counts, s)
             t = snapshot_time(s)
@@ -90,6 +93,8 @@ class UserV2Rows(beam.DoFn):
                 "user_ctr_28d": smoothed_ctr(w["clicks_28d"], w["impressions_28d"],
                                              self.prior_ctr, self.prior_weight),
                 "user_days_since_click": w["days_since_click"],
+                "user_country_code": country,
+                "user_device_code": device,
                 EVENT_TIMESTAMP: t,
                 CREATED: t,
             }
@@ -112,7 +117,7 @@ class ItemV2Rows(beam.DoFn):
                 catalogue: dict[int, tuple[int, int]]) -> Iterator[dict[str, Any]]:
         item_id, counts = element
         counts = list(counts)
-        created_day = catalogue.get(item_id, (0, None))[1]
+        category, created_day = catalogue.get(item_id, (NO_PROFILE_CODE, None))
         for s, _empty in active_snapshots((c[0] for c in counts), self.first, self.last):
             w = window_stats(counts, s)
             t = snapshot_time(s)
@@ -127,6 +132,7 @@ class ItemV2Rows(beam.DoFn):
                                              self.prior_ctr, self.prior_weight),
                 "item_trend_7d_28d": trend(w["clicks_7d"], w["clicks_28d"]),
                 "item_age_days": max(0, s - born),
+                "item_category": category,
                 EVENT_TIMESTAMP: t,
                 CREATED: t,
             }
@@ -251,6 +257,11 @@ class FreshItems(beam.PTransform):
             | "Top" >> beam.combiners.Top.Of(self.size, key=_fresh_score)
             | "Rank" >> beam.FlatMap(_fresh_ranked)
         )
+
+
+def profile_entry(row: dict[str, Any]) -> tuple[int, tuple[int, int]]:
+    """A users.parquet row -> (user_id, (country code, device code)) (schemas.profile_code)."""
+    return int(row["user_id"]), (profile_code(row.get("country")), profile_code(row.get("device")))
 
 
 def catalogue_entry(row: dict[str, Any]) -> tuple[int, tuple[int, int]]:

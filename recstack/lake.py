@@ -15,10 +15,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from recstack.schemas import EVENT_SCHEMA, ITEM_SCHEMA
+from recstack.schemas import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA
 
 EVENTS = "events"
 ITEMS_FILE = "items.parquet"
+USERS_FILE = "users.parquet"  # the user profile (USER_SCHEMA); optional
 
 
 def partition_dir(lake_dir: Path, day: dt.date) -> Path:
@@ -113,3 +114,18 @@ def write_items(table: pa.Table, lake_dir: Path) -> Path:
 def read_items(lake_dir: Path) -> pa.Table:
     path = Path(lake_dir) / ITEMS_FILE
     return pq.read_table(path) if path.exists() else ITEM_SCHEMA.empty_table()
+
+
+def write_users(table: pa.Table, lake_dir: Path) -> Path:
+    """Write the user profile (USER_SCHEMA) next to the events."""
+    path = Path(lake_dir) / USERS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table.select(USER_SCHEMA.names).cast(USER_SCHEMA), tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_users(lake_dir: Path) -> pa.Table:
+    path = Path(lake_dir) / USERS_FILE
+    return pq.read_table(path) if path.exists() else USER_SCHEMA.empty_table()

@@ -100,9 +100,9 @@ class TrainSettings(BaseModel):
     ranker_rounds: int = 150
     ranker_learning_rate: float = 0.05
     negatives_per_positive: int = 4
-    # Candidate model: an event counts 2^(-age/half-life), age from the newest event trained
-    # on; None weighs every day alike. Short half-lives follow a taste shift sooner and forget
-    # long-lived tastes sooner.
+    # Candidate model and ranker: an event (a ranker row) counts 2^(-age/half-life), age from the
+    # newest one trained on; None weighs every day alike. Short half-lives follow a taste shift
+    # sooner and forget long-lived tastes sooner.
     recency_half_life_days: float | None = Field(None, gt=0)
     # The training benchmark (``recstack bench training``): event counts to train at, each in
     # its own process, e.g. RECSTACK_TRAIN__BENCH_EVENTS='[10000000]'; and how long one may run.
@@ -231,8 +231,12 @@ class MonitorSettings(BaseModel):
     # count features with traffic volume (see monitoring/README.md).
     retrain_signals: list[str] = Field(default_factory=lambda: ["online_ctr_ratio"])
     # After a CTR drop, retrain again each cool-down (at most this often) until the online CTR
-    # is back within ctr_drop of its level before the drop.
+    # is back within ctr_drop of its level before the drop; each time only once this many
+    # hours of a day after the last retraining's day have passed: the gate's holdout is the
+    # newest day, so a retraining before any of the new day exists trains on the same days as
+    # the last one (measured: the same AUC to four digits, rejected).
     max_episode_retrains: int = Field(3, ge=0)
+    episode_new_day_hours: float = Field(4.0, ge=0, lt=24)
     cooldown_s: float = Field(3600.0, ge=0, description="no retraining sooner after the last")
     retrain_timeout_s: float = Field(1800.0, gt=0)
 

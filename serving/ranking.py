@@ -8,6 +8,7 @@ import numpy as np
 
 from recstack.schemas import (
     CANDIDATE_SCORE_FEATURE,
+    CROSS_FEATURES,
     FEATURE_VIEW_FEATURES,
     RANKER_FEATURES,
     SOURCE_FEATURES,
@@ -16,7 +17,7 @@ from serving.errors import ArtifactError
 
 SERVABLE_FEATURES = frozenset(
     [n for names in FEATURE_VIEW_FEATURES.values() for n in names]
-    + [CANDIDATE_SCORE_FEATURE, *SOURCE_FEATURES.values()])
+    + [CANDIDATE_SCORE_FEATURE, *SOURCE_FEATURES.values(), *CROSS_FEATURES])
 V1_SERVICE = "ranker_v1"
 
 

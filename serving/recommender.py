@@ -26,10 +26,12 @@ import numpy as np
 
 from recstack.schemas import (
     CANDIDATE_SCORE_FEATURE,
+    CROSS_FEATURES,
     FEATURE_VIEW_FEATURES,
     ITEM_FEATURES,
     SOURCE_FEATURES,
     USER_FEATURES,
+    cross_code,
 )
 from serving.errors import FeatureUnavailable
 from serving.protocols import (
@@ -95,6 +97,7 @@ class ColumnPlan:
     cand: int
     sources: dict[str, int]
     unavailable: tuple[str, ...]  # known features no part provides here: NaN columns
+    crosses: tuple[tuple[int, int, int], ...] = ()  # (column, part a column, part b column)
 
     @property
     def needs_categories(self) -> bool:
@@ -115,7 +118,7 @@ def _column_plan(
 ) -> ColumnPlan:
     """Map every booster column to the part that provides it: the user vector (``user_names``
     order), the item matrix (``item_names``), the user x category rows (``category_names``),
-    the candidate score or a source one-hot. Known stored features that no part provides become
+    the candidate score, a source one-hot or a cross of two other columns. Known stored features that no part provides become
     NaN columns (as in training for a missing snapshot); unknown names raise ValueError."""
     user_pos = {n: i for i, n in enumerate(user_names)}
     item_pos = {n: i for i, n in enumerate(item_names)}
@@ -123,6 +126,7 @@ def _column_plan(
     source_of = {feature: source for source, feature in SOURCE_FEATURES.items()}
     stored = {n for group in FEATURE_VIEW_FEATURES.values() for n in group}
     user, item, cat, sources, unavailable, cand = [], [], [], {}, [], -1
+    crosses = []
     for col, name in enumerate(names):
         if name in user_pos:
             user.append((user_pos[name], col))
@@ -134,12 +138,18 @@ def _column_plan(
             cand = col
         elif name in source_of:
             sources[source_of[name]] = col
+        elif name in CROSS_FEATURES:
+            parts = [p for p in CROSS_FEATURES[name] if p in names]
+            if len(parts) < 2:
+                raise ValueError(f"ranker feature {name!r} needs the columns "
+                                 f"{list(CROSS_FEATURES[name])}")
+            crosses.append((col, list(names).index(parts[0]), list(names).index(parts[1])))
         elif name in stored:
             unavailable.append(name)
         else:
             raise ValueError(f"ranker feature {name!r} is not served")
     return ColumnPlan(len(names), _pairs(user), _pairs(item), _pairs(cat), cand, sources,
-                      tuple(unavailable))
+                      tuple(unavailable), tuple(crosses))
 
 
 @dataclass(slots=True)
@@ -280,6 +290,8 @@ class LocalScorer:
             sources = cands.sources()
             for source, col in plan.sources.items():
                 x[:, col] = sources == source
+        for col, a, b in plan.crosses:
+            x[:, col] = cross_code(x[:, a], x[:, b])
         return x
 
 

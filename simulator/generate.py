@@ -33,11 +33,11 @@ import pyarrow.parquet as pq
 
 from recstack import lake
 from recstack.clock import day_start
-from recstack.schemas import EVENT_SCHEMA, ITEM_SCHEMA, EventType
+from recstack.schemas import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA, EventType
 from recstack.settings import Settings
 from simulator.fatigue import RecentImpressions
 from simulator.policy import LoggingPolicy
-from simulator.world import STREAM_DAYS, World, epoch_us
+from simulator.world import COUNTRIES, DEVICES, STREAM_DAYS, World, epoch_us
 
 if TYPE_CHECKING:
     from simulator.scenarios import Scenario
@@ -77,16 +77,17 @@ def world_dir(settings: Settings) -> Path:
 
 
 def clear_lake(lake_dir: Path) -> int:
-    """Delete the lake's event partitions and catalogue; returns how many files were removed."""
+    """Delete the lake's event partitions, catalogue and user profile; returns how many files
+    were removed."""
     lake_dir = Path(lake_dir)
     events = lake_dir / lake.EVENTS
     removed = sum(1 for p in events.rglob("*") if p.is_file()) if events.exists() else 0
     if events.exists():
         shutil.rmtree(events)
-    items = lake_dir / lake.ITEMS_FILE
-    if items.exists():
-        items.unlink()
-        removed += 1
+    for name in (lake.ITEMS_FILE, lake.USERS_FILE):
+        if (lake_dir / name).exists():
+            (lake_dir / name).unlink()
+            removed += 1
     return removed
 
 
@@ -152,6 +153,7 @@ def simulate(
     saved_to = world.save(world_dir(settings))
     catalogue = item_table(world, day_start(last_day + dt.timedelta(days=1)))
     files.append(lake.write_items(catalogue, settings.lake_dir))
+    files.append(lake.write_users(user_table(world), settings.lake_dir))
     seconds = time.perf_counter() - started
     summary = SimulationSummary(
         n_users=int(world.active_users(day_start(last_day)).sum()),
@@ -210,6 +212,19 @@ def item_table(world: World, before: dt.datetime) -> pa.Table:
             ),
         },
         schema=ITEM_SCHEMA,
+    )
+
+
+def user_table(world: World) -> pa.Table:
+    """The user profile (USER_SCHEMA) of every user the world has, joined or not yet: the
+    attributes a sign-up gives (country, device), never the ground-truth taste."""
+    return pa.table(
+        {
+            "user_id": pa.array(np.arange(world.n_users), type=pa.int64()),
+            "country": pa.array([COUNTRIES[c] for c in world.user_country], type=pa.string()),
+            "device": pa.array([DEVICES[d] for d in world.user_device], type=pa.string()),
+        },
+        schema=USER_SCHEMA,
     )
 
 

@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recstack.schemas import CANDIDATE_SCORE_FEATURE, RANKER_FEATURES, EventType
+from recstack.schemas import (
+    CANDIDATE_SCORE_FEATURE,
+    CROSS_FEATURES,
+    RANKER_FEATURES,
+    EventType,
+    cross_code,
+)
 from training import evaluate as ev
 from training.candidates import CandidateModel, build_index, search
 from training.datasets import NO_CATEGORY, Snapshot
@@ -70,8 +76,8 @@ def ranker_scores_for(
     items: list[np.ndarray],
 ) -> list[np.ndarray]:
     """Score each user's candidate items the way serving does: user features broadcast, item
-    features by id, the user's row of each item's category, the prior model's dot product as
-    CANDIDATE_SCORE_FEATURE; columns are ``holdout.feature_names``."""
+    features by id, the user's row of each item's category, the crosses of codes, the prior
+    model's dot product as CANDIDATE_SCORE_FEATURE; columns are ``holdout.feature_names``."""
     names = holdout.feature_names
     lengths = [len(i) for i in items]
     flat_items = np.concatenate(items) if items else np.array([], dtype=np.int64)
@@ -79,6 +85,9 @@ def ranker_scores_for(
     cats = (holdout.item_categories.reindex(flat_items).fillna(NO_CATEGORY).to_numpy(np.int64)
             if len(flat_items) else np.array([], dtype=np.int64))
     x = holdout.features.for_pairs(names, flat_users, flat_items, cats)
+    for name, (a, b) in CROSS_FEATURES.items():
+        if name in names:
+            x[:, names.index(name)] = cross_code(x[:, names.index(a)], x[:, names.index(b)])
     if CANDIDATE_SCORE_FEATURE in names:
         x[:, names.index(CANDIDATE_SCORE_FEATURE)] = holdout.prior_model.score(
             flat_users, flat_items)

@@ -18,7 +18,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from recstack.schemas import CANDIDATE_SCORE_FEATURE, RANKER_FEATURES
+from recstack.schemas import CANDIDATE_SCORE_FEATURE, CATEGORICAL_FEATURES, RANKER_FEATURES
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,13 @@ def train_ranker(
     learning_rate: float = 0.05,
     seed: int = 0,
     names: list[str] | None = None,
+    weights: np.ndarray | None = None,
 ) -> lgb.Booster:
     """Train ``rounds`` trees on ``train`` (``names`` + label); returns the booster.
+
+    ``weights``: one per row (e.g. recency weights, so the days after a drift count more than
+    the weeks before it). The profile and category codes (CATEGORICAL_FEATURES) are split as
+    categories.
 
     No early stopping on the holdout: the holdout day must stay unseen to report honest
     metrics, and at this data size a fixed, small number of rounds does not over-fit much.
@@ -92,6 +97,7 @@ def train_ranker(
     params = ranker_params(learning_rate, seed, names)
     dtrain = lgb.Dataset(
         feature_matrix(train, names), label=train["label"].to_numpy(), feature_name=names,
+        weight=weights, categorical_feature=[n for n in names if n in CATEGORICAL_FEATURES],
         free_raw_data=False,
     )
     booster = lgb.train(params, dtrain, num_boost_round=rounds)

@@ -24,10 +24,21 @@ import pandas as pd
 
 from recstack.clock import day_start
 from recstack.lake import read_events, read_items
-from recstack.schemas import CANDIDATE_SCORE_FEATURE, POPULAR_FILE, RANKER_V2_ITEM_FEATURES
+from recstack.schemas import (
+    CANDIDATE_SCORE_FEATURE,
+    CROSS_FEATURES,
+    POPULAR_FILE,
+    RANKER_V2_ITEM_FEATURES,
+    cross_code,
+)
 from recstack.settings import GateSettings, Settings
 from training import evaluate as ev
-from training.candidates import CandidateModel, fit_candidate_model, save_artifacts
+from training.candidates import (
+    CandidateModel,
+    fit_candidate_model,
+    recency_weights,
+    save_artifacts,
+)
 from training.datasets import (
     TrainingDataError,
     build_ranker_dataset,
@@ -127,9 +138,19 @@ def training_rows(train: pd.DataFrame) -> pd.DataFrame:
 
 
 def ranker_feature_names(stored: list[str]) -> list[str]:
-    """The ranker's columns: the feature service's stored features in its order, then the
-    request-time candidate score (serving builds exactly these, by name)."""
-    return [*stored, CANDIDATE_SCORE_FEATURE]
+    """The ranker's columns: the feature service's stored features in its order, the crosses
+    of stored codes (CROSS_FEATURES) whose parts it has, then the request-time candidate score
+    (serving builds exactly these, by name)."""
+    crosses = [n for n, parts in CROSS_FEATURES.items() if all(p in stored for p in parts)]
+    return [*stored, *crosses, CANDIDATE_SCORE_FEATURE]
+
+
+def add_cross_features(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with every CROSS_FEATURES column whose parts it has (schemas.cross_code)."""
+    for name, (a, b) in CROSS_FEATURES.items():
+        if a in rows.columns and b in rows.columns:
+            rows[name] = cross_code(rows[a].to_numpy(), rows[b].to_numpy())
+    return rows
 
 
 # Every item-level feature (v1 and v2 views): summarised per item in the drift reference.
@@ -219,6 +240,7 @@ def train_and_register(settings: Settings, store: Any | None = None,
     with clock("candidate_scores_s"):
         data, prior_models = add_candidate_scores(
             data, events, item_ids, dim, seed, settings.train.recency_half_life_days)
+    data = add_cross_features(data)
     train_all, holdout = time_split(data, holdout_day)
     train = training_rows(train_all)
     features = ranker_feature_names(data.attrs["stored_features"])
@@ -226,8 +248,11 @@ def train_and_register(settings: Settings, store: Any | None = None,
 
     _check_stop(stop, "the candidate scores")
     with clock("ranker_s"):
+        half_life = settings.train.recency_half_life_days
         booster = train_ranker(train, settings.train.ranker_rounds,
-                               settings.train.ranker_learning_rate, seed, features)
+                               settings.train.ranker_learning_rate, seed, features,
+                               recency_weights(train["event_timestamp"], half_life)
+                               if half_life else None)
     _check_stop(stop, "the ranker")
     with clock("evaluate_s"):
         hold = build_holdout(settings, store, holdout, events, prior_models[holdout_day],

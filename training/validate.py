@@ -18,6 +18,7 @@ import numpy as np
 from recstack.schemas import (
     CANDIDATE_ARTIFACTS,
     CANDIDATE_SCORE_FEATURE,
+    CROSS_FEATURES,
     FEATURE_VIEW_FEATURES,
     OPTIONAL_CANDIDATE_ARTIFACTS,
     SOURCE_FEATURES,
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 SERVABLE_FEATURES = frozenset(
     [n for names in FEATURE_VIEW_FEATURES.values() for n in names]
-    + [CANDIDATE_SCORE_FEATURE, *SOURCE_FEATURES.values()])
+    + [CANDIDATE_SCORE_FEATURE, *SOURCE_FEATURES.values(), *CROSS_FEATURES])
 
 
 def candidate_problems(root: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 
 import apache_beam as beam
 import pytest
@@ -10,6 +11,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.transforms import snapshot_time
+from recstack.schemas import NO_PROFILE_CODE, profile_code
 from pipelines.windows import (
     NO_CLICK_DAYS,
     EntitySnapshotsV2,
@@ -19,6 +21,7 @@ from pipelines.windows import (
     UserV2Rows,
     active_snapshots,
     catalogue_entry,
+    profile_entry,
     trend,
     window_stats,
 )
@@ -71,16 +74,39 @@ def test_v2_rows_users_items_categories_and_fresh_list() -> None:
                  | "UserOut" >> beam.Map(lambda r: (r["user_clicks_1d"], r["user_clicks_28d"],
                                                     r["user_days_since_click"])))
         assert_that(users, equal_to([(1, 2, 0)]), label="users")
-        items = (p | "ItemDays" >> beam.Create([((7, days), (10, 3)), ((8, days), (10, 1))])
+        # The profile's codes, per user; a user the profile lacks gets NO_PROFILE_CODE.
+        profiles = beam.pvalue.AsDict(p | "Profiles" >> beam.Create(
+            [profile_entry({"user_id": 1, "country": "us", "device": "mobile"})]))
+        coded = (p | "CodedDays" >> beam.Create([((1, D), (1, 1)), ((2, D), (3, 0))])
+                 | "CodedV2" >> EntitySnapshotsV2(UserV2Rows(D, D, 0.1, 10), profiles)
+                 | "CodedOut" >> beam.Map(lambda r: (r["user_id"], r["user_country_code"],
+                                                     r["user_device_code"])))
+        assert_that(coded, equal_to([(1, profile_code("us"), profile_code("mobile")),
+                                     (2, NO_PROFILE_CODE, NO_PROFILE_CODE)]), label="profiles")
+        items = (p | "ItemDays" >> beam.Create([((7, days), (10, 3)), ((8, days), (10, 1)),
+                                                ((9, days), (10, 1))])
                  | "ItemV2" >> EntitySnapshotsV2(ItemV2Rows(days, days, 0.1, 10), side))
-        assert_that(items | "ItemOut" >> beam.Map(lambda r: (r["item_id"], r["item_age_days"])),
-                    equal_to([(7, 0), (8, 100)]), label="items")
+        assert_that(items | "ItemOut" >> beam.Map(lambda r: (r["item_id"], r["item_age_days"],
+                                                              r["item_category"])),
+                    equal_to([(7, 0, 3), (8, 100, 4), (9, 0, NO_PROFILE_CODE)]),
+                    label="items")
         fresh = items | FreshItems(day=days, size=5) | "FreshOut" >> beam.Map(
             lambda r: (r["item_id"], r["rank"]))
-        assert_that(fresh, equal_to([(7, 1)]), label="fresh")  # item 8 is 100 days old
+        # item 8 is 100 days old; item 9 (not in the catalogue) counts from its first event
+        assert_that(fresh, equal_to([(7, 1), (9, 2)]), label="fresh")
         shares = (p | "Events" >> beam.Create(events) | UserCategorySnapshots(side, D, D)
                   | "ShareOut" >> beam.Map(lambda r: (r["category"], r["user_category_clicks_28d"],
                                                       r["user_category_share_28d"],
                                                       r["event_timestamp"])))
         assert_that(shares, equal_to([(3, 1, pytest.approx(1 / 3), t),
                                       (4, 2, pytest.approx(2 / 3), t)]), label="shares")
+
+
+def test_profile_codes_are_stable_distinct_and_ignore_case() -> None:
+    codes = {c: profile_code(c) for c in ("us", "in", "br", "de", "gb", "fr")}
+    assert len(set(codes.values())) == len(codes)  # no collision among the simulator's
+    assert all(0 <= v < 1000 for v in codes.values())
+    assert profile_code(" US ") == codes["us"] == zlib.crc32(b"us") % 1000  # any process
+    assert profile_code(None) == profile_code("") == NO_PROFILE_CODE
+    assert profile_entry({"user_id": 5, "country": None, "device": "tablet"}) == (
+        5, (NO_PROFILE_CODE, profile_code("tablet")))

@@ -161,3 +161,33 @@ def test_a_v1_ranker_with_a_plain_reader_reads_no_categories() -> None:
     scored = LocalScorer(_V1(), _Plain(), table, user_features_budget_s=60.0).rank(
         0, Candidates(np.array([1, 2]), np.zeros(2, np.float32), n_ann=2), 1.0)
     assert scored.scores.tolist() == [1.0, 1.0]
+
+
+def test_a_cross_of_two_codes_is_built_from_the_rows_own_columns() -> None:
+    from recstack.schemas import NO_PROFILE_CODE
+    from serving.protocols import Candidates
+    from serving.recommender import LocalScorer
+
+    class _Reader(_ContextReader):
+        names = ["user_country_code", "user_ctr_7d"]
+
+        def read_with_categories(self, user_id: int, categories: list[int]):
+            country = 338.0 if user_id == 3 else float(NO_PROFILE_CODE)
+            return (np.array([country, 0.5], dtype=np.float32),
+                    np.zeros((len(categories), 2), dtype=np.float32))
+
+    class _CrossRanker(_Ranker):
+        feature_names = ["item_category", "user_country_x_item_category", "user_country_code",
+                         "user_category_share_28d"]
+
+    table = ItemFeatureTable(np.array([5, 6, 7]), np.array([[4], [-1], [2]]),
+                             names=["item_category"], categories=np.array([4, -1, 2]))
+    ranker = _CrossRanker()
+    scorer = LocalScorer(ranker, _Reader(), table, user_features_budget_s=60.0)
+    cands = Candidates(np.array([7, 5, 6, 9]), np.zeros(4, np.float32), n_ann=4)
+    scorer.rank(user_id=3, cands=cands, budget_s=1.0)
+    # Item 7 (category 2) and 5 (4) cross with country 338; unknown category / no row: NaN.
+    np.testing.assert_array_equal(ranker.x[:, 1], np.array([338_002, 338_004, np.nan, np.nan],
+                                                           dtype=np.float32))
+    scorer.rank(user_id=4, cands=cands, budget_s=1.0)  # a user without a country
+    assert np.isnan(ranker.x[:, 1]).all()

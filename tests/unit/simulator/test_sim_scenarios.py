@@ -207,7 +207,8 @@ def test_a_run_replaces_the_lake(tmp_path: Path) -> None:
     simulate(s)  # 3 days, seed 11
     shorter = s.model_copy(update={"sim": s.sim.model_copy(update={"seed": 12, "days": 2})})
     summary = simulate(shorter)
-    assert summary.removed_files == 4  # 3 partitions + the catalogue
+    assert summary.removed_files == 5  # 3 partitions + the catalogue + the user profile
+    assert lake.read_users(s.lake_dir).num_rows == shorter.sim.n_users
     assert lake.list_days(s.lake_dir) == [s.sim.start_date + dt.timedelta(days=i) for i in (0, 1)]
     parts = sorted(p.name for p in (s.lake_dir / lake.EVENTS).rglob("*.parquet"))
     assert parts == ["part-sim-12.parquet"] * 2

@@ -109,3 +109,18 @@ def test_feature_reference_counts_each_item_once() -> None:
     ref = feature_reference(rows, ["user_x", "item_clicks_7d"])
     assert ref["user_x"]["n"] == 4 and ref["item_clicks_7d"]["n"] == 2
     assert ref["item_clicks_7d"]["mean"] == 5.0
+
+
+def test_crosses_join_the_feature_list_only_with_both_parts_and_match_serving() -> None:
+    from recstack.schemas import cross_code
+    from training.train import add_cross_features, ranker_feature_names
+
+    assert ranker_feature_names(["user_country_code", "item_category", "x"]) == [
+        "user_country_code", "item_category", "x", "user_country_x_item_category", "cand_score"]
+    assert ranker_feature_names(["user_country_code", "x"]) == [
+        "user_country_code", "x", "cand_score"]  # ranker_v1-like: no cross without its parts
+    rows = pd.DataFrame({"user_country_code": [338.0, -1.0, np.nan, 12.0],
+                         "item_category": [2.0, 2.0, 3.0, np.nan]})
+    got = add_cross_features(rows)["user_country_x_item_category"].to_numpy()
+    np.testing.assert_array_equal(got, [338_002, np.nan, np.nan, np.nan])
+    np.testing.assert_array_equal(got, cross_code(rows["user_country_code"], rows["item_category"]))
