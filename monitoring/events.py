@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,13 +34,24 @@ class EventBatch:
     null_model_version: int = 0
     null_position: int = 0
     events: int = 0
+    # segment -> a batch of that segment's impressions and clicks only (``segment_of`` given)
+    segments: dict[str, EventBatch] = field(default_factory=dict)
 
     @classmethod
-    def from_events(cls, events: list[dict[str, Any]]) -> EventBatch:
-        """Aggregate Event-like dicts (values may be strings, as stored in the stream)."""
+    def from_events(cls, events: list[dict[str, Any]],
+                    segment_of: Callable[[int], str | None] | None = None) -> EventBatch:
+        """Aggregate Event-like dicts (values may be strings, as stored in the stream);
+        ``segment_of(user_id)`` (None: no segment) also splits impressions and clicks by
+        segment into ``segments``."""
         out = cls()
         positions: dict[str, set[int]] = {}
         for e in events:
+            if segment_of is not None and e.get("event_type") in ("impression", "click"):
+                seg = segment_of(int(e["user_id"]))
+                if seg is not None:
+                    part = out.segments.setdefault(seg, cls())
+                    counter = part.impressions if e["event_type"] == "impression" else part.clicks
+                    counter[e.get("model_version") or "unknown"] += 1
             out.events += 1
             kind = e.get("event_type")
             version = e.get("model_version") or "unknown"
@@ -145,6 +157,46 @@ class CtrTracker:
         base = bc / bi
         se = np.sqrt(base * (1 - base) / wi)
         return (wc / wi) / base, (wc / wi - base) / se if se else 0.0
+
+
+def drop_signal_value(ratio: float, z: float, drop: float, z_min: float) -> float:
+    """A CTR signal's value for ``Signal(..., 1 - drop, above=False)``: the ratio when the drop
+    is both large (ratio < 1 - drop) and not noise (z < -z_min); else the ratio clipped to the
+    threshold (never alerting); NaN while the tracker is not full."""
+    if ratio != ratio:
+        return float("nan")
+    significant = z == z and z < -z_min
+    return ratio if significant else max(ratio, 1 - drop)
+
+
+@dataclass
+class SegmentCtr:
+    """One CtrTracker per user segment (``EventBatch.segments``), each with ``impressions`` in
+    its window and as many in its lagged baseline; ``worst`` names the segment whose window
+    is most significantly below its baseline."""
+
+    impressions: int = 1000
+    trackers: dict[str, CtrTracker] = field(default_factory=dict)
+
+    def add(self, batch: EventBatch) -> None:
+        for seg, part in batch.segments.items():
+            tracker = self.trackers.get(seg)
+            if tracker is None:
+                tracker = self.trackers[seg] = CtrTracker(self.impressions, self.impressions)
+            tracker.add(part)
+
+    def signals(self) -> dict[str, tuple[float, float]]:
+        """segment -> (ratio, z) of the segments whose windows are full."""
+        out = {seg: t.signal() for seg, t in sorted(self.trackers.items())}
+        return {seg: rz for seg, rz in out.items() if rz[0] == rz[0]}
+
+    def worst(self) -> tuple[str | None, float, float]:
+        """(segment, ratio, z) with the lowest z, or (None, nan, nan) when none is full."""
+        full = self.signals()
+        if not full:
+            return None, float("nan"), float("nan")
+        seg = min(full, key=lambda k: (full[k][1], k))
+        return seg, full[seg][0], full[seg][1]
 
 
 def coverage(items: Counter, n_catalogue: int) -> float:

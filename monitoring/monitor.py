@@ -68,6 +68,8 @@ class MonitorMetrics:
         self.ctr_baseline = g("recstack_online_ctr_baseline", "The champion's burn-in CTR.")
         self.ctr_ratio = g("recstack_online_ctr_ratio", "Window CTR / baseline CTR.")
         self.ctr_z = g("recstack_online_ctr_z", "Standard errors of the window CTR vs baseline.")
+        self.segment_ctr_ratio = g("recstack_online_ctr_segment_ratio", "Window CTR / baseline "
+                                   "CTR of a user segment (monitor.ctr_segment_by).", ["segment"])
         self.window_imps = g("recstack_online_impressions_window", "Impressions in the window.")
         self.null_version = g("recstack_events_null_model_version_ratio", "Events without a "
                               "model version since the last check.")
@@ -161,14 +163,17 @@ class DriftMonitor:
         self.alerts = AlertState(self.cfg.consecutive)
         self.cooldown = Cooldown(self.cfg.cooldown_s)
         self.ctr = ev.CtrTracker(self.cfg.ctr_baseline_impressions, self.cfg.ctr_window_impressions)
+        self.segment_ctr = ev.SegmentCtr(self.cfg.ctr_segment_impressions)
+        self._segments: dict[int, str] | None = None  # user id -> segment (lake users.parquet)
         self.last_id = "0-0"
         self.reference: refs.ChampionReference | None = None
         self.output_reference: dict[str, Any] | None = None  # scores and sources at burn-in
         self.last_materialized_until: Any = None
         self.retrain_thread: threading.Thread | None = None
         self.history: list[CheckResult] = []
-        # A CTR drop being worked on: {"baseline": CTR before the drop, "retrains": n}.
-        self.episode: dict[str, float] | None = None
+        # A CTR drop being worked on: {"baseline": CTR before the drop, "retrains": n, "day":
+        # the day of the last retraining, "segment": the segment that dropped or None: all}.
+        self.episode: dict[str, Any] | None = None
         # Users and items seen in recent checks: the population the feature checks sample.
         self.recent_users: deque[int] = deque(maxlen=5000)
 
@@ -231,7 +236,12 @@ class DriftMonitor:
 
     def _events(self) -> ev.EventBatch:
         rows, self.last_id = ev.read_stream(self.redis, self.last_id)
-        return ev.EventBatch.from_events(rows)
+        segment_of = None
+        if self.cfg.ctr_segment_by:
+            if self._segments is None or len(self.history) % 24 == 0:  # new users join
+                self._segments = user_segments(self.settings, self.cfg.ctr_segment_by)
+            segment_of = self._segments.get
+        return ev.EventBatch.from_events(rows, segment_of)
 
     def _ctr(self, batch: ev.EventBatch, result: CheckResult) -> None:
         self.ctr.add(batch)
@@ -246,10 +256,21 @@ class DriftMonitor:
         result.values.update(ctr=self.ctr.window_ctr, ctr_baseline=self.ctr.baseline_ctr,
                              ctr_ratio=ratio, ctr_z=z)
         # Both: the drop is large (ratio) and not noise (z).
-        significant = z == z and z < -self.cfg.ctr_z
-        result.signals.append(Signal("online_ctr_ratio", ratio if significant else
-                                     max(ratio, 1 - self.cfg.ctr_drop) if ratio == ratio
-                                     else float("nan"), 1 - self.cfg.ctr_drop, above=False))
+        result.signals.append(Signal(
+            "online_ctr_ratio", ev.drop_signal_value(ratio, z, self.cfg.ctr_drop, self.cfg.ctr_z),
+            1 - self.cfg.ctr_drop, above=False))
+        if not self.cfg.ctr_segment_by:
+            return
+        self.segment_ctr.add(batch)
+        for seg, (r, _) in self.segment_ctr.signals().items():
+            m.segment_ctr_ratio.labels(segment=seg).set(r)
+        seg, r, z = self.segment_ctr.worst()
+        if seg is not None:
+            result.values.update(ctr_segment_ratio=r, ctr_segment_z=z)
+            result.signals.append(Signal(
+                f"online_ctr_ratio_{self.cfg.ctr_segment_by}",
+                ev.drop_signal_value(r, z, self.cfg.ctr_drop, self.cfg.ctr_segment_z),
+                1 - self.cfg.ctr_drop, above=False, detail=f"{self.cfg.ctr_segment_by}={seg}"))
 
     def _integrity(self, batch: ev.EventBatch, result: CheckResult) -> None:
         if not batch.events:
@@ -380,7 +401,11 @@ class DriftMonitor:
             return
         label = ",".join(s.name for s in alerting)
         if "online_ctr_ratio" in label and self.episode is None:
-            self.episode = {"baseline": self.ctr.baseline_ctr, "retrains": 0}
+            # The episode follows the CTR that dropped: everyone's, else the worst segment's.
+            names = {s.name for s in alerting}
+            seg = None if "online_ctr_ratio" in names else self.segment_ctr.worst()[0]
+            tracker = self.ctr if seg is None else self.segment_ctr.trackers[seg]
+            self.episode = {"baseline": tracker.baseline_ctr, "retrains": 0, "segment": seg}
         if self.episode is not None:
             self.episode["retrains"] += 1
             self.episode["day"] = _day(now)
@@ -403,14 +428,17 @@ class DriftMonitor:
         of the next day exists, trains on the same days as the last, so it can only repeat it.
         In the drift experiment it did: the same AUC to four digits, rejected.)"""
         assert self.episode is not None
-        imps, _ = self.ctr.window_counts
-        if imps < self.cfg.ctr_window_impressions:
+        seg = self.episode.get("segment")
+        tracker = self.ctr if seg is None else self.segment_ctr.trackers[seg]
+        imps, _ = tracker.window_counts
+        if imps < tracker.window_impressions:
             return  # a new champion's window is not full yet
-        level = self.ctr.window_ctr / self.episode["baseline"]
+        level = tracker.window_ctr / self.episode["baseline"]
         result.values["ctr_vs_pre_drop"] = level
         if level >= 1 - self.cfg.ctr_drop:
-            logger.warning("monitor: online CTR recovered to %.0f%% of its level before the "
-                           "drop after %d retraining(s)", 100 * level, self.episode["retrains"])
+            logger.warning("monitor: online CTR%s recovered to %.0f%% of its level before the "
+                           "drop after %d retraining(s)", f" of {seg}" if seg else "",
+                           100 * level, self.episode["retrains"])
             self.episode = None
             return
         if self.episode["retrains"] >= self.cfg.max_episode_retrains:
@@ -424,7 +452,8 @@ class DriftMonitor:
         self.cooldown.fire(self.clock())
         self.episode["retrains"] += 1
         self.episode["day"] = _day(self.clock())
-        cause = f"online CTR not recovered: {level:.2f} of its level before the drop"
+        cause = (f"online CTR{f' of {seg}' if seg else ''} not recovered: {level:.2f} of its "
+                 f"level before the drop")
         result.retrain_cause = cause
         self.metrics.retrains.labels(cause="ctr_not_recovered").inc()
         logger.warning("monitor: %s: retraining again", cause)
@@ -472,3 +501,15 @@ class DriftMonitor:
 def _day(at: float) -> int:
     """The UTC day number of a clock reading (unix seconds)."""
     return int(at // 86_400)
+
+
+def user_segments(settings: Settings, column: str) -> dict[int, str]:
+    """user id -> the user's ``column`` (country, device) from the lake's user profile; empty
+    when the lake has none (then no segment is tested)."""
+    from recstack.lake import read_users
+
+    users = read_users(settings.lake_dir)
+    if column not in users.column_names or users.num_rows == 0:
+        return {}
+    ids, values = users["user_id"].to_pylist(), users[column].to_pylist()
+    return {int(u): str(v) for u, v in zip(ids, values) if v is not None}

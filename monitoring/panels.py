@@ -47,6 +47,9 @@ PANELS: tuple[Panel, ...] = (
     Panel("Online CTR", "percentunit", (
         Query("recstack_online_ctr", "window"),
         Query("recstack_online_ctr_baseline", "baseline"))),
+    Panel("Online CTR per segment (window / lagged baseline)", "percentunit", (
+        Query("recstack_online_ctr_segment_ratio", "{{segment}}"),),
+        "Under 85% and 3.5 standard errors below: the monitor retrains."),
     Panel("Coverage and popularity bias", "percentunit", (
         Query("recstack_catalogue_coverage_ratio", "catalogue coverage"),
         Query("recstack_popularity_share_ratio", "impressions on top-50 popular"))),

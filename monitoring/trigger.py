@@ -21,6 +21,7 @@ class Signal:
     value: float
     threshold: float
     above: bool = True
+    detail: str = ""  # e.g. which segment; in the cause, not in the name (streaks go by name)
 
     @property
     def breached(self) -> bool:
@@ -30,7 +31,8 @@ class Signal:
 
     def describe(self) -> str:
         op = ">" if self.above else "<"
-        return f"{self.name}={self.value:.4g} {op} {self.threshold:.4g}"
+        where = f" ({self.detail})" if self.detail else ""
+        return f"{self.name}={self.value:.4g} {op} {self.threshold:.4g}{where}"
 
 
 @dataclass

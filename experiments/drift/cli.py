@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         live_days: int = typer.Option(5, min=5, max=10, help="burn-in days included"),
         users: int = typer.Option(1000, min=50),
         items: int = typer.Option(400, min=50),
+        seed: int = typer.Option(42, help="the world's and the traffic's seed"),
     ) -> None:
         """Simulated traffic across a drift scenario on a private stack: CTR vs the oracle, the
         drift alert, retraining, promotion and recovery, next to a frozen counterfactual."""
@@ -30,7 +31,7 @@ def register(app: typer.Typer) -> None:
         configure_logging("WARNING")
         cfg = DriftConfig(scenario=scenario, retrain=not no_retrain,
                           requests_per_hour=requests_per_hour, live_days=live_days,
-                          n_users=users, n_items=items)
+                          n_users=users, n_items=items, seed=seed)
         try:
             summary = run_drift(settings, cfg)
         except (RuntimeError, OSError, ValueError) as exc:

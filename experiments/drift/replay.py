@@ -1,5 +1,5 @@
 """False drift alarms, measured cheaply: an offline replay of the monitor's event-stream
-detectors (online CTR vs its baseline, event integrity) over a 7-day simulated run without a
+detectors (online CTR vs its baseline, overall and per user segment; event integrity) over a 7-day simulated run without a
 scenario, hour by hour, on the lake's logging-policy traffic. (The live loop would need a week
 of served traffic; the detectors only see the events either way, and features are not
 replayed here.)"""
@@ -16,15 +16,19 @@ import pandas as pd
 from recstack.settings import Settings
 
 
-def replay_alarms(events: pd.DataFrame, settings: Settings) -> dict[str, Any]:
-    """Feed ``events`` (lake rows) to the detectors one simulated hour at a time."""
-    from monitoring.events import CtrTracker, EventBatch
+def replay_alarms(events: pd.DataFrame, settings: Settings,
+                  segments: dict[int, str] | None = None) -> dict[str, Any]:
+    """Feed ``events`` (lake rows) to the detectors one simulated hour at a time;
+    ``segments`` (user id -> segment) adds the per-segment CTR test, as the monitor has it."""
+    from monitoring.events import CtrTracker, EventBatch, SegmentCtr, drop_signal_value
     from monitoring.monitor import MAX_NULL_MODEL_VERSION, MAX_REQUESTS_WITHOUT_TOP
     from monitoring.trigger import AlertState, Signal
 
     cfg = settings.monitor
     ctr = CtrTracker(cfg.ctr_baseline_impressions, cfg.ctr_window_impressions)
+    by_segment = SegmentCtr(cfg.ctr_segment_impressions)
     state = AlertState(cfg.consecutive)
+    alarms_by: dict[str, int] = {}
     events = events.sort_values("ts")
     hours = events["ts"].dt.floor("h")
     onsets, alerting_checks, checks = 0, 0, 0
@@ -35,12 +39,17 @@ def replay_alarms(events: pd.DataFrame, settings: Settings) -> dict[str, Any]:
         for r in rows:
             if pd.isna(r["position"]):
                 r["position"] = None
-        batch = EventBatch.from_events(rows)
+        batch = EventBatch.from_events(rows, segments.get if segments else None)
         ctr.add(batch)
         ratio, z = ctr.signal()
-        significant = z == z and z < -cfg.ctr_z
-        signals = [Signal("online_ctr_ratio", ratio if significant else float("nan"),
+        signals = [Signal("online_ctr_ratio", drop_signal_value(ratio, z, cfg.ctr_drop, cfg.ctr_z),
                           1 - cfg.ctr_drop, above=False)]
+        if segments:
+            by_segment.add(batch)
+            _, r, sz = by_segment.worst()
+            signals.append(Signal("online_ctr_ratio_segment",
+                                  drop_signal_value(r, sz, cfg.ctr_drop, cfg.ctr_segment_z),
+                                  1 - cfg.ctr_drop, above=False))
         if batch.events:
             signals.append(Signal("events_null_model_version",
                                   batch.null_model_version / batch.events, MAX_NULL_MODEL_VERSION))
@@ -51,13 +60,18 @@ def replay_alarms(events: pd.DataFrame, settings: Settings) -> dict[str, Any]:
         alerting = state.update(signals)
         checks += 1
         alerting_checks += bool(alerting)
-        onsets += bool(alerting) and not was
+        if alerting and not was:
+            onsets += 1
+            for a in alerting:
+                alarms_by[a.name] = alarms_by.get(a.name, 0) + 1
         was = bool(alerting)
-    return {"checks": checks, "alerting_checks": alerting_checks, "alarms": onsets}
+    return {"checks": checks, "alerting_checks": alerting_checks, "alarms": onsets,
+            "alarms_by_signal": alarms_by}
 
 
 def false_alarms(base: Settings, cfg: Any, days: int = 7) -> dict[str, Any]:
     """Simulate ``days`` days without a scenario into a scratch home and replay them."""
+    from monitoring.monitor import user_segments
     from recstack.lake import read_events
     from simulator.generate import simulate
 
@@ -67,10 +81,13 @@ def false_alarms(base: Settings, cfg: Any, days: int = 7) -> dict[str, Any]:
             "seed": cfg.seed + 1, "days": days})})
         simulate(s, days=days)
         events = read_events(s.lake_dir).to_pandas()
-    out = replay_alarms(events, s)
+        segments = (user_segments(s, s.monitor.ctr_segment_by)
+                    if s.monitor.ctr_segment_by else None)
+    out = replay_alarms(events, s, segments)
     return {"false_alarms_7d_no_scenario": out["alarms"],
             "false_alarm_checks_7d": out["checks"],
-            "false_alarm_method": "offline replay of the event-stream detectors (CTR, "
-                                  f"integrity) over {days} simulated days of logging-policy "
+            "false_alarms_by_signal": out["alarms_by_signal"],
+            "false_alarm_method": "offline replay of the event-stream detectors (CTR, CTR "
+                                  f"per {s.monitor.ctr_segment_by or 'nothing'}, integrity) over {days} simulated days of logging-policy "
                                   f"traffic without a scenario, checked hourly",
             "false_alarm_run_started": dt.date.isoformat(s.sim.start_date)}
