@@ -121,8 +121,11 @@ class CtrTracker:
             self.batches.clear()
         version = self.version or "unknown"
         self.batches.append((batch.impressions.get(version, 0), batch.clicks.get(version, 0)))
-        need = self.baseline_impressions + self.window_impressions
-        while len(self.batches) > 1 and sum(i for i, _ in self.batches) - self.batches[0][0] >= need:
+        # Drop the oldest batch only while the baseline stays full without it. (Pruning to
+        # baseline + window impressions in total left the baseline short whenever the window's
+        # batches overshot it: the test went NaN every few checks, which broke alert streaks.)
+        while len(self.batches) > 1 and (
+                self._split()[0][0] - self.batches[0][0] >= self.baseline_impressions):
             self.batches.popleft()
 
     def _split(self) -> tuple[tuple[int, int], tuple[int, int]]:

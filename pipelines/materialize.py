@@ -42,9 +42,11 @@ from pipelines.tables import (
 )
 from recstack.featurestore import open_store
 from recstack.schemas import (
+    CATEGORICAL_FEATURES,
     ITEM_FEATURE_VIEW,
     ITEM_FEATURE_VIEW_V2,
     ITEM_FEATURES_FILE,
+    NO_PROFILE_CODE,
     USER_CATEGORY_FEATURE_VIEW,
     USER_FEATURE_VIEW,
     USER_FEATURE_VIEW_V2,
@@ -156,6 +158,10 @@ def check_table(name: str, table: pa.Table, schema: pa.Schema) -> TableSummary:
             low, high = pc.min(column).as_py(), pc.max(column).as_py()
             if low < 0 or high > 1:
                 raise FeatureTableError(f"{name}: {f.name} outside [0, 1] ({low}..{high})")
+        elif f.name in CATEGORICAL_FEATURES:  # codes: NO_PROFILE_CODE is the only negative
+            low = pc.min(column).as_py()
+            if low is not None and low < NO_PROFILE_CODE:
+                raise FeatureTableError(f"{name}: {f.name} below {NO_PROFILE_CODE} (min {low})")
         elif pa.types.is_integer(f.type) and f.name not in ("position",):
             low = pc.min(column).as_py()
             if low is not None and low < 0:

@@ -62,3 +62,17 @@ def test_coverage_and_popularity_share() -> None:
     items = Counter({1: 5, 2: 3, 9: 2})
     assert coverage(items, 100) == 0.03
     assert popularity_share(items, [1, 2, 3], top=2) == 0.8
+
+
+def test_once_full_the_ctr_test_never_goes_blank_whatever_the_batch_sizes() -> None:
+    # Batches of 140 impressions against windows of 1000: the window's batches overshoot it
+    # (1120), and pruning to 2000 impressions in total used to leave the baseline short (880),
+    # so every few checks the test had no verdict and alert streaks started over.
+    t = CtrTracker(baseline_impressions=1000, window_impressions=1000)
+    verdicts = []
+    for i in range(60):
+        t.add(EventBatch.from_events(_events(14, 0.1, seed=i)))
+        verdicts.append(not np.isnan(t.signal()[0]))
+    first = verdicts.index(True)
+    assert first <= 15 and all(verdicts[first:])
+    assert sum(i for i, _ in t.batches) < 1000 + 1000 + 2 * 140  # and it does not grow

@@ -58,7 +58,7 @@ def test_segment_batches_split_impressions_and_clicks_by_segment() -> None:
     seg.add(EventBatch.from_events(events({"us": 0.1, "de": 0.1}, "v1", 1), COUNTRY.get))
     assert seg.signals() == {} and seg.worst()[0] is None  # windows full, baselines empty
     seg.add(EventBatch.from_events(events({"us": 0.1, "de": 0.1}, "v1", 2), COUNTRY.get))
-    assert set(seg.signals()) == {"us"}  # ("de" checks come in 700s: one batch is all)
+    assert set(seg.signals()) == {"us", "de"}
     seg.add(EventBatch.from_events(events({"us": 0.0, "de": 0.1}, "v1", 3), COUNTRY.get))
     assert seg.worst()[0] == "us" and seg.worst()[1] == 0.0  # its window: no click
 

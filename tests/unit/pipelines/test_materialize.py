@@ -131,3 +131,18 @@ def test_backfill_verb_rejects_a_reversed_range_in_one_line() -> None:
     assert done.exit_code != 0 and "is after END" in done.output
     done = CliRunner().invoke(app, ["backfill", "--help"])
     assert done.exit_code == 0 and "START" in done.output
+
+
+def test_profile_codes_may_be_unknown_but_not_below_that() -> None:
+    from pipelines.tables import USER_FEATURES_V2_FILE, USER_FEATURES_V2_SCHEMA
+
+    row = {f.name: [0] for f in USER_FEATURES_V2_SCHEMA}
+    row.update(user_ctr_1d=[0.1], user_ctr_28d=[0.1], event_timestamp=[T], created=[T],
+               user_country_code=[-1], user_device_code=[417])
+    good = pa.table(row, schema=USER_FEATURES_V2_SCHEMA)
+    assert check_table(USER_FEATURES_V2_FILE, good, USER_FEATURES_V2_SCHEMA).rows == 1
+    bad = good.set_column(good.schema.get_field_index("user_country_code"),
+                          USER_FEATURES_V2_SCHEMA.field("user_country_code"),
+                          pa.array([-2], pa.int64()))
+    with pytest.raises(FeatureTableError, match="user_country_code below -1"):
+        check_table(USER_FEATURES_V2_FILE, bad, USER_FEATURES_V2_SCHEMA)
