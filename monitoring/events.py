@@ -36,6 +36,9 @@ class EventBatch:
     events: int = 0
     # segment -> a batch of that segment's impressions and clicks only (``segment_of`` given)
     segments: dict[str, EventBatch] = field(default_factory=dict)
+    # Per model version, over its requests (impressions n and clicks c of one request): sums
+    # of n^2, c^2 and n*c, for a CTR variance that counts a request's clicks as one draw.
+    request_moments: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
     @classmethod
     def from_events(cls, events: list[dict[str, Any]],
@@ -45,13 +48,19 @@ class EventBatch:
         segment into ``segments``."""
         out = cls()
         positions: dict[str, set[int]] = {}
-        for e in events:
-            if segment_of is not None and e.get("event_type") in ("impression", "click"):
-                seg = segment_of(int(e["user_id"]))
+        per_request: dict[tuple[str | None, str, str], list[int]] = {}  # -> [impressions, clicks]
+        for n, e in enumerate(events):
+            kind = e.get("event_type")
+            if kind in ("impression", "click"):
+                version = e.get("model_version") or "unknown"
+                seg = segment_of(int(e["user_id"])) if segment_of is not None else None
+                request = str(e.get("request_id") or f"event-{n}")  # no id: its own draw
+                counts = per_request.setdefault((seg, version, request), [0, 0])
+                counts[kind == "click"] += 1
                 if seg is not None:
                     part = out.segments.setdefault(seg, cls())
-                    counter = part.impressions if e["event_type"] == "impression" else part.clicks
-                    counter[e.get("model_version") or "unknown"] += 1
+                    counter = part.impressions if kind == "impression" else part.clicks
+                    counter[version] += 1
             out.events += 1
             kind = e.get("event_type")
             version = e.get("model_version") or "unknown"
@@ -71,6 +80,11 @@ class EventBatch:
                 out.clicks[version] += 1
         out.requests = len(positions)
         out.requests_without_top = sum(1 for p in positions.values() if 0 not in p)
+        for (seg, version, _), (imps, clicks) in per_request.items():
+            for batch in ((out,) if seg is None else (out, out.segments[seg])):
+                n2, c2, nc = batch.request_moments.get(version, (0.0, 0.0, 0.0))
+                batch.request_moments[version] = (n2 + imps * imps, c2 + clicks * clicks,
+                                                  nc + imps * clicks)
         return out
 
 
@@ -104,6 +118,12 @@ class CtrTracker:
     A lagged baseline follows slow changes (users' fatigue, an ageing catalogue) and flags
     a sudden drop; a new model version starts over, so a fresh champion sets its own bar.
     ``signal`` gives (window CTR / baseline CTR, z score of the window against the baseline).
+
+    The z score's variance treats a request, not an impression, as one draw (the linearised
+    variance of a ratio over requests) and counts the baseline's as well as the window's:
+    the clicks of one list go together (a user who clicks often clicks twice). With the
+    binomial variance of impressions and an exact baseline, a simulated week without any
+    drift reached z = -3.9 and +3.8 in one country's 1000-impression windows.
     """
 
     baseline_impressions: int = 4000
@@ -120,7 +140,8 @@ class CtrTracker:
             self.version = newest
             self.batches.clear()
         version = self.version or "unknown"
-        self.batches.append((batch.impressions.get(version, 0), batch.clicks.get(version, 0)))
+        self.batches.append((batch.impressions.get(version, 0), batch.clicks.get(version, 0),
+                             *batch.request_moments.get(version, (0.0, 0.0, 0.0))))
         # Drop the oldest batch only while the baseline stays full without it. (Pruning to
         # baseline + window impressions in total left the baseline short whenever the window's
         # batches overshot it: the test went NaN every few checks, which broke alert streaks.)
@@ -128,15 +149,29 @@ class CtrTracker:
                 self._split()[0][0] - self.batches[0][0] >= self.baseline_impressions):
             self.batches.popleft()
 
+    @staticmethod
+    def _variance(sums: np.ndarray) -> float:
+        """Variance of clicks / impressions over requests (delta method); 0 if unknown."""
+        imps, clicks, n2, c2, nc = sums
+        if imps <= 0 or n2 <= 0:
+            return 0.0
+        p = clicks / imps
+        return max(float(c2 - 2 * p * nc + p * p * n2), 0.0) / (imps * imps)
+
+    def _sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """(baseline, window) sums of (imps, clicks, n^2, c^2, n*c) over their batches."""
+        window, base = np.zeros(5), np.zeros(5)
+        for b in reversed(self.batches):
+            if window[0] < self.window_impressions:
+                window += b
+            else:
+                base += b
+        return base, window
+
     def _split(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """((baseline imps, clicks), (window imps, clicks))."""
-        wi = wc = bi = bc = 0
-        for imps, clicks in reversed(self.batches):
-            if wi < self.window_impressions:
-                wi, wc = wi + imps, wc + clicks
-            else:
-                bi, bc = bi + imps, bc + clicks
-        return (bi, bc), (wi, wc)
+        base, window = self._sums()
+        return (int(base[0]), int(base[1])), (int(window[0]), int(window[1]))
 
     @property
     def baseline_ctr(self) -> float:
@@ -154,11 +189,15 @@ class CtrTracker:
 
     def signal(self) -> tuple[float, float]:
         """(window CTR / baseline CTR, z) or (nan, nan) until both are full."""
+        base_sums, window_sums = self._sums()
         (bi, bc), (wi, wc) = self._split()
         if wi < self.window_impressions or bi < self.baseline_impressions or not bc:
             return float("nan"), float("nan")
         base = bc / bi
-        se = np.sqrt(base * (1 - base) / wi)
+        var = self._variance(window_sums) + self._variance(base_sums)
+        if var <= 0:  # no request structure (hand-made batches): impressions as draws
+            var = base * (1 - base) / wi
+        se = np.sqrt(var)
         return (wc / wi) / base, (wc / wi - base) / se if se else 0.0
 
 
@@ -174,18 +213,20 @@ def drop_signal_value(ratio: float, z: float, drop: float, z_min: float) -> floa
 
 @dataclass
 class SegmentCtr:
-    """One CtrTracker per user segment (``EventBatch.segments``), each with ``impressions`` in
-    its window and as many in its lagged baseline; ``worst`` names the segment whose window
-    is most significantly below its baseline."""
+    """One CtrTracker per user segment (``EventBatch.segments``), each with
+    ``window_impressions`` in its window and ``baseline_impressions`` in its lagged baseline;
+    ``worst`` names the segment whose window is most significantly below its baseline."""
 
-    impressions: int = 1000
+    window_impressions: int = 1000
+    baseline_impressions: int = 3000
     trackers: dict[str, CtrTracker] = field(default_factory=dict)
 
     def add(self, batch: EventBatch) -> None:
         for seg, part in batch.segments.items():
             tracker = self.trackers.get(seg)
             if tracker is None:
-                tracker = self.trackers[seg] = CtrTracker(self.impressions, self.impressions)
+                tracker = self.trackers[seg] = CtrTracker(self.baseline_impressions,
+                                                          self.window_impressions)
             tracker.add(part)
 
     def signals(self) -> dict[str, tuple[float, float]]:

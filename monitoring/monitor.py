@@ -163,7 +163,8 @@ class DriftMonitor:
         self.alerts = AlertState(self.cfg.consecutive)
         self.cooldown = Cooldown(self.cfg.cooldown_s)
         self.ctr = ev.CtrTracker(self.cfg.ctr_baseline_impressions, self.cfg.ctr_window_impressions)
-        self.segment_ctr = ev.SegmentCtr(self.cfg.ctr_segment_impressions)
+        self.segment_ctr = ev.SegmentCtr(self.cfg.ctr_segment_window_impressions,
+                                        self.cfg.ctr_segment_baseline_impressions)
         self._segments: dict[int, str] | None = None  # user id -> segment (lake users.parquet)
         self.last_id = "0-0"
         self.reference: refs.ChampionReference | None = None

@@ -225,11 +225,12 @@ class MonitorSettings(BaseModel):
         4000, ge=100, description="impressions just before the window: the lagged baseline")
     # The same CTR test per user segment (a users.parquet column of the lake, e.g. country;
     # None: off): a drop in one country is a fraction of the overall CTR but most of its own.
-    # Smaller windows (a segment has a share of the traffic), a stricter z (several segments
-    # are tested at every check); a segment is tested once both its windows are full.
+    # A smaller window (a segment has a share of the traffic), a longer baseline (so a drop
+    # stays in contrast for several checks before the lagged baseline absorbs it), a stricter
+    # z (every segment is tested at every check); tested once both are full.
     ctr_segment_by: Literal["country", "device"] | None = "country"
-    ctr_segment_impressions: int = Field(
-        1000, ge=100, description="a segment's window and its lagged baseline, each")
+    ctr_segment_window_impressions: int = Field(1000, ge=100)
+    ctr_segment_baseline_impressions: int = Field(3000, ge=100)
     ctr_segment_z: float = Field(3.5, gt=0)
     consecutive: int = Field(2, ge=1, description="checks in a row over a threshold to alert")
     retrain: bool = Field(True, description="run `recstack retrain` when drift is detected")

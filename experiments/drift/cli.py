@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
         scenario: str = typer.Option("taste-shift", help="a scenario name (recstack scenarios)"),
         no_retrain: bool = typer.Option(False, "--no-retrain",
                                         help="the monitor alerts but never retrains"),
-        requests_per_hour: int = typer.Option(40, min=1, max=500),
+        requests_per_hour: int = typer.Option(120, min=1, max=500),
         live_days: int = typer.Option(5, min=5, max=10, help="burn-in days included"),
         users: int = typer.Option(1000, min=50),
         items: int = typer.Option(400, min=50),

@@ -26,7 +26,8 @@ def replay_alarms(events: pd.DataFrame, settings: Settings,
 
     cfg = settings.monitor
     ctr = CtrTracker(cfg.ctr_baseline_impressions, cfg.ctr_window_impressions)
-    by_segment = SegmentCtr(cfg.ctr_segment_impressions)
+    by_segment = SegmentCtr(cfg.ctr_segment_window_impressions,
+                            cfg.ctr_segment_baseline_impressions)
     state = AlertState(cfg.consecutive)
     alarms_by: dict[str, int] = {}
     events = events.sort_values("ts")
@@ -78,7 +79,9 @@ def false_alarms(base: Settings, cfg: Any, days: int = 7) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="recstack-replay-") as tmp:
         s = base.model_copy(update={"home": Path(tmp), "sim": base.sim.model_copy(update={
             "n_users": cfg.n_users, "n_items": cfg.n_items, "n_categories": cfg.n_categories,
-            "seed": cfg.seed + 1, "days": days})})
+            "seed": cfg.seed + 1, "days": days,
+            # as many requests a day as the live run serves (a session is one request)
+            "sessions_per_user_per_day": cfg.requests_per_hour * 24 / cfg.n_users})})
         simulate(s, days=days)
         events = read_events(s.lake_dir).to_pandas()
         segments = (user_segments(s, s.monitor.ctr_segment_by)
@@ -88,6 +91,7 @@ def false_alarms(base: Settings, cfg: Any, days: int = 7) -> dict[str, Any]:
             "false_alarm_checks_7d": out["checks"],
             "false_alarms_by_signal": out["alarms_by_signal"],
             "false_alarm_method": "offline replay of the event-stream detectors (CTR, CTR "
-                                  f"per {s.monitor.ctr_segment_by or 'nothing'}, integrity) over {days} simulated days of logging-policy "
+                                  f"per {s.monitor.ctr_segment_by or 'nothing'}, integrity) over "
+                                  f"{days} simulated days of logging-policy "
                                   f"traffic without a scenario, checked hourly",
             "false_alarm_run_started": dt.date.isoformat(s.sim.start_date)}

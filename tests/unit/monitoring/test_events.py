@@ -75,4 +75,4 @@ def test_once_full_the_ctr_test_never_goes_blank_whatever_the_batch_sizes() -> N
         verdicts.append(not np.isnan(t.signal()[0]))
     first = verdicts.index(True)
     assert first <= 15 and all(verdicts[first:])
-    assert sum(i for i, _ in t.batches) < 1000 + 1000 + 2 * 140  # and it does not grow
+    assert sum(b[0] for b in t.batches) < 1000 + 1000 + 2 * 140  # and it does not grow

@@ -54,7 +54,7 @@ def test_segment_batches_split_impressions_and_clicks_by_segment() -> None:
     assert batch.segments["us"].impressions["v1"] == 300 == batch.segments["us"].clicks["v1"]
     assert batch.segments["de"].impressions["v1"] == 700 and not batch.segments["de"].clicks
     assert batch.impressions["v1"] == 1000  # the overall figures are unchanged
-    seg = SegmentCtr(impressions=300)  # a window of 300 and a baseline of 300 before it
+    seg = SegmentCtr(window_impressions=300, baseline_impressions=300)
     seg.add(EventBatch.from_events(events({"us": 0.1, "de": 0.1}, "v1", 1), COUNTRY.get))
     assert seg.signals() == {} and seg.worst()[0] is None  # windows full, baselines empty
     seg.add(EventBatch.from_events(events({"us": 0.1, "de": 0.1}, "v1", 2), COUNTRY.get))
@@ -69,7 +69,8 @@ def _monitor(settings: Settings, stream: Stream, calls: list[str]) -> tuple[Drif
                      settings.lake_dir)
     s = settings.model_copy(update={"monitor": settings.monitor.model_copy(update={
         "ctr_baseline_impressions": 3000, "ctr_window_impressions": 3000, "ctr_z": 3.0,
-        "ctr_segment_impressions": 600, "ctr_segment_z": 3.5, "consecutive": 2,
+        "ctr_segment_window_impressions": 600, "ctr_segment_baseline_impressions": 1800,
+        "ctr_segment_z": 3.5, "consecutive": 2,
         "cooldown_s": 10.0, "episode_new_day_hours": 0.0})})
     now = {"t": 0.0}
     ref = ChampionReference({"ranker": "1"}, {"ranker": 0.0})
