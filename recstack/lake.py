@@ -101,31 +101,33 @@ def _first_occurrences(column: pa.ChunkedArray) -> pa.Array:
     return pa.array(np.sort(firsts.to_numpy()))
 
 
-def write_items(table: pa.Table, lake_dir: Path) -> Path:
-    """Write the item catalogue (ITEM_SCHEMA) next to the events."""
-    path = Path(lake_dir) / ITEMS_FILE
+def _write_side_table(table: pa.Table, path: Path, schema: pa.Schema) -> Path:
+    """Write a table beside the events (atomically: a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    pq.write_table(table.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA), tmp)
+    pq.write_table(table.select(schema.names).cast(schema), tmp)
     tmp.replace(path)
     return path
 
 
+def _read_side_table(path: Path, schema: pa.Schema) -> pa.Table:
+    return pq.read_table(path) if path.exists() else schema.empty_table()
+
+
+def write_items(table: pa.Table, lake_dir: Path) -> Path:
+    """Write the item catalogue (ITEM_SCHEMA) next to the events."""
+    return _write_side_table(table, Path(lake_dir) / ITEMS_FILE, ITEM_SCHEMA)
+
+
 def read_items(lake_dir: Path) -> pa.Table:
-    path = Path(lake_dir) / ITEMS_FILE
-    return pq.read_table(path) if path.exists() else ITEM_SCHEMA.empty_table()
+    return _read_side_table(Path(lake_dir) / ITEMS_FILE, ITEM_SCHEMA)
 
 
 def write_users(table: pa.Table, lake_dir: Path) -> Path:
     """Write the user profile (USER_SCHEMA) next to the events."""
-    path = Path(lake_dir) / USERS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table.select(USER_SCHEMA.names).cast(USER_SCHEMA), tmp)
-    tmp.replace(path)
-    return path
+    return _write_side_table(table, Path(lake_dir) / USERS_FILE, USER_SCHEMA)
 
 
 def read_users(lake_dir: Path) -> pa.Table:
-    path = Path(lake_dir) / USERS_FILE
-    return pq.read_table(path) if path.exists() else USER_SCHEMA.empty_table()
+    """The user profile, or an empty table when the lake has none (e.g. an import)."""
+    return _read_side_table(Path(lake_dir) / USERS_FILE, USER_SCHEMA)
