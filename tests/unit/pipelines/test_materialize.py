@@ -146,3 +146,12 @@ def test_profile_codes_may_be_unknown_but_not_below_that() -> None:
                           pa.array([-2], pa.int64()))
     with pytest.raises(FeatureTableError, match="user_country_code below -1"):
         check_table(USER_FEATURES_V2_FILE, bad, USER_FEATURES_V2_SCHEMA)
+
+
+def test_an_empty_fresh_list_passes_an_empty_feature_table_does_not() -> None:
+    from pipelines.tables import FRESH_SCHEMA
+    from recstack.schemas import FRESH_FILE
+
+    assert check_table(FRESH_FILE, FRESH_SCHEMA.empty_table(), FRESH_SCHEMA).rows == 0
+    with pytest.raises(FeatureTableError, match="empty"):
+        check_table(USER_FEATURES_FILE, user_table().slice(0, 0), USER_FEATURES_SCHEMA)
