@@ -66,7 +66,10 @@ def test_a_short_client_deadline_skips_stages_and_says_why() -> None:
     client = _client(make_resources(ranker=SlowRanker(0.01)))
     resp = client.get("/recommendations/4", params={"k": 3}, headers={"X-Deadline-Ms": "5"})
     assert resp.status_code == 200
-    assert resp.json()["degraded"] in (["ranker_late"], ["deadline_exceeded"])
+    # Which stage the 5 ms run out in depends on the machine (a clean-clone run on a busy VM
+    # ran out in candidate generation): any is right, as long as the answer says so.
+    assert resp.json()["degraded"] in (["ranker_late"], ["deadline_exceeded"],
+                                       ["candidates_late"])
     fast = client.get("/recommendations/4", params={"k": 3}, headers={"X-Deadline-Ms": "500"})
     assert fast.json()["degraded"] == []
 
