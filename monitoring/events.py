@@ -50,22 +50,19 @@ class EventBatch:
         positions: dict[str, set[int]] = {}
         per_request: dict[tuple[str | None, str, str], list[int]] = {}  # -> [impressions, clicks]
         for n, e in enumerate(events):
-            kind = e.get("event_type")
-            if kind in ("impression", "click"):
-                version = e.get("model_version") or "unknown"
-                seg = segment_of(int(e["user_id"])) if segment_of is not None else None
-                request = str(e.get("request_id") or f"event-{n}")  # no id: its own draw
-                counts = per_request.setdefault((seg, version, request), [0, 0])
-                counts[kind == "click"] += 1
-                if seg is not None:
-                    part = out.segments.setdefault(seg, cls())
-                    counter = part.impressions if kind == "impression" else part.clicks
-                    counter[version] += 1
             out.events += 1
             kind = e.get("event_type")
             version = e.get("model_version") or "unknown"
             if not e.get("model_version"):
                 out.null_model_version += 1
+            if kind not in ("impression", "click"):
+                continue
+            seg = segment_of(int(e["user_id"])) if segment_of is not None else None
+            request = str(e.get("request_id") or f"event-{n}")  # no id: its own draw
+            per_request.setdefault((seg, version, request), [0, 0])[kind == "click"] += 1
+            if seg is not None:
+                part = out.segments.setdefault(seg, cls())
+                (part.impressions if kind == "impression" else part.clicks)[version] += 1
             if kind == "impression":
                 out.impressions[version] += 1
                 out.items[int(e["item_id"])] += 1
@@ -76,7 +73,7 @@ class EventBatch:
                     out.null_position += 1
                 else:
                     positions.setdefault(str(e.get("request_id")), set()).add(int(float(pos)))
-            elif kind == "click":
+            else:
                 out.clicks[version] += 1
         out.requests = len(positions)
         out.requests_without_top = sum(1 for p in positions.values() if 0 not in p)
@@ -190,7 +187,7 @@ class CtrTracker:
     def signal(self) -> tuple[float, float]:
         """(window CTR / baseline CTR, z) or (nan, nan) until both are full."""
         base_sums, window_sums = self._sums()
-        (bi, bc), (wi, wc) = self._split()
+        (bi, bc), (wi, wc) = base_sums[:2], window_sums[:2]
         if wi < self.window_impressions or bi < self.baseline_impressions or not bc:
             return float("nan"), float("nan")
         base = bc / bi

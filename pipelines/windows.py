@@ -21,7 +21,7 @@ import apache_beam as beam
 
 from pipelines.tables import CREATED, EVENT_TIMESTAMP
 from pipelines.transforms import from_epoch_day, smoothed_ctr, snapshot_time
-from recstack.schemas import NO_PROFILE_CODE, profile_code
+from recstack.schemas import NO_CATEGORY, NO_PROFILE_CODE, profile_code
 
 LONG_DAYS = 28  # the longest window; a daily run reads this many days back
 NO_CLICK_DAYS = LONG_DAYS + 1  # days_since_click when there is no click in the long window
@@ -117,7 +117,7 @@ class ItemV2Rows(beam.DoFn):
                 catalogue: dict[int, tuple[int, int]]) -> Iterator[dict[str, Any]]:
         item_id, counts = element
         counts = list(counts)
-        category, created_day = catalogue.get(item_id, (NO_PROFILE_CODE, None))
+        category, created_day = catalogue.get(item_id, (NO_CATEGORY, None))
         for s, _empty in active_snapshots((c[0] for c in counts), self.first, self.last):
             w = window_stats(counts, s)
             t = snapshot_time(s)

@@ -58,6 +58,7 @@ USER_SCHEMA = pa.schema(
     ]
 )
 NO_PROFILE_CODE = -1  # a profile feature's value when the user (or the attribute) is unknown
+NO_CATEGORY = -1  # the category of an item missing from the catalogue
 
 
 def profile_code(value: str | None) -> int:

@@ -118,8 +118,9 @@ def _column_plan(
 ) -> ColumnPlan:
     """Map every booster column to the part that provides it: the user vector (``user_names``
     order), the item matrix (``item_names``), the user x category rows (``category_names``),
-    the candidate score, a source one-hot or a cross of two other columns. Known stored features that no part provides become
-    NaN columns (as in training for a missing snapshot); unknown names raise ValueError."""
+    the candidate score, a source one-hot or a cross of two other columns. Known stored
+    features that no part provides become NaN columns (as in training for a missing
+    snapshot); unknown names raise ValueError."""
     user_pos = {n: i for i, n in enumerate(user_names)}
     item_pos = {n: i for i, n in enumerate(item_names)}
     cat_pos = {n: i for i, n in enumerate(category_names)}

@@ -25,6 +25,7 @@ from recstack.schemas import (
     ITEM_FEATURE_VIEW,
     ITEM_FEATURE_VIEW_V2,
     LABELS_FILE,
+    NO_CATEGORY,
     USER_CATEGORY_FEATURE_VIEW,
     USER_FEATURE_VIEW,
     USER_FEATURE_VIEW_V2,
@@ -43,7 +44,6 @@ VIEW_KEYS: dict[str, tuple[str, ...]] = {
     ITEM_FEATURE_VIEW: ("item_id",), ITEM_FEATURE_VIEW_V2: ("item_id",),
     USER_CATEGORY_FEATURE_VIEW: ("user_id", "category"),
 }
-NO_CATEGORY = -1  # the category of an item missing from the catalogue: no user x category row
 DEAD_LETTER_FILE = "training_labels.parquet"
 
 

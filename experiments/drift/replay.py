@@ -1,6 +1,6 @@
 """False drift alarms, measured cheaply: an offline replay of the monitor's event-stream
-detectors (online CTR vs its baseline, overall and per user segment; event integrity) over a 7-day simulated run without a
-scenario, hour by hour, on the lake's logging-policy traffic. (The live loop would need a week
+detectors (online CTR vs its baseline, overall and per user segment; event integrity) over a
+7-day simulated run without a scenario, hour by hour, on the lake's logging-policy traffic. (The live loop would need a week
 of served traffic; the detectors only see the events either way, and features are not
 replayed here.)"""
 
