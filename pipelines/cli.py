@@ -8,11 +8,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from recstack.logs import configure_logging
 from recstack.settings import get_settings
 
 app = typer.Typer()
+# `recstack lake ...` (joined as a group by recstack/cli.py)
+lake_app = typer.Typer(name="lake", help="Inspect the event lake.", no_args_is_help=True)
 console = Console(stderr=True)
 
 _SWING_HELP = ("fail (and materialize nothing) when a table's newest-day row count changes by "
@@ -77,3 +81,55 @@ def _swing(value: float | None) -> float | None | str:
     if value is None:
         return "settings"
     return value or None
+
+
+@lake_app.command("check")
+def lake_check(
+    quarantine: Annotated[bool, typer.Option(
+        "--quarantine", help="move the suspicious partitions (or part files) to "
+        "<lake>/quarantine/check=<time>/ (never deleted)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the report as JSON on stdout")] = False,
+) -> None:
+    """List suspicious lake partitions: outside the plausible day range, unreadable Parquet,
+    another schema, empty, or not named by a date. Exits 1 when any is found."""
+    from pipelines import lakecheck
+
+    s = get_settings()
+    configure_logging(s.log_level, s.log_json)
+    rule = lakecheck.PlausibleRule.from_settings(s.pipeline)
+    with Progress(TextColumn("scanning lake partitions"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("scan", total=None)
+        report = lakecheck.scan(s.lake_dir, rule,
+                                progress=lambda done, total: bar.update(task, completed=done,
+                                                                        total=total))
+    if quarantine and report.findings:
+        tag = "check=" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        report = lakecheck.quarantine(s.lake_dir, report, tag)
+    if as_json:
+        Console().print_json(json.dumps(report.summary(), default=str))
+    else:
+        _print_lake_report(report)
+    if report.findings:
+        raise typer.Exit(1)
+
+
+def _print_lake_report(report) -> None:
+    low, high = report.plausible or (None, None)
+    console.print(f"{report.days} partitions, {report.files} part files, {report.rows} rows; "
+                  f"plausible days {low}..{high} (settings.pipeline.lake_*)")
+    if not report.findings:
+        console.print("[green]no suspicious partitions[/green]")
+        return
+    table = Table("partition", "reason", "rows", "detail",
+                  title=f"{len(report.findings)} suspicious ({report.suspicious_rows} rows)")
+    for f in report.findings:
+        table.add_row(f.partition, f.reason, str(f.rows), f.detail)
+    Console().print(table)
+    counts = ", ".join(f"{k} {v}" for k, v in report.by_reason().items())
+    if report.quarantined_to:
+        console.print(f"[yellow]moved {len(report.findings)} ({counts}) to "
+                      f"{report.quarantined_to}[/yellow]")
+    else:
+        console.print(f"[yellow]{counts}: `recstack lake check --quarantine` moves them "
+                      "aside[/yellow]")

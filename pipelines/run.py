@@ -2,6 +2,8 @@
 
 One run, in order (each step only when the previous one succeeded):
 
+0. **quarantine** the lake partitions outside its plausible day range (``pipelines.lakecheck``):
+   moved to ``<lake>/quarantine/run=<run id>/``, counted in the result and the manifest;
 1. **plan** from ``<features_dir>/manifest.json``: the lake days that are new or changed since
    the last committed run, hence the snapshot days to recompute (the first changed day to the
    last lake day; a backfill names them); nothing changed -> nothing to compute;
@@ -33,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines import lakecheck, partitions
 from pipelines import manifest as manifests
-from pipelines import partitions
 from pipelines.tables import FRESH_FILE, PARTITIONED_TABLES
 from recstack.schemas import LABELS_FILE, POPULAR_FILE
 from recstack.settings import Settings
@@ -105,6 +107,37 @@ def plan_run(
     return RunPlan(mode, first, max(lake), changed)
 
 
+@dataclass(frozen=True)
+class LakePlan:
+    """The run's plan, the lake day fingerprints it was made from, and the partitions moved to
+    the quarantine because they were outside the lake's plausible day range."""
+
+    plan: RunPlan
+    fingerprints: dict[dt.date, str]
+    quarantine: lakecheck.LakeReport
+
+
+def plan_lake(lake_dir: Path, state: manifests.Manifest, params: dict[str, Any],
+              backfill: tuple[dt.date, dt.date] | None = None, *,
+              rule: lakecheck.PlausibleRule, tag: str) -> LakePlan:
+    """Quarantine the lake's out-of-range partitions (under ``quarantine/<tag>``), then plan.
+
+    Without this, one partition written by a hostile client (``date=4324-11-02``) made the plan
+    span every day from the lake's first to that one (pipelines/lakecheck.py has the rule).
+    A backfill must lie within the plausible range.
+    """
+    report = lakecheck.scan(lake_dir, rule)
+    moved = lakecheck.quarantine(lake_dir, report, tag, frozenset({lakecheck.OUT_OF_RANGE}))
+    if backfill is not None and report.plausible is not None:
+        low, high = report.plausible
+        if backfill[0] < low or backfill[1] > high:
+            raise ValueError(f"backfill {backfill[0]}..{backfill[1]} leaves the lake's "
+                             f"plausible range {low}..{high}")
+    lake = {d: partitions.fingerprint(files)
+            for d, files in partitions.lake_partitions(str(lake_dir)).items()}
+    return LakePlan(plan_run(lake, state, params, backfill), lake, moved)
+
+
 def resolve_max_row_swing(settings: Settings, value: float | None | str) -> float | None:
     """The swing threshold a run uses: ``"settings"`` -> ``settings.pipeline.max_row_swing``
     (``RECSTACK_PIPELINE__MAX_ROW_SWING``), a number -> itself (the CLI flag); None or 0 -> no
@@ -130,7 +163,8 @@ def run_all(
     row count per table vs the last good run (None or 0: no swing check; default:
     ``settings.pipeline.max_row_swing``). Out: the tables under ``settings.features_dir``, its
     ``manifest.json``, the run's dead letters, the definitions applied and Redis up to date.
-    Returns ``{"plan": {...}, "run_id": str, "counters": {...}, "dead_letter": {"rows": n,
+    Returns ``{"plan": {...}, "quarantine": {"partitions", "rows", "days", "plausible",
+    "path"}, "run_id": str, "counters": {...}, "dead_letter": {"rows": n,
     "by_reason": {reason: n}, "by_step": {step: n}, "path": dir}, "swing": {...}, "tables":
     {file: rows}, "materialized": {view: rows}, "modes": {view: how}, "interval": [start,
     end], "seconds": {...}}``. Raises ``FeatureTableError`` when a check fails (nothing committed,
@@ -143,19 +177,25 @@ def run_all(
     features_dir = settings.features_dir
     _drop_single_file_tables(features_dir)
     state = manifests.load(str(features_dir))
-    lake = {d: partitions.fingerprint(files)
-            for d, files in partitions.lake_partitions(str(settings.lake_dir)).items()}
     params = table_params(settings)
-    plan = plan_run(lake, state, params, backfill)
+    run_id = features.new_run_id()
+    lake_plan = plan_lake(settings.lake_dir, state, params, backfill,
+                          rule=lakecheck.PlausibleRule.from_settings(settings.pipeline),
+                          tag=f"run={run_id}")
+    lake, plan = lake_plan.fingerprints, lake_plan.plan
     out: dict[str, Any] = {"plan": {
         "mode": plan.mode, "first_day": _iso(plan.first), "last_day": _iso(plan.last),
-        "changed_days": [d.isoformat() for d in plan.changed]}}
+        "changed_days": [d.isoformat() for d in plan.changed]},
+        "quarantine": quarantine_summary(lake_plan.quarantine)}
     seconds: dict[str, float] = {}
 
     rewritten_from = None
+    if plan.mode == "up_to_date" and out["quarantine"]["partitions"]:
+        state.record_run(run=run_id, mode=plan.mode, quarantine=out["quarantine"],
+                         status="up_to_date")
+        manifests.save(str(features_dir), state)
     if plan.mode != "up_to_date":
         assert plan.first is not None and plan.last is not None
-        run_id = features.new_run_id()
         staging = features_dir / STAGING_DIR / run_id
         dead_dir = features.dead_letter_dir(str(features_dir), run_id)
         started = time.perf_counter()
@@ -191,7 +231,8 @@ def run_all(
                 rewritten_from = first_t
         state.record_run(run=run_id, mode=plan.mode, first_day=_iso(plan.first),
                          last_day=_iso(plan.last), counters=out["counters"], swing=out["swing"],
-                         dead_letter=out["dead_letter"], status="committed")
+                         dead_letter=out["dead_letter"], quarantine=out["quarantine"],
+                         status="committed")
         manifests.save(str(features_dir), state)
     else:
         out["counters"], out["swing"] = {}, {}
@@ -264,6 +305,17 @@ def dead_letter_summary(counters: dict[str, int], path: str | None) -> dict[str,
         "by_step": {k.removeprefix("dead_letter_"): v for k, v in counters.items()
                     if k.startswith("dead_letter_") and v},
         "path": path,
+    }
+
+
+def quarantine_summary(report: lakecheck.LakeReport) -> dict[str, Any]:
+    """What a run's plan moved to the quarantine: partitions, rows, days, where, the range."""
+    return {
+        "partitions": len(report.findings),
+        "rows": report.suspicious_rows,
+        "days": [f.day.isoformat() for f in report.findings if f.day is not None],
+        "plausible": [d.isoformat() for d in report.plausible] if report.plausible else None,
+        "path": report.quarantined_to,
     }
 
 

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 # kernel at import time, so `recstack --help` stays fast.
 app.add_typer(simulator_cli.app)
 app.add_typer(pipelines_cli.app)
+app.add_typer(pipelines_cli.lake_app, name="lake")
 app.add_typer(training_cli.app)
 app.add_typer(experiments_cli.app)
 experiments_cli.register_root(app)
@@ -79,7 +80,13 @@ def up(
     s = _settings()
     names = [n.strip() for n in services.split(",")] if services else None
     stack.up(s, services=names)
-    _print_status(s)
+    serving = names is None or any(n in ("api", "candidates", "ranking") for n in names)
+    try:
+        if serving:  # up means serving: the replicas' /readyz, not only their process
+            stack.wait_ready(s, timeout_s=s.stack.start_timeout_s)
+    finally:
+        _print_status(s)
+    _print_urls(s)
 
 
 @app.command()
@@ -135,14 +142,24 @@ def bench(
 def _print_status(s: Settings) -> None:
     from recstack import stack
 
-    table = Table("service", "state", "pid", "port", "uptime (s)", title="recstack native stack")
+    table = Table("service", "state", "health", "pid", "port", "uptime (s)",
+                  title="recstack native stack")
     rows = stack.status(s)
     for row in rows:
         table.add_row(
-            row.name, row.state, str(row.pid or "-"), str(row.port or "-"),
+            row.name, row.state, row.health, str(row.pid or "-"), str(row.port or "-"),
             f"{row.uptime_s:.0f}" if row.uptime_s else "-",
         )
     Console().print(table if rows else "stack is down")
+
+
+def _print_urls(s: Settings) -> None:
+    from recstack import stack
+
+    urls = Table("what", "URL", title="the stack is up (recstack down stops it)")
+    for name, url in stack.urls(s).items():
+        urls.add_row(name, url)
+    Console().print(urls)
 
 
 def main() -> None:

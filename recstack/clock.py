@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from recstack.settings import Settings
 
 UTC = dt.timezone.utc
 
@@ -44,3 +47,18 @@ class SimClock:
     def wall_seconds_for(self, sim: dt.timedelta) -> float:
         """Wall seconds that pass while ``sim`` of simulated time passes."""
         return sim.total_seconds() / self.speedup
+
+
+def wall_now() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def stack_clock(settings: Settings) -> Callable[[], dt.datetime]:
+    """The stack's "now" for judging event times (``settings.events.clock``): the machine's UTC
+    clock, or - in a simulated stack - a ``SimClock`` that starts, when this is called, at the
+    end of the simulated calendar (``sim.start_date + sim.days``: where the load test and the
+    experiments start posting) and runs at ``events.sim_speedup``."""
+    if settings.events.clock == "wall":
+        return wall_now
+    end = day_start(settings.sim.start_date + dt.timedelta(days=settings.sim.days))
+    return SimClock(end, speedup=settings.events.sim_speedup).now

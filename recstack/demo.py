@@ -42,7 +42,8 @@ def run_demo(settings: Settings, console: Console | None = None, run_load: bool 
     """Run every stage once; returns the figures. Raises with a clear message on any failure."""
     from pipelines import run_all
     from recstack import stack
-    from recstack.stack.loadtest import RECOMMENDATIONS_ROW, run_locust
+    from recstack.stack.loadtest import RECOMMENDATIONS_ROW, run_locust, warm_up
+    from recstack.stack.runner import serving_ports
     from simulator.cli import simulate_with_progress
     from training import train_and_register
 
@@ -67,6 +68,8 @@ def run_demo(settings: Settings, console: Console | None = None, run_load: bool 
         result.training = step("4/6 train and register in MLflow", train_and_register, settings)
     step("5/6 serve: API replicas behind nginx", _serve, settings)
     if run_load:
+        warm_up(serving_ports(settings), settings.sim.n_users,
+                settings.load.warmup_requests)
         result.load = step(
             "6/6 load test through nginx (Locust, headless)",
             run_locust,
@@ -79,6 +82,7 @@ def run_demo(settings: Settings, console: Console | None = None, run_load: bool 
             # What a client of the recommender sees; the POST /events the simulated users
             # send are counted in the totals only.
             row=RECOMMENDATIONS_ROW,
+            extra_env={"RECSTACK_LOADTEST_USER_RPS": str(settings.load.user_rps)},
         )
     result.urls = stack.urls(settings)
     return result
@@ -114,12 +118,12 @@ def print_demo_result(result: DemoResult, console: Console) -> None:
         console.print(f"promotion gate: {verdict} ({result.training.gate_reason})")
     if result.load is not None:
         r = result.load
-        load = Table("requests", "failures", "RPS", "p50 ms", "p95 ms", "p99 ms",
+        load = Table("requests", "errors", "shed (503)", "RPS", "p50 ms", "p95 ms", "p99 ms",
                      "all requests (+ POST /events)", "all failures",
                      title=f"Locust through nginx: GET {r.row}")
-        load.add_row(f"{r.requests:,}", f"{r.failures:,}", f"{r.rps:.1f}", f"{r.p50_ms:.0f}",
-                     f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}", f"{r.total_requests:,}",
-                     f"{r.total_failures:,}")
+        load.add_row(f"{r.requests:,}", f"{r.errors:,}", f"{r.shed:,}", f"{r.rps:.1f}",
+                     f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}",
+                     f"{r.total_requests:,}", f"{r.total_failures:,}")
         console.print(load)
     urls = Table("what", "URL", title="the stack is up (recstack down stops it)")
     for name, url in result.urls.items():

@@ -2,12 +2,19 @@
 
 Writes are idempotent on ``event_id``: a part file is named after its content's batch key, and
 rewriting the same batch replaces the same file; readers de-duplicate on ``event_id``.
+
+Partitions (or part files) judged unusable - outside the lake's plausible day range, unreadable,
+of another schema - are never deleted: they move to ``quarantine/<tag>/events/date=.../``
+(``tag`` = the pipeline run or the ``recstack lake check`` that moved them), with a
+``quarantine.json`` saying why; moving them back under ``events/`` restores them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,12 +25,43 @@ import pyarrow.parquet as pq
 from recstack.schemas import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA
 
 EVENTS = "events"
+QUARANTINE = "quarantine"
+QUARANTINE_RECORD = "quarantine.json"
 ITEMS_FILE = "items.parquet"
 USERS_FILE = "users.parquet"  # the user profile (USER_SCHEMA); optional
 
 
 def partition_dir(lake_dir: Path, day: dt.date) -> Path:
     return Path(lake_dir) / EVENTS / f"date={day.isoformat()}"
+
+
+def quarantine_dir(lake_dir: Path, tag: str) -> Path:
+    """Where ``tag``'s quarantined lake files go: ``<lake>/quarantine/<tag>``."""
+    return Path(lake_dir) / QUARANTINE / tag
+
+
+def quarantine(lake_dir: Path, path: Path, tag: str) -> Path:
+    """Move ``path`` (a partition directory or a part file under ``<lake>/events``) to the same
+    place under ``quarantine/<tag>/``; returns where it went. A rename: nothing is copied or lost.
+    """
+    relative = Path(path).resolve().relative_to(Path(lake_dir).resolve())
+    target = quarantine_dir(lake_dir, tag) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # the same tag quarantined this name before: keep both
+        target = target.with_name(f"{target.name}.{len(list(target.parent.iterdir()))}")
+    Path(path).replace(target)
+    return target
+
+
+def record_quarantine(lake_dir: Path, tag: str, entries: list[dict[str, Any]]) -> Path:
+    """Append ``entries`` (what was moved and why) to ``quarantine/<tag>/quarantine.json``."""
+    record = quarantine_dir(lake_dir, tag) / QUARANTINE_RECORD
+    old = json.loads(record.read_text()) if record.exists() else []
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps([*old, *entries], indent=2, default=str))
+    tmp.replace(record)
+    return record
 
 
 def with_event_columns(table: pa.Table) -> pa.Table:

@@ -13,7 +13,7 @@ from enum import StrEnum
 import numpy as np
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class EventType(StrEnum):
@@ -85,20 +85,67 @@ def cross_code(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             np.float32)
 
 
+# Ids are the lake's int64 columns: anything outside 0..2^63-1 cannot be stored.
+MAX_ID = 2**63 - 1
+MAX_POSITION = 10_000
+
+
 class Event(BaseModel):
-    """One interaction event, as posted to ``POST /events`` and stored in the lake."""
+    """One interaction event, as posted to ``POST /events`` and stored in the lake.
+
+    Only its shape: whether ``ts`` is plausible depends on the stack's clock, see
+    ``event_problems``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     event_id: str = Field(min_length=1, max_length=128)
     ts: dt.datetime
-    user_id: int = Field(ge=0)
-    item_id: int = Field(ge=0)
+    user_id: int = Field(ge=0, le=MAX_ID)
+    item_id: int = Field(ge=0, le=MAX_ID)
     event_type: EventType
     request_id: str | None = Field(None, max_length=128)
-    position: int | None = Field(None, ge=0, le=10_000)
+    position: int | None = Field(None, ge=0, le=MAX_POSITION)
     model_version: str | None = Field(None, max_length=128)
     arm: str | None = Field(None, max_length=64)
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, ts: dt.datetime) -> dt.datetime:
+        """A naive time is UTC (the lake's zone); an aware one is converted to it."""
+        return ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts.astimezone(dt.UTC)
+
+
+def ts_problem(ts: dt.datetime, now: dt.datetime, lateness: dt.timedelta,
+               skew: dt.timedelta) -> str | None:
+    """Why ``ts`` is implausible at ``now`` (older than ``now - lateness`` or later than
+    ``now + skew``), or None. Naive times are UTC."""
+    ts = ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts
+    if ts < now - lateness:
+        return (f"{ts.isoformat()} is more than {lateness} before the stack's clock "
+                f"({now.isoformat(timespec='seconds')})")
+    if ts > now + skew:
+        return (f"{ts.isoformat()} is more than {skew} after the stack's clock "
+                f"({now.isoformat(timespec='seconds')})")
+    return None
+
+
+def event_problems(event: Event, now: dt.datetime, lateness: dt.timedelta,
+                   skew: dt.timedelta) -> list[str]:
+    """``["field: why", ...]`` for what makes a well-formed event unacceptable at ``now``: its
+    time outside [now - lateness, now + skew], ids outside 0..2^63-1 (an ``Event`` built with
+    ``model_construct``, e.g. from a lake row, skipped pydantic's bounds). The one rule set of
+    POST /events, the lake sink and the lake checks. Empty: acceptable."""
+    problems = []
+    if (why := ts_problem(event.ts, now, lateness, skew)) is not None:
+        problems.append(f"ts: {why}")
+    for name in ("user_id", "item_id"):
+        value = getattr(event, name)
+        if not 0 <= value <= MAX_ID:
+            problems.append(f"{name}: {value} is outside 0..{MAX_ID}")
+    if event.position is not None and not 0 <= event.position <= MAX_POSITION:
+        problems.append(f"position: {event.position} is outside 0..{MAX_POSITION}")
+    return problems
 
 
 # Feature tables written by the Beam pipelines and registered in Feast. Every feature name is

@@ -11,8 +11,9 @@ import datetime as dt
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,21 +33,39 @@ class SimSettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
-    """The project's own Redis (never the machine's default instance on 6379)."""
+    """The project's own Redis (never the machine's default instance on 6379).
+
+    Its password: ``password`` when given (compose sets it), else the one the native stack
+    generates into ``password_file`` (``$RECSTACK_HOME/run/redis.secret``, mode 0600) when
+    ``generate_password`` is on. The file is read when a client needs the secret, not when the
+    settings are made, so settings made before ``recstack up`` still connect after it.
+    """
 
     host: str = "127.0.0.1"
     port: int = 16379
     password: SecretStr | None = None
+    generate_password: bool = True
+    password_file: Path | None = None  # default: set by Settings under its home
     socket_timeout_s: float = 0.05
+
+    def secret(self) -> str | None:
+        """The password clients authenticate with, or None for an open server."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None and self.password_file.is_file():
+            return self.password_file.read_text().strip() or None
+        return None
 
     @property
     def url(self) -> str:
-        auth = f":{self.password.get_secret_value()}@" if self.password else ""
+        secret = self.secret()
+        auth = f":{quote(secret, safe='')}@" if secret else ""
         return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
     def feast_connection_string(self) -> str:
-        extra = f",password={self.password.get_secret_value()}" if self.password else ""
+        secret = self.secret()
+        extra = f",password={secret}" if secret else ""
         return f"{self.host}:{self.port}{extra}"
 
 
@@ -85,6 +104,12 @@ class PipelineSettings(BaseModel):
     # Validation: tolerated relative change of a table's row count vs the last good run
     # (0.5 = +-50%); None disables the check.
     max_row_swing: float | None = Field(0.5, ge=0)
+    # The lake's plausible day range (pipelines/lakecheck.py, pipelines/README.md): partitions
+    # outside it are quarantined before a run plans its days.
+    lake_dense_fraction: float = Field(0.01, gt=0, le=1, description="of the typical day's rows")
+    lake_max_gap_days: int = Field(30, ge=1, description="between dense days of one run")
+    lake_lookback_days: int = Field(30, ge=0, description="plausible days before the bulk")
+    lake_ahead_days: int = Field(7, ge=0, description="plausible days after the bulk")
     # `recstack bench --suite pipelines`: lake sizes (events) and DirectRunner modes measured,
     # e.g. RECSTACK_PIPELINE__BENCH_SCALES='[1000000]' for a quick run.
     bench_scales: list[int] = Field(default_factory=lambda: [1_000_000, 10_000_000],
@@ -150,6 +175,10 @@ class ServingSettings(BaseModel):
     startup_wait_s: float = Field(60.0, ge=0)
     # How often the replica checks whether a materialization finished (item feature refresh).
     materialization_poll_s: float = Field(5.0, gt=0)
+    # A recommendation whose candidates have item values under this share says
+    # ``item_features_partial`` (none: ``item_features_missing``; a replica whose whole item
+    # table has no values is not ready and answers 503).
+    item_features_min_share: float = Field(0.5, ge=0, le=1)
     # Split mode: where the candidate and ranking services are (their nginx front or a replica);
     # empty: derived by the native stack from its ports.
     candidates_url: str = ""
@@ -161,6 +190,30 @@ class ServingSettings(BaseModel):
     pool_connections: int = Field(32, ge=1)
     # Chaos knob for tests and experiments: the ranker sleeps this long before scoring.
     inject_ranking_delay_ms: float = Field(0.0, ge=0)
+
+
+class EventSettings(BaseModel):
+    """What ``POST /events`` and the lake sink accept, and how big the event stream may grow.
+
+    ``ts`` must lie in [now - allowed_lateness, now + clock_skew] of the stack's clock
+    (``recstack.clock.stack_clock``): with ``clock="simulated"`` (the default: every stack here is
+    driven by the simulator) now is the end of the simulated calendar (``sim.start_date +
+    sim.days``) advancing at ``sim_speedup``; ``"wall"`` is the machine's UTC clock. The 30-day
+    defaults cover what the stack itself posts: the load test from the world's end, the online
+    experiment 3 and the drift experiment 9 simulated days past it, tests from sim.start_date.
+    """
+
+    clock: Literal["simulated", "wall"] = "simulated"
+    sim_speedup: float = Field(1.0, gt=0, description="simulated seconds per wall second")
+    allowed_lateness: dt.timedelta = dt.timedelta(days=30)
+    clock_skew: dt.timedelta = dt.timedelta(days=30)
+    # A full batch (1,000 events of the longest allowed strings, JSON-escaped) is under 2 MiB.
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # The stream holds at most this many entries (acknowledged ones wait ``stream_retention``
+    # for the monitor's XRANGE, then the sink trims them); beyond it POST /events answers 503 +
+    # Retry-After instead of letting Redis reach maxmemory. ~200 bytes each: ~40 MB.
+    max_stream_entries: int = Field(200_000, ge=1)
+    stream_retention: dt.timedelta = dt.timedelta(minutes=2)
 
 
 class GateSettings(BaseModel):
@@ -205,6 +258,12 @@ class StackSettings(BaseModel):
     monitor_port: int = 18190
     api_replicas: int = Field(2, ge=1, le=16)
     start_timeout_s: float = 90.0
+    # Prometheus's HTTP /-/reload and /-/quit (--web.enable-lifecycle): off, since anyone who
+    # can reach its port could stop it; the stack reloads it with SIGHUP instead.
+    prometheus_lifecycle: bool = False
+    # `recstack up`: re-materialize the online store from the offline tables when it is empty
+    # or older than they are (a lost or new Redis) before the api starts.
+    rematerialize_on_up: bool = True
     # On-request services `recstack up` starts with the rest (default none: a trainer
     # retraining in a loop would disturb load tests), e.g. RECSTACK_STACK__AUTOSTART='["monitor"]'.
     autostart: list[Literal["trainer", "monitor"]] = Field(default_factory=list)
@@ -256,6 +315,12 @@ class LoadSettings(BaseModel):
     users: int = 20
     spawn_rate: float = 10.0
     duration_s: int = 30
+    # Requests per second of each Locust user (open pacing, loadtests/pacing.py): 20 x 5 = 100
+    # RPS, a third of the 2-replica knee on 2 cores (experiments/loadlab/README.md), so the
+    # demo shows latency, not overload. 0: each user sends as fast as it is answered.
+    user_rps: float = Field(5.0, ge=0)
+    # GETs sent to each replica directly before the measured run.
+    warmup_requests: int = Field(100, ge=0)
 
 
 class OnlineExperimentSettings(BaseModel):
@@ -304,12 +369,19 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     train: TrainSettings = TrainSettings()
     serving: ServingSettings = ServingSettings()
+    events: EventSettings = EventSettings()
     gate: GateSettings = GateSettings()
     trainer: TrainerSettings = TrainerSettings()
     stack: StackSettings = StackSettings()
     load: LoadSettings = LoadSettings()
     monitor: MonitorSettings = MonitorSettings()
     ab: OnlineExperimentSettings = OnlineExperimentSettings()
+
+    @model_validator(mode="after")
+    def _redis_password_file_under_home(self) -> "Settings":
+        if self.redis.password_file is None:
+            self.redis.password_file = self.run_dir / "redis.secret"
+        return self
 
     # Where each kind of state lives under ``home``.
     @property

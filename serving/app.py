@@ -25,7 +25,11 @@ from serving.arms import Experiment, ShadowRunner, build_experiment
 from serving.errors import ServingError
 from serving.events import RedisStreamSink, stream_client
 from serving.metrics import ServingMetrics
-from serving.middleware import ConcurrencyLimitMiddleware, RequestMetricsMiddleware
+from serving.middleware import (
+    BodySizeLimitMiddleware,
+    ConcurrencyLimitMiddleware,
+    RequestMetricsMiddleware,
+)
 from serving.resources import Maintainer, Resources, Role, budgets_of
 from serving.responses import json_response
 from serving.routes import events, health, recommendations, stages
@@ -102,6 +106,8 @@ def create_app(
     app.state.resources = resources or Resources(
         n_candidates=settings.serving.n_candidates, budgets=budgets_of(settings, tuning), role=role
     )
+    # Read at scrape time from the resources of the moment (the lifespan swaps in live ones).
+    metrics.track_item_feature_share(lambda: app.state.resources.item_feature_share())
     if role == "api":
         app.include_router(recommendations.router)
         app.include_router(events.router)
@@ -114,6 +120,8 @@ def create_app(
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(BodySizeLimitMiddleware, metrics=metrics,
+                       max_bytes=settings.events.max_body_bytes)
     # Added last = outermost: shed 503s are timed and counted like every other response.
     app.add_middleware(
         ConcurrencyLimitMiddleware, metrics=metrics, limit=tuning.max_in_flight,
@@ -204,7 +212,8 @@ async def _live_resources(
         settings.redis.url, timeout, max_connections=tuning.max_in_flight + 4
     )
     live = Resources(
-        events=RedisStreamSink(client), ping=ping, role=role,
+        events=RedisStreamSink(client, max_entries=settings.events.max_stream_entries),
+        ping=ping, role=role,
         n_candidates=settings.serving.n_candidates, budgets=budgets_of(settings, tuning),
     )
     remote = None
@@ -247,6 +256,8 @@ async def _serving_error(request: Request, exc: Exception) -> Response:
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     k_max = request.app.state.settings.serving.k_max
+    if request.url.path == "/events":
+        request.app.state.metrics.events_rejected.labels(reason="invalid").inc()
     errors = readable_errors(exc.errors(), k_max=k_max)[:MAX_ERRORS_SHOWN + 1]
     detail = "; ".join(e["msg"] for e in errors[:MAX_ERRORS_SHOWN])
     if len(errors) > MAX_ERRORS_SHOWN:  # a 1,000-event batch must not echo 1,000 messages

@@ -33,9 +33,17 @@ async def get_metrics(request: Request) -> ServingMetrics:
 
 
 async def get_recommender(request: Request) -> Recommender:
-    recommender = request.app.state.resources.recommender
+    """The replica's recommender, or 503 ``not_ready`` (with Retry-After) naming what is
+    missing: a replica that would serve a silently worse list (e.g. an item table without
+    values after a lost Redis) sends the request back, and the balancer tries a ready one.
+    Its own state only (``Resources.missing``): a Redis outage is served degraded."""
+    resources = request.app.state.resources
+    recommender = resources.recommender
     if recommender is None:
         raise NotReady("models are not loaded yet")
+    missing = resources.missing(to_recommend=True)
+    if missing:
+        raise NotReady("this replica is not ready: missing " + "; ".join(missing))
     return recommender
 
 

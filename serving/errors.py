@@ -41,6 +41,15 @@ class StreamUnavailable(ServingError):
     retry_after_s = 1
 
 
+class StreamBacklogFull(ServingError):
+    """The event stream holds ``events.max_stream_entries`` entries (the sink is behind or
+    down): new events are refused, nothing was stored, before Redis runs out of memory."""
+
+    status_code = 503
+    code = "backlog_full"
+    retry_after_s = 5
+
+
 class StageUnavailable(Exception):
     """A remote stage (candidate or ranking service) failed or timed out; the caller degrades."""
 

@@ -7,18 +7,23 @@ Each event is one stream entry whose fields are the Event's fields as strings (N
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from recstack.schemas import EVENTS_STREAM, Event
-from serving.errors import StreamUnavailable
+from recstack.clock import stack_clock
+from recstack.schemas import EVENTS_STREAM, Event, event_problems
+from recstack.settings import Settings
+from serving.errors import StreamBacklogFull, StreamUnavailable
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+MAX_PROBLEMS_SHOWN = 10
 
 
 class EventBatch(BaseModel):
@@ -27,6 +32,29 @@ class EventBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+@dataclass(frozen=True)
+class EventRules:
+    """``event_problems`` bound to the stack's clock and the settings' window."""
+
+    now: Callable[[], dt.datetime]
+    lateness: dt.timedelta
+    skew: dt.timedelta
+
+    @classmethod
+    def of(cls, settings: Settings) -> EventRules:
+        return cls(stack_clock(settings), settings.events.allowed_lateness,
+                   settings.events.clock_skew)
+
+    def problems(self, event: Event) -> list[str]:
+        return event_problems(event, self.now(), self.lateness, self.skew)
+
+    def batch_problems(self, events: Sequence[Event]) -> list[str]:
+        """``["events.3.ts: ...", ...]`` for every unacceptable event of a batch."""
+        now = self.now()
+        return [f"events.{i}.{p}" for i, e in enumerate(events)
+                for p in event_problems(e, now, self.lateness, self.skew)]
 
 
 def event_fields(event: Event) -> dict[str, str]:
@@ -49,21 +77,38 @@ def stream_client(url: str, timeout_s: float) -> Any:
 
 
 class RedisStreamSink:
-    """``EventSink`` over a ``redis.asyncio.Redis``: one pipelined XADD per event, no trimming
+    """``EventSink`` over a ``redis.asyncio.Redis``: one pipelined XADD per event.
 
-    (accepted events are never dropped before the sink reads them).
+    No trimming here (accepted events are never dropped before the lake sink reads them; the
+    lake sink trims what it acknowledged), but a bound: a batch that would take the stream past
+    ``max_entries`` is refused with 503 (``StreamBacklogFull``), so a stopped sink fills the
+    stream up to a known size instead of Redis's memory.
     """
 
-    def __init__(self, client: Any, stream: str = EVENTS_STREAM) -> None:
+    def __init__(self, client: Any, stream: str = EVENTS_STREAM,
+                 max_entries: int | None = None) -> None:
         self.client = client
         self.stream = stream
+        self.max_entries = max_entries
+
+    async def _check_backlog(self, n: int) -> None:
+        if self.max_entries is None:
+            return
+        length = await self.client.xlen(self.stream)
+        if length + n > self.max_entries:
+            raise StreamBacklogFull(
+                f"the event stream holds {length} entries (limit {self.max_entries}): the lake "
+                "sink is behind; nothing was stored, retry later")
 
     async def append(self, events: Sequence[Event]) -> int:
         try:
+            await self._check_backlog(len(events))
             async with self.client.pipeline(transaction=False) as pipe:
                 for event in events:
                     pipe.xadd(self.stream, event_fields(event))
                 ids = await pipe.execute()
+        except StreamBacklogFull:
+            raise
         except Exception as exc:  # redis errors, timeouts, refused connections
             logger.warning("event stream write failed: %s: %s", type(exc).__name__, exc)
             raise StreamUnavailable("the event stream is unavailable; nothing was stored") from exc

@@ -8,6 +8,7 @@ item id is ever a label.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -47,6 +48,12 @@ class ServingMetrics:
         )
         self.events_accepted = Counter(
             "recstack_events_accepted", "Events appended to the event stream.", registry=r,
+        )
+        # Rejected POST /events requests by reason (invalid, implausible, body_too_large,
+        # backlog_full); nothing of a rejected request is stored.
+        self.events_rejected = Counter(
+            "recstack_events_rejected", "POST /events requests refused, by reason.", ["reason"],
+            registry=r,
         )
         self.model_info = Gauge(
             "recstack_model_info", "Model versions this replica serves (value 1).",
@@ -115,6 +122,12 @@ class ServingMetrics:
             "Share of the served list that the shadow arm also returned.",
             buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), registry=r,
         )
+        self.item_features_share = Gauge(
+            "recstack_item_features_share",
+            "Share of catalogue items with feature values in this replica's in-process table "
+            "(0: the online store was empty or lost when it was read; the replica is not ready).",
+            registry=r,
+        )
         for stage in STAGES:  # export zeroed series so dashboards see every stage from start
             self.stage_duration.labels(stage=stage)
 
@@ -124,6 +137,10 @@ class ServingMetrics:
         self.breaker_transitions.labels(
             dependency=dependency, state=BREAKER_STATES[int(state)]
         ).inc()
+
+    def track_item_feature_share(self, share: Callable[[], float]) -> None:
+        """Read ``share()`` at every scrape: the gauge is always the table being served."""
+        self.item_features_share.set_function(share)
 
     def set_arms(self, weights: dict[str, float]) -> None:
         """Export every arm's series from the start (zeroed counters, current weights)."""

@@ -156,3 +156,77 @@ class ConcurrencyLimitMiddleware:
             self.busy.add(time.perf_counter() - start)
             self.in_flight -= 1
             self.metrics.in_flight.dec()
+
+
+BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+
+
+class BodySizeLimitMiddleware:
+    """Bodies larger than ``max_bytes`` get 413 before the app parses anything.
+
+    A declared ``Content-Length`` over the limit is refused without reading; otherwise the body
+    is read here (at most ``max_bytes`` + one chunk, then refused: chunked uploads declare no
+    length) and replayed to the app, which reads it whole anyway to parse the JSON.
+    """
+
+    def __init__(self, app: Any, metrics: ServingMetrics, max_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_bytes = max_bytes
+        self._body = orjson.dumps({
+            "error": "body_too_large",
+            "detail": f"the request body is larger than {max_bytes} bytes "
+                      "(events.max_body_bytes); send smaller batches",
+        })
+
+    def _declared_too_large(self, scope: dict) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    return int(value) > self.max_bytes
+                except ValueError:
+                    return False  # the server rejects a malformed length itself
+        return False
+
+    async def _refuse(self, scope: dict, send: Any) -> None:
+        if scope.get("path", "").startswith("/events"):
+            self.metrics.events_rejected.labels(reason="body_too_large").inc()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
+                   (b"content-length", str(len(self._body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": self._body})
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method", "").encode() not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        if self._declared_too_large(scope):
+            await self._refuse(scope, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([whole], receive), send)
+
+
+def _replay(messages: list[dict], receive: Any) -> Any:
+    """A ``receive`` that returns ``messages`` first, then defers to the server's."""
+    pending = list(messages)
+
+    async def replayed() -> dict:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed

@@ -9,6 +9,14 @@ finishes after its budget or the deadline, is skipped and its reason goes to ``d
 - ranker unavailable/late -> candidate order (``ranker_unavailable`` / ``ranker_late``);
 - no time left before a stage -> that stage is not started (``deadline_exceeded``).
 
+Features the store answered without (a flushed or lost Redis, not a new user: a new user is the
+cold-start path and never reaches ranking) are named too: ``user_features_missing`` (a user the
+candidate model knows, no user values), ``item_features_missing`` / ``item_features_partial``
+(none, or under ``item_features_min_share``, of the candidates have item values). A ranker is
+never asked to score rows without a single feature value, and a constant score list is never
+served as a ranking: both fall back to candidate order (``ranker_no_features`` /
+``ranker_constant_scores``).
+
 In-process stages cannot be interrupted, so "late" means their result is not used; remote
 stages (split mode) get the budget as their HTTP timeout. Every stage's duration is returned with
 the result so the caller can record metrics; the recommender knows nothing of HTTP.
@@ -51,11 +59,21 @@ RANKER_LATE = "ranker_late"
 USER_FEATURES_UNAVAILABLE = "user_features_unavailable"
 USER_FEATURES_LATE = "user_features_late"
 ITEM_FEATURES_UNAVAILABLE = "item_features_unavailable"
+USER_FEATURES_MISSING = "user_features_missing"
+ITEM_FEATURES_MISSING = "item_features_missing"
+ITEM_FEATURES_PARTIAL = "item_features_partial"
+RANKER_NO_FEATURES = "ranker_no_features"
+RANKER_CONSTANT_SCORES = "ranker_constant_scores"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 REASONS = (
     CANDIDATES_UNAVAILABLE, CANDIDATES_LATE, RANKER_UNAVAILABLE, RANKER_LATE,
     USER_FEATURES_UNAVAILABLE, USER_FEATURES_LATE, ITEM_FEATURES_UNAVAILABLE, DEADLINE_EXCEEDED,
+    USER_FEATURES_MISSING, ITEM_FEATURES_MISSING, ITEM_FEATURES_PARTIAL, RANKER_NO_FEATURES,
+    RANKER_CONSTANT_SCORES,
 )
+# Under this share of a request's candidates with item values the answer says
+# ``item_features_partial`` (new items wait for the next materialization; most should not).
+ITEM_FEATURES_MIN_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +84,7 @@ class Budgets:
     candidates_s: float = 0.01
     user_features_s: float = 0.005
     ranking_s: float = 0.02
+    item_features_min_share: float = ITEM_FEATURES_MIN_SHARE  # see ``item_features_partial``
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +121,12 @@ class ColumnPlan:
     @property
     def needs_categories(self) -> bool:
         return len(self.category[0]) > 0
+
+    @property
+    def stored_columns(self) -> np.ndarray:
+        """The matrix columns that come from the feature store (user, item, user x category):
+        with all of them NaN the ranker would score on candidate score and source alone."""
+        return np.concatenate([self.user[1], self.item[1], self.category[1]])
 
 
 def _pairs(pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -172,11 +197,13 @@ class LocalScorer:
         user_features: UserFeatureReader | None,
         item_features: ItemFeatureSource | None,
         user_features_budget_s: float = 0.005,
+        item_features_min_share: float = ITEM_FEATURES_MIN_SHARE,
     ) -> None:
         self.ranker = ranker
         self.user_features = user_features
         self.item_features = item_features
         self.user_features_budget_s = user_features_budget_s
+        self.item_features_min_share = item_features_min_share
         self.version = str(ranker.version) if ranker is not None else "none"
         self._user_names = list(getattr(user_features, "names", USER_FEATURES))
         self._category_names = list(getattr(user_features, "category_names", ()))
@@ -207,6 +234,7 @@ class LocalScorer:
                     and hasattr(self.item_features, "categories_of")
                     and hasattr(self.user_features, "read_with_categories")):
                 categories = self.item_features.categories_of(cands.item_ids)
+            self._check_item_values(item_mat, degraded)
         timings["item_features"] = time.perf_counter() - t
         user_vec, cat_mat = self._user_vector(user_id, categories, end, timings, degraded)
 
@@ -219,6 +247,10 @@ class LocalScorer:
         t = time.perf_counter()
         try:
             x = self._matrix(cands, user_vec, item_mat, cat_mat)
+            if _no_feature_values(x, self._plan):
+                # Rows of NaNs get one leaf each: a constant list dressed up as a ranking.
+                degraded.append(RANKER_NO_FEATURES)
+                return Scored(None, degraded, timings)
             scores = np.asarray(self.ranker.score(x))
             if scores.shape != (len(cands),):
                 raise ValueError(f"ranker returned shape {scores.shape} for {len(cands)} rows")
@@ -231,7 +263,22 @@ class LocalScorer:
         if time.perf_counter() > end:
             degraded.append(RANKER_LATE)
             return Scored(None, degraded, timings)
+        if _no_spread(scores):
+            degraded.append(RANKER_CONSTANT_SCORES)
+            return Scored(None, degraded, timings)
         return Scored(scores, degraded, timings)
+
+    def _check_item_values(self, item_mat: np.ndarray, degraded: list[str]) -> None:
+        """Name candidates without item values in the columns the ranker reads: none
+        (``item_features_missing``) or under the minimum share (``item_features_partial``)."""
+        if self._plan is None or not len(self._plan.item[0]) or not len(item_mat):
+            return
+        read = item_mat[:, self._plan.item[0]]
+        share = float(np.isfinite(read).any(axis=1).mean())
+        if share == 0.0:
+            degraded.append(ITEM_FEATURES_MISSING)
+        elif share < self.item_features_min_share:
+            degraded.append(ITEM_FEATURES_PARTIAL)
 
     def _user_vector(
         self, user_id: int, categories: np.ndarray | None, end: float,
@@ -269,6 +316,10 @@ class LocalScorer:
         if elapsed > budget and vec is not missing:
             degraded.append(USER_FEATURES_LATE)
             return missing, None
+        if vec is not missing and len(vec) and not np.isfinite(vec).any():
+            # The store answered without this user, whom the candidate model knows (a new user
+            # is cold start and never ranked): the store is empty or lost, not the user new.
+            degraded.append(USER_FEATURES_MISSING)
         return vec, cat_mat
 
     def _matrix(self, cands: Candidates, user_vec: np.ndarray, item_mat: np.ndarray,
@@ -322,7 +373,8 @@ class Recommender:
         self.budgets = budgets or Budgets(deadline_s=deadline_s)
         self.deadline_s = self.budgets.deadline_s
         self.scorer: Scorer = scorer or LocalScorer(
-            ranker, user_features, item_features, self.budgets.user_features_s
+            ranker, user_features, item_features, self.budgets.user_features_s,
+            self.budgets.item_features_min_share,
         )
         self.popular = (
             np.asarray(popular, dtype=np.int64) if popular is not None
@@ -414,6 +466,21 @@ class Scorer(Protocol):
 def _popular_candidates(popular: np.ndarray, n: int) -> Candidates:
     ids = popular[:n]
     return Candidates(ids, np.full(len(ids), np.nan, np.float32), n_ann=0)
+
+
+def _no_feature_values(x: np.ndarray, plan: ColumnPlan) -> bool:
+    """No row has a single value in a column from the feature store (a ranker reading none of
+    them, candidate score only, is not judged)."""
+    cols = plan.stored_columns
+    return bool(len(cols)) and not np.isfinite(x[:, cols]).any()
+
+
+def _no_spread(scores: np.ndarray) -> bool:
+    """Two or more candidates and at most one distinct finite score: nothing to rank by."""
+    if len(scores) < 2:
+        return False
+    finite = scores[np.isfinite(scores)]
+    return len(finite) < 2 or float(finite.max()) == float(finite.min())
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

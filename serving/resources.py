@@ -57,6 +57,7 @@ def budgets_of(settings: Settings, tuning: ServingSettings) -> Budgets:
         candidates_s=tuning.candidates_budget_ms / 1000,
         user_features_s=tuning.user_features_budget_ms / 1000,
         ranking_s=tuning.ranking_budget_ms / 1000,
+        item_features_min_share=tuning.item_features_min_share,
     )
 
 
@@ -93,18 +94,37 @@ class Resources:
             budgets=self.budgets, popular=self.popular, scorer=self.scorer,
         )
 
-    def missing(self) -> list[str]:
-        """What is not loaded yet (Redis is checked separately, it needs a round trip)."""
+    def missing(self, to_recommend: bool = False) -> list[str]:
+        """What this replica lacks to serve: its own state only (models, an item table with
+        values, the event stream unless ``to_recommend``). Redis is shared by every replica and
+        its outage is served degraded (the breaker), so it is no part of readiness: a Redis
+        blip must not take every replica out of the balancer at once."""
         parts: dict[str, object] = {"candidates model": self.candidates}
         if self.role != "candidates" and self.scorer is None:  # ranks here
             parts |= {"ranker model": self.ranker, "user features": self.user_features,
                       "item features": self.item_features}
-            if self.item_features is not None and getattr(
-                    self.item_features, "n_with_values", 1) == 0:
-                parts["item features (none in the online store yet)"] = None
-        if self.role == "api":
+            counts = self.item_feature_counts()
+            if counts is not None and counts[1] == 0:
+                parts[f"item features (none in the online store yet: 0 of {counts[0]} items "
+                      "have values; waiting for a materialization)"] = None
+        if self.role == "api" and not to_recommend:
             parts["event stream"] = self.events
         return [name for name, part in parts.items() if part is None]
+
+    def item_feature_counts(self) -> tuple[int, int] | None:
+        """(catalogue items in the in-process table, items with at least one value), or None
+        when this replica holds no table (not loaded, or ranked elsewhere)."""
+        table = self.item_features
+        if table is None or not hasattr(table, "n_with_values"):
+            return None
+        return len(table), int(table.n_with_values)  # type: ignore[arg-type]
+
+    def item_feature_share(self) -> float:
+        """Share of the table's items with values (1.0 without a table: nothing to miss)."""
+        counts = self.item_feature_counts()
+        if counts is None or counts[0] == 0:
+            return 1.0 if counts is None else 0.0
+        return counts[1] / counts[0]
 
     async def redis_ok(self) -> bool:
         if self.ping is None:
@@ -298,6 +318,10 @@ class Maintainer:
             self.models_checked_at = now
         ranks_here = self.remote is None and r.role != "candidates"
         materialized = ranks_here and self._materialization_changed()
+        if (loaded is None and not materialized and ranks_here and self.items_loaded
+                and self._item_table_empty()):
+            self._refill_empty_table(r)
+            return
         if loaded is None and not materialized and (self.items_loaded or not ranks_here):
             return  # the steady state: nothing to swap, nothing to rebuild
 
@@ -339,6 +363,21 @@ class Maintainer:
             self._swapped(loaded)
         else:
             self._rebuild()
+
+    def _item_table_empty(self) -> bool:
+        counts = self.resources.item_feature_counts()
+        return counts is not None and counts[0] > 0 and counts[1] == 0
+
+    def _refill_empty_table(self, r: Resources) -> None:
+        """Read the item table again while it has no values (the replica is not ready): Redis
+        may have come back with its data (its append-only file) or been refilled without a new
+        materialization stamp. Swapped in only once it has values: one pipelined read of the
+        catalogue per poll while not ready, nothing once ready."""
+        table = self._item_table(r.candidates, r.ranker)  # type: ignore[arg-type]
+        if table.n_with_values == 0:
+            return
+        r.item_features = table
+        self._rebuild()
 
     def _freeze_heap(self) -> None:
         """Move what was just loaded (models, tables, the libraries' module state) out of the

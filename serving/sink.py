@@ -6,7 +6,15 @@ then XACK. An entry is acknowledged only after its batch is in the lake, so a cr
 nothing: on restart the consumer first re-reads its own pending entries (same ids, same batch
 key, the same file is rewritten) and claims entries other consumers left idle. Readers of the
 lake de-duplicate on ``event_id``, so a batch re-delivered with another composition is harmless.
-Entries that are not valid events go to a dead-letter file, are counted and acknowledged.
+Entries that are not acceptable events - not UTF-8, not an ``Event``, or outside the stack's
+time and id rules (``EventRules``, the API's own) - go to a dead-letter file with the reason, are
+counted and acknowledged: no row can make the sink crash-loop.
+
+After each acknowledgement the sink trims the stream (XTRIM MINID) below the oldest entry any
+consumer group still needs - its oldest pending entry, else its last delivered one - and keeps
+acknowledged entries ``retention_s`` longer for the monitor's XRANGE. An unacknowledged entry is
+never trimmed, so the stream's size is the unacknowledged backlog (bounded by the API's
+``events.max_stream_entries``) plus ``retention_s`` of traffic.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from pydantic import ValidationError
 from recstack import lake
 from recstack.schemas import EVENT_SCHEMA, Event
 from recstack.settings import Settings
-from serving.events import EVENTS_STREAM
+from serving.events import EVENTS_STREAM, EventRules
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +51,23 @@ class SinkStats:
     dead_letter: int = 0
     batches: int = 0
     claimed: int = 0
+    trimmed: int = 0
     files: list[Path] = field(default_factory=list)
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
 def _decode(fields: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in fields.items()}
+
+
+def _shown(fields: dict[bytes, bytes]) -> dict[str, str]:
+    """The entry as text for the dead letter, whatever bytes it holds."""
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+
+
+def _stream_id(value: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (value.decode() if isinstance(value, bytes) else value).partition("-")
+    return int(ms), int(seq or 0)
 
 
 class LakeSink:
@@ -64,6 +84,8 @@ class LakeSink:
         block_ms: int = 1000,
         claim_idle_ms: int = 30_000,
         ack_delay_s: float = 0.0,
+        rules: EventRules | None = None,
+        retention_s: float | None = None,
     ) -> None:
         self.client = client
         self.lake_dir = Path(lake_dir)
@@ -76,6 +98,10 @@ class LakeSink:
         # Chaos knob (RECSTACK_SINK_ACK_DELAY_S): widens the window between the lake write and
         # the XACK, where a crash leaves written-but-pending entries, so tests can hit it.
         self.ack_delay_s = ack_delay_s
+        # The API's time/id rules (None: shape only); entries breaking them are dead letters.
+        self.rules = rules
+        # Acknowledged entries older than this are trimmed (None: never trim).
+        self.retention_s = retention_s
         self.stats = SinkStats()
         self._own_pending_done = False
         self._stop = False
@@ -121,12 +147,13 @@ class LakeSink:
             return 0
         good: list[dict[str, Any]] = []
         bad: list[dict[str, Any]] = []
-        for _, fields in entries:
-            raw = _decode(fields)
-            try:
-                good.append(Event.model_validate(raw).model_dump())
-            except ValidationError as exc:
-                bad.append({"entry": raw, "error": str(exc).splitlines()[0]})
+        for entry_id, fields in entries:
+            event, reason = self._convert(fields)
+            if event is not None:
+                good.append(event.model_dump())
+            else:
+                bad.append({"id": entry_id.decode(errors="replace"), "entry": _shown(fields),
+                            "error": reason})
         if good:
             table = pa.Table.from_pylist(good, schema=EVENT_SCHEMA)
             first, last = entries[0][0].decode(), entries[-1][0].decode()
@@ -139,9 +166,62 @@ class LakeSink:
         self.client.xack(self.stream, GROUP, *[entry_id for entry_id, _ in entries])
         self.stats.written += len(good)
         self.stats.dead_letter += len(bad)
+        for row in bad:
+            kind = row["error"].split(":", 1)[0]
+            self.stats.dead_letter_reasons[kind] = self.stats.dead_letter_reasons.get(kind, 0) + 1
         self.stats.batches += 1
+        self.trim()
         logger.info("sink: %d events to the lake, %d to the dead letter", len(good), len(bad))
         return len(entries)
+
+    def _convert(self, fields: dict[bytes, bytes]) -> tuple[Event | None, str]:
+        """The entry's event, or None and why it cannot be stored (never raises)."""
+        try:
+            raw = _decode(fields)
+        except UnicodeDecodeError as exc:
+            return None, f"not_utf8: {exc}"
+        try:
+            event = Event.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "entry"
+            return None, f"invalid: {where}: {first.get('msg', 'invalid')}"
+        except Exception as exc:  # whatever else a hostile entry triggers must not crash-loop
+            return None, f"invalid: {type(exc).__name__}: {exc}"
+        problems = self.rules.problems(event) if self.rules is not None else []
+        if problems:
+            return None, "implausible: " + "; ".join(problems)
+        return event, ""
+
+    def trim_min_id(self) -> str | None:
+        """The lowest id the stream must keep: no group's pending or undelivered entry, and no
+        entry younger than ``retention_s`` (by Redis's clock, which made the ids), is below it.
+        None: nothing may be trimmed (no retention, or no consumer group yet)."""
+        if self.retention_s is None:
+            return None
+        groups = self.client.xinfo_groups(self.stream)
+        if not groups:
+            return None
+        keep = []
+        for group in groups:
+            if int(group["pending"]):
+                oldest = self.client.xpending(self.stream, group["name"])["min"]
+                keep.append(_stream_id(oldest))
+            else:
+                keep.append(_stream_id(group["last-delivered-id"]))
+        seconds, micros = self.client.time()
+        keep.append((int((seconds + micros / 1e6 - self.retention_s) * 1000), 0))
+        ms, seq = min(keep)
+        return f"{ms}-{seq}"
+
+    def trim(self) -> int:
+        """Drop the entries below ``trim_min_id`` (exact, so the bound is what the tests see)."""
+        min_id = self.trim_min_id()
+        if min_id is None:
+            return 0
+        removed = int(self.client.xtrim(self.stream, minid=min_id, approximate=False))
+        self.stats.trimmed += removed
+        return removed
 
     def _dead_letter(self, rows: Iterable[dict[str, Any]]) -> None:
         self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +265,8 @@ def sink_for(settings: Settings, consumer: str | None = None, **kwargs: Any) -> 
     name = consumer or os.environ.get("RECSTACK_SINK_CONSUMER") or socket.gethostname()
     dead = settings.root / "sink" / "dead_letter.jsonl"
     kwargs.setdefault("ack_delay_s", float(os.environ.get("RECSTACK_SINK_ACK_DELAY_S", "0")))
+    kwargs.setdefault("rules", EventRules.of(settings))
+    kwargs.setdefault("retention_s", settings.events.stream_retention.total_seconds())
     return LakeSink(client, settings.lake_dir, dead, name, **kwargs)
 
 

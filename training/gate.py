@@ -30,10 +30,22 @@ class Verdict:
     promote: bool
     reason: str
     failures: list[str] = field(default_factory=list)
+    aborted: bool = False  # the gate could not judge (e.g. MLflow unreachable): nothing moved
 
     @property
     def decision(self) -> str:
+        if self.aborted:
+            return "aborted"
         return "promoted" if self.promote else "rejected"
+
+
+def aborted(why: str) -> Verdict:
+    """The gate gives up without a decision: the champion stays, ``why`` is logged and tagged.
+
+    Why not "champion unusable": a registry that is briefly down (a 5xx, a reset connection)
+    says nothing about the champion; promoting then would replace a good model by accident.
+    """
+    return Verdict(False, f"gate aborted, champion unchanged: {why}", aborted=True)
 
 
 def measure_latency_ms(
@@ -113,27 +125,29 @@ def sanity_failures(
 
 
 def compare(
-    challenger: Mapping[str, float], champion: Mapping[str, float], gate: GateSettings
+    challenger: Mapping[str, float], champion: Mapping[str, float], gate: GateSettings,
+    against: str = "champion",
 ) -> tuple[bool, str]:
-    """Does the challenger beat the champion by ``gate.margin`` on ``gate.metric`` without
-    losing more than ``gate.max_ndcg_drop`` NDCG@10? Returns (wins, why)."""
+    """Does the challenger beat ``against`` (the champion, or the popularity baseline) by
+    ``gate.margin`` on ``gate.metric`` without losing more than ``gate.max_ndcg_drop``
+    NDCG@10? Returns (wins, why)."""
     name = gate.metric
     new, old = float(challenger.get(name, math.nan)), float(champion.get(name, math.nan))
     if not math.isfinite(new):
         return False, f"challenger {name} is {new}"
     if not math.isfinite(old):
-        return True, f"champion {name} is {old} on this holdout; challenger {name}={new:.4f}"
+        return True, f"{against} {name} is {old} on this holdout; challenger {name}={new:.4f}"
     gain = old - new if name in LOWER_IS_BETTER else new - old
     if gain < gate.margin:
-        return False, (f"{name} {new:.4f} vs champion {old:.4f}: gain {gain:+.4f} "
+        return False, (f"{name} {new:.4f} vs {against} {old:.4f}: gain {gain:+.4f} "
                        f"< margin {gate.margin}")
     ndcg_new = float(challenger.get("ndcg_at_10", math.nan))
     ndcg_old = float(champion.get("ndcg_at_10", math.nan))
     ndcg_drop = ndcg_old - ndcg_new
     if math.isfinite(ndcg_drop) and ndcg_drop > gate.max_ndcg_drop:
         return False, (f"ndcg_at_10 {ndcg_new:.4f} drops {ndcg_drop:.4f} "
-                       f"> {gate.max_ndcg_drop} below champion {ndcg_old:.4f}")
-    return True, f"{name} {new:.4f} vs champion {old:.4f}: gain {gain:+.4f} >= {gate.margin}"
+                       f"> {gate.max_ndcg_drop} below {against} {ndcg_old:.4f}")
+    return True, f"{name} {new:.4f} vs {against} {old:.4f}: gain {gain:+.4f} >= {gate.margin}"
 
 
 def decide(
@@ -142,18 +156,22 @@ def decide(
     champion: Mapping[str, float] | None,
     gate: GateSettings,
     champion_problem: str | None = None,
+    *,
+    baseline: Mapping[str, float] | None = None,
 ) -> Verdict:
-    """The verdict: sanity first, then the first model ever, a broken champion, or a fair fight.
-
-    ``champion`` is None when there is no champion yet; ``champion_problem`` says why the
-    champion could not be evaluated (e.g. its artifact no longer loads) — a sane challenger
-    then replaces it.
+    """The verdict: sanity first, then a fair fight against the champion, or - with no champion
+    yet, or a champion whose artifact is genuinely broken (``champion_problem``) - against the
+    popularity ``baseline`` on the same holdout rows: no model is ever promoted without a
+    comparison (``baseline`` None then means: not promoted).
     """
     if failures:
         return Verdict(False, "sanity checks failed: " + "; ".join(failures), failures)
-    if champion is None and champion_problem is None:
-        return Verdict(True, "first model: no champion yet")
-    if champion_problem is not None:
-        return Verdict(True, f"champion unusable ({champion_problem}); sane challenger replaces it")
-    wins, why = compare(challenger, champion, gate)
-    return Verdict(wins, why)
+    if champion is not None and champion_problem is None:
+        wins, why = compare(challenger, champion, gate)
+        return Verdict(wins, why)
+    situation = ("first model" if champion_problem is None
+                 else f"champion unusable ({champion_problem})")
+    if baseline is None:
+        return Verdict(False, f"{situation}, and no popularity baseline to compare with")
+    wins, why = compare(challenger, baseline, gate, against="popularity")
+    return Verdict(wins, f"{situation}: {why}")

@@ -155,12 +155,36 @@ def model_names(settings: Settings) -> dict[str, str]:
     return {"candidates": settings.mlflow.candidates_model, "ranker": settings.mlflow.ranker_model}
 
 
+# What MLflow's stores answer for an unset alias (400 INVALID_PARAMETER_VALUE) or an unknown
+# model (404 RESOURCE_DOES_NOT_EXIST); anything else is not "no champion".
+_UNSET_STATUS = frozenset({400, 404})
+
+
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    """The version ``name@alias`` points at, or None when the alias (or the model) is unset."""
+    """The version ``name@alias`` points at, or None when the alias (or the model) is unset.
+
+    Any other failure (a 5xx, a refused connection) is raised: taken for "no champion", it
+    would let the gate promote a first model over the real champion.
+    """
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.get_http_status_code() in _UNSET_STATUS:
+            return None
+        raise
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Is ``exc`` a registry or network hiccup (retry later) rather than a verdict on the
+    artifact? MLflow's REST client raises a 5xx/429 status as such, and a connection failure
+    or timeout as an INTERNAL_ERROR (500) MlflowException; also plain connection errors."""
+    import requests
+
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        return status >= 500 or status == 429
+    return isinstance(exc, ConnectionError | TimeoutError | requests.ConnectionError
+                      | requests.Timeout)
 
 
 def set_alias(

@@ -46,6 +46,7 @@ from training.datasets import (
     time_split,
 )
 from training.gate import Verdict, decide, latency_within_budget, sanity_failures
+from training.gate import aborted as gate_aborted
 from training.holdout import Holdout, popular_before
 from training.holdout import evaluate as evaluate_holdout
 from training.ranker import predict, ranker_params, train_ranker
@@ -347,7 +348,8 @@ def train_and_register(settings: Settings, store: Any | None = None,
 
             with clock("gate_s"):
                 verdict = run_gate(settings, client, gate, versions, holdout, booster,
-                                   holdout_scores, latency["cpu_p99_ms"], negative_rate)
+                                   holdout_scores, latency["cpu_p99_ms"], negative_rate,
+                                   popularity_baseline(holdout, hold.popular, base_rate))
             mlflow.set_tags({"gate_decision": verdict.decision, "gate_reason": verdict.reason})
             for kind in registry.KINDS:
                 client.set_model_version_tag(names[kind], versions[kind], "gate_decision",
@@ -360,8 +362,8 @@ def train_and_register(settings: Settings, store: Any | None = None,
                             versions["candidates"], versions["ranker"],
                             settings.mlflow.serving_alias, verdict.reason)
             else:
-                logger.warning("gate: champion unchanged, challenger ranker v%s rejected: %s",
-                               versions["ranker"], verdict.reason)
+                logger.warning("gate: champion unchanged, challenger ranker v%s %s: %s",
+                               versions["ranker"], verdict.decision, verdict.reason)
     result = TrainResult(
         candidates_version=versions["candidates"], ranker_version=versions["ranker"],
         metrics=metrics, run_id=run.info.run_id, timings_s=timings,
@@ -374,10 +376,15 @@ def train_and_register(settings: Settings, store: Any | None = None,
 def run_gate(
     settings: Settings, client: Any, gate: GateSettings, versions: dict[str, str],
     holdout: pd.DataFrame, booster: Any, scores: np.ndarray, latency_p99_ms: float,
-    negative_rate: float,
+    negative_rate: float, baseline: dict[str, float],
 ) -> Verdict:
     """Sanity checks, the artifacts loaded back from MLflow, then challenger vs champion on the
-    same holdout rows (the champion's ranker re-scored here, not its logged metrics)."""
+    same holdout rows (the champion's ranker re-scored here, not its logged metrics); with no
+    champion (or a broken one), challenger vs the popularity ``baseline`` on those rows.
+
+    A registry error while looking up or loading the champion that is transient (5xx,
+    connection refused or reset, timeout) aborts the gate: the champion stays.
+    """
     from training import registry
 
     x = holdout[booster.feature_name()].to_numpy(np.float32)
@@ -386,28 +393,53 @@ def run_gate(
                                       booster.predict(probe, num_threads=1))
     failures = sanity_failures(scores, latency_p99_ms, problems, gate)
     mine = _ranker_metrics(holdout, scores, negative_rate)
-    champion = registry.champion_pair(client, settings)
+    try:
+        champion = registry.champion_pair(client, settings)
+    except Exception as exc:  # noqa: BLE001 - unknown whether a champion exists: judge nothing
+        return _abort(f"looking up @{settings.mlflow.serving_alias} failed", exc)
     if champion is None:
-        return decide(failures, mine, None, gate)
+        return decide(failures, mine, None, gate, baseline=baseline)
     try:
         old = registry.load_champion_ranker(client, settings, champion["ranker"])
         old_run = client.get_model_version(settings.mlflow.ranker_model, champion["ranker"]).run_id
         old_rate = float(client.get_run(old_run).data.params.get("negative_rate", negative_rate))
     except Exception as exc:  # noqa: BLE001 - a champion that cannot be evaluated cannot defend its title
-        return decide(failures, mine, None, gate, champion_problem=f"{type(exc).__name__}: {exc}")
+        if registry.is_transient(exc):
+            return _abort(f"loading champion ranker v{champion['ranker']} failed", exc)
+        return decide(failures, mine, None, gate, champion_problem=f"{type(exc).__name__}: {exc}",
+                      baseline=baseline)
     lacking = [n for n in old.feature_name() if n not in holdout.columns]
     if lacking:
         # A champion reading features this run did not fetch (another feature service) cannot
         # be compared on these rows; promoting blind could lose quality: keep the champion.
         failures = [*failures, f"champion ranker v{champion['ranker']} reads {lacking[:5]}, "
                     "which this run's feature service lacks: no comparison, champion kept"]
-        return decide(failures, mine, None, gate)
+        return decide(failures, mine, None, gate, baseline=baseline)
     theirs = _ranker_metrics(
         holdout, old.predict(holdout[old.feature_name()].to_numpy(np.float32), num_threads=1),
         old_rate)
     logger.info("gate: challenger %s vs champion ranker v%s %s on %d holdout rows",
                 mine, champion["ranker"], theirs, len(holdout))
     return decide(failures, mine, theirs, gate)
+
+
+def popularity_baseline(holdout: pd.DataFrame, popular: list[int], base_rate: float
+                        ) -> dict[str, float]:
+    """What a first model must beat, on the gate's holdout rows: popularity's AUC and NDCG@10
+    (items scored by their rank in the popular list serving had before the day) and, for
+    ``gate.metric=logloss``, the constant base rate's log loss."""
+    ranks = dict(zip(popular, range(len(popular), 0, -1), strict=True))
+    scores = np.array([ranks.get(int(i), 0) for i in holdout["item_id"]], dtype=np.float64)
+    m = ev.ranking_metrics("p", holdout, scores, None)
+    y = holdout["label"].to_numpy()
+    return {"auc": m["p_auc"], "ndcg_at_10": m["p_ndcg_at_10"],
+            "logloss": ev.log_loss(y, np.full(len(y), base_rate))}
+
+
+def _abort(what: str, exc: BaseException) -> Verdict:
+    verdict = gate_aborted(f"{what}: {type(exc).__name__}: {exc}")
+    logger.warning("gate: %s", verdict.reason)
+    return verdict
 
 
 def _ranker_metrics(holdout: pd.DataFrame, scores: np.ndarray, negative_rate: float

@@ -160,7 +160,7 @@ def run_drift(base: Settings, cfg: DriftConfig, console: Any = None) -> dict[str
         t0 = day_start(first_live)
         shift_at = day_start(settings.sim.start_date + dt.timedelta(days=cfg.shift_day))
         marks.append({"kind": "shift", "at": shift_at.isoformat(), "detail": cfg.scenario})
-        rclient = redis_lib.Redis(port=settings.redis.port)
+        rclient = redis_lib.Redis.from_url(settings.redis.url)
         warm_memories([live, frozen], world, _last_impressions(settings), t0)
         affected = affected_users(scenario, world, cfg.warm_days + cfg.live_days - 1)
         sim_now = {"t": t0}

@@ -160,7 +160,7 @@ def measure_redis_bytes(settings: Settings, sample: int = 300) -> tuple[float, f
     try:
         import redis
 
-        password = settings.redis.password.get_secret_value() if settings.redis.password else None
+        password = settings.redis.secret()
         client = redis.Redis(host=settings.redis.host, port=settings.redis.port,
                              password=password, socket_timeout=2)
         users: list[int] = []

@@ -167,7 +167,7 @@ class SlowRedis(Fault):
 def _redis(settings: Settings):  # noqa: ANN202 - redis.Redis, imported lazily
     import redis
 
-    password = settings.redis.password.get_secret_value() if settings.redis.password else None
+    password = settings.redis.secret()
     return redis.Redis(host=settings.redis.host, port=settings.redis.port, password=password,
                        socket_timeout=5)
 

@@ -24,16 +24,23 @@ def http_status(port: int, path: str, timeout_s: float = 2.0) -> tuple[int | Non
         return None, str(exc)
 
 
-def http_post(port: int, path: str, timeout_s: float = 10.0) -> int | None:
-    """Status of an empty POST to http://127.0.0.1:port/path (None if nothing answered)."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"", method="POST")
+def prometheus_reload_state(port: int) -> tuple[float, bool] | None:
+    """(time of Prometheus's last config reload, whether it succeeded) from its own /metrics."""
     try:
-        with _OPENER.open(request, timeout=timeout_s) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+        with _OPENER.open(f"http://127.0.0.1:{port}/metrics", timeout=2.0) as resp:
+            text = resp.read().decode("utf-8", "replace")
     except (OSError, ValueError):
         return None
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("prometheus_config_last_reload_success_timestamp_seconds",
+                    "prometheus_config_last_reload_successful"):
+            values[name] = float(value)
+    if len(values) != 2:
+        return None
+    return (values["prometheus_config_last_reload_success_timestamp_seconds"],
+            values["prometheus_config_last_reload_successful"] == 1.0)
 
 
 def port_open(port: int, timeout_s: float = 0.5) -> bool:
@@ -64,7 +71,7 @@ def redis_ping(port: int, password: str | None, timeout_s: float = 1.0) -> tuple
 def probe(check: HealthCheck, settings: Settings) -> tuple[bool, str]:
     """Run one health check; (healthy, what was seen)."""
     if check.kind == "redis":
-        password = settings.redis.password.get_secret_value() if settings.redis.password else None
+        password = settings.redis.secret()
         return redis_ping(check.port, password)
     if check.kind == "process":
         return True, "running (no port to probe)"

@@ -49,6 +49,12 @@ class LoadResult:
     row: str = AGGREGATED
     total_requests: int = 0
     total_failures: int = 0
+    # Of ``failures``: the requests a replica shed (503 + Retry-After, overload), not errors.
+    shed: int = 0
+
+    @property
+    def errors(self) -> int:
+        return self.failures - self.shed
 
     @property
     def failure_ratio(self) -> float:
@@ -96,6 +102,7 @@ def parse_stats_csv(
             p99_ms=_number(found["99%"]),
             csv_path=stats_csv,
             top_failures=_top_failures(failures_csv) if failures_csv else [],
+            shed=_shed(failures_csv, row) if failures_csv else 0,
             row=row,
             total_requests=int(total["Request Count"]),
             total_failures=int(total["Failure Count"]),
@@ -103,6 +110,35 @@ def parse_stats_csv(
     except (KeyError, ValueError) as exc:
         raise LoadTestError(f"unexpected Locust stats format in {stats_csv}: {exc}") from exc
     return result
+
+
+def _shed(failures_csv: Path, row: str) -> int:
+    """Failures of ``row`` that were a replica shedding load: the locustfile's "status 503"."""
+    if not failures_csv.exists():
+        return 0
+    with failures_csv.open(newline="") as f:
+        return sum(
+            int(r.get("Occurrences") or 0) for r in csv.DictReader(f)
+            if (row == AGGREGATED or r.get("Name") == row)
+            and str(r.get("Error", "")).startswith("status 503")
+        )
+
+
+def warm_up(ports: dict[str, int], n_users: int, requests_per_replica: int = 100) -> int:
+    """GET ``requests_per_replica`` lists from each replica directly (not through the balancer),
+    one at a time, so a measured run does not start on cold code paths, caches and connection
+    pools. Returns the requests that answered 200."""
+    import httpx
+
+    ok = 0
+    for port in ports.values():
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0, trust_env=False) as c:
+            for i in range(requests_per_replica):
+                try:
+                    ok += c.get(f"/recommendations/{i % max(n_users, 1)}").status_code == 200
+                except httpx.HTTPError:
+                    pass
+    return ok
 
 
 def _top_failures(failures_csv: Path, n: int = 5) -> list[str]:

@@ -120,8 +120,26 @@ def render_supervisord(settings: Settings, programs: list[Program], password: st
     return "\n".join(lines)
 
 
-def render_redis(settings: Settings) -> str:
-    """redis.conf: loopback only, no persistence (the lake and Feast can rebuild it)."""
+def redis_secret(settings: Settings) -> str | None:
+    """The native Redis's password: the configured one, else one generated once into
+    ``redis.password_file`` (mode 0600) unless ``redis.generate_password`` is off."""
+    redis = settings.redis
+    secret = redis.secret()
+    if secret is not None or not redis.generate_password or redis.password_file is None:
+        return secret
+    value = secrets.token_urlsafe(24)
+    write_if_changed(redis.password_file, value, mode=0o600)
+    return value
+
+
+def render_redis(settings: Settings, secret: str | None = None) -> str:
+    """redis.conf: loopback only, durable (append-only file under ``$RECSTACK_HOME/redis``).
+
+    ``appendfsync everysec``: every write reaches the file (the OS page cache) before Redis
+    answers, and is fsynced within about a second. So a killed redis-server loses nothing
+    acknowledged; a crash of the machine itself loses at most the last ~1 s (2 s when the disk
+    stalls an fsync). ``secret``: the ``requirepass``, in the file (0600), never in argv.
+    """
     p = StackPaths.of(settings)
     lines = [
         f"port {settings.redis.port}",
@@ -130,12 +148,13 @@ def render_redis(settings: Settings) -> str:
         "daemonize no",
         f'dir "{p.redis_data}"',
         'save ""',
-        "appendonly no",
+        "appendonly yes",
+        "appendfsync everysec",
+        'appenddirname "appendonlydir"',
+        "aof-use-rdb-preamble yes",
         'logfile ""',
     ]
-    if settings.redis.password is not None:
-        # In the config file (0600), not argv, so `ps` does not show it.
-        secret = settings.redis.password.get_secret_value()
+    if secret is not None:
         lines.append('requirepass "{}"'.format(secret.replace("\\", "\\\\").replace('"', '\\"')))
     return "\n".join(lines) + "\n"
 
@@ -372,7 +391,8 @@ def write_configs(
         nginx=nginx and write_if_changed(p.nginx_conf, render_nginx(settings, replicas)),
         prometheus=write_if_changed(p.prometheus_conf, render_prometheus(settings)),
         targets=changed_targets,
-        redis=write_if_changed(p.redis_conf, render_redis(settings), 0o600),
+        redis=write_if_changed(p.redis_conf, render_redis(settings, redis_secret(settings)),
+                               0o600),
     )
 
 

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -41,6 +42,8 @@ from recstack.stack.supervisor import ProcessInfo, StackError, Supervisor
 logger = logging.getLogger(__name__)
 
 _FAILED_STATES = {"FATAL"}
+# Started and checked before the rest by `up` (the online store is checked in between).
+INFRA_SERVICES = ("redis", "mlflow", "prometheus")
 _ALIVE_STATES = {"RUNNING", "STARTING", "BACKOFF"}
 
 
@@ -54,6 +57,8 @@ class ServiceStatus:
     port: int | None
     uptime_s: float | None
     service: str = ""
+    # What its check says now: "ready" / "healthy", or why not ("not ready: item features").
+    health: str = "-"
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -187,12 +192,23 @@ def _wait_nginx_drained(sup: Supervisor, timeout_s: float = 10.0) -> None:
 
 
 def _reload_prometheus(sup: Supervisor, settings: Settings) -> None:
+    """SIGHUP: Prometheus re-reads its config (no HTTP lifecycle endpoint needed). A config it
+    refuses keeps the old one running and says so in its log."""
     if sup.info("prometheus").state != "RUNNING":
         return
-    code = health.http_post(settings.stack.prometheus_port, "/-/reload")
-    if code != 200:
-        raise StackError(f"prometheus refused its new config (reload -> {code}); see its log")
-    logger.info("prometheus reloaded")
+    port = settings.stack.prometheus_port
+    before = health.prometheus_reload_state(port)
+    sup.signal("prometheus", "HUP")
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        state = health.prometheus_reload_state(port)
+        if state is not None and not state[1]:
+            raise StackError("prometheus refused its new config (reload failed); see its log")
+        if state is not None and (before is None or state[0] > before[0]):
+            logger.info("prometheus reloaded")
+            return
+        time.sleep(0.2)
+    logger.warning("prometheus did not report a config reload within 10 s")
 
 
 def _wait_healthy(
@@ -286,12 +302,52 @@ def up(settings: Settings, services: Sequence[str] | None = None, wait: bool = T
         sup.start_daemon()
     targets = [p for p in programs if p.group in wanted]
     _check_free(settings, sup, targets)
-    for program in targets:
-        sup.start(program.name)
-    if wait:
-        _wait_healthy(settings, sup, targets, settings.stack.start_timeout_s)
+    # Infrastructure first, so a lost online store is rebuilt before any replica reads it.
+    infra = [p for p in targets if p.group in INFRA_SERVICES]
+    for phase in (infra, [p for p in targets if p.group not in INFRA_SERVICES]):
+        for program in phase:
+            sup.start(program.name)
+        if wait:
+            _wait_healthy(settings, sup, phase, settings.stack.start_timeout_s)
+        if wait and phase is infra and _serves(wanted) and settings.stack.rematerialize_on_up:
+            ensure_online_store(settings, sup)
     _sync_monitor_target(sup, settings)
     pids_mod.record_pids(settings, sup)
+
+
+def _serves(services: Sequence[str]) -> bool:
+    return any(s in ("api", *STAGE_SERVICES) for s in services)
+
+
+def ensure_online_store(settings: Settings, sup: Supervisor | None = None) -> list[str]:
+    """Re-materialize the views whose online rows are missing or older than the offline tables
+    (a lost, new or restored Redis), before replicas load item features from it; returns them.
+
+    Needs Redis running; a stack never materialized (no Feast registry yet) has nothing to do.
+    """
+    from pipelines.materialize import online_store_gaps, rematerialize
+
+    if sup is not None and sup.info("redis").state != "RUNNING":
+        return []
+    try:
+        gaps = online_store_gaps(settings)
+    except Exception as exc:  # noqa: BLE001 - the replicas' /readyz then says what is missing
+        logger.warning("could not compare the online store with the offline tables: %s: %s",
+                       type(exc).__name__, exc)
+        return []
+    if not gaps:
+        return []
+    logger.warning("online store behind the offline tables, re-materializing: %s",
+                   "; ".join(f"{v}: {why}" for v, why in gaps.items()))
+    started = time.monotonic()
+
+    def progress(view: str, i: int, n: int) -> None:
+        logger.info("re-materializing %d/%d: %s", i + 1, n, view)
+
+    rematerialize(settings, list(gaps), progress=progress)
+    logger.info("online store rebuilt from the offline tables in %.1fs",
+                time.monotonic() - started)
+    return list(gaps)
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
@@ -321,15 +377,34 @@ def status(settings: Settings) -> list[ServiceStatus]:
             uptime_s=sup_uptime, service="supervisord",
         )
     ]
+    checks = {p.name: p.health for p in native_programs(settings, replica_counts_now(settings))}
     for info in sorted(infos, key=key):
         port = ports.get(info.name)
         rows.append(
             ServiceStatus(
                 name=info.name, state=info.state, pid=info.pid, port=port,
                 uptime_s=info.uptime_s, service=_service_of(info.name),
+                health=_health_now(settings, info, checks.get(info.name)),
             )
         )
     return rows
+
+
+def _health_now(settings: Settings, info: ProcessInfo, check: Any) -> str:
+    """A serving replica's readiness (its /readyz), or another program's health check."""
+    if info.state != "RUNNING" or check is None:
+        return "-"
+    if _service_of(info.name) in SCALABLE_SERVICES and check.kind == "http":
+        code, body = health.http_status(check.port, "/readyz")
+        if code == 200:
+            return "ready"
+        try:
+            missing = json.loads(body).get("missing") or []
+        except ValueError:
+            missing = [body[:80]]
+        return "not ready: " + ("; ".join(map(str, missing)) or str(code))
+    ok, seen = health.probe(check, settings)
+    return "healthy" if ok else f"unhealthy: {seen[:80]}"
 
 
 def scale(settings: Settings, service: str, replicas: int) -> None:

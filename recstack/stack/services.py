@@ -304,7 +304,7 @@ def native_programs(
                 f"--storage.tsdb.path={p.prometheus_data}",
                 "--storage.tsdb.retention.time=7d",
                 f"--web.listen-address={host}:{settings.stack.prometheus_port}",
-                "--web.enable-lifecycle",
+                *(["--web.enable-lifecycle"] if settings.stack.prometheus_lifecycle else []),
             ],
             env=marker,
             port=settings.stack.prometheus_port,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -18,18 +20,29 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(resources: ResourcesDep) -> Response:
-    """200 with the model versions when models, features and Redis are ready; else 503."""
+    """200 with the model versions when this replica's own state can serve (models loaded, an
+    item table with values, the event stream connected); else 503 naming what is missing.
+
+    The shared Redis is reported in ``dependencies`` but never makes a replica unready: its
+    outage is served degraded (``user_features_unavailable``) by every replica alike, and a
+    503 here would take them all out of the balancer at once.
+    """
     missing = resources.missing()
     recommender = resources.recommender  # read once: the maintainer swaps it from a thread
     if recommender is None and not missing:  # parts loaded, the recommender not composed yet
         missing.append("recommender (being composed)")
-    if not await resources.redis_ok():
-        missing.append("redis (no PING answer)")
+    body: dict[str, Any] = {
+        "dependencies": {"redis": "ok" if await resources.redis_ok() else "unreachable"}}
+    counts = resources.item_feature_counts()
+    if counts is not None:
+        body["item_features"] = {"items": counts[0], "with_values": counts[1],
+                                 "share": round(resources.item_feature_share(), 4)}
     if missing:
-        body = {"status": "not_ready", "missing": missing, "last_error": resources.last_error}
+        body = {"status": "not_ready", "missing": missing, "last_error": resources.last_error,
+                **body}
         return json_response(body, status_code=503, headers={"Retry-After": "1"})
     assert recommender is not None
-    return json_response({"status": "ready", "model": recommender.versions})
+    return json_response({"status": "ready", "model": recommender.versions, **body})
 
 
 @router.get("/metrics")

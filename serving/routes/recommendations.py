@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Header, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from recstack.schemas import MAX_ID
 from serving.arms import Experiment, ShadowJob
 from serving.deps import ExperimentDep, MetricsDep, RecommenderDep, SettingsDep, TuningDep
 from serving.errors import InvalidRequest
@@ -33,7 +34,7 @@ ARM_FAILED = "arm_failed"  # the arm's recommender raised: served by the champio
 # ConcurrencyLimitMiddleware (max_in_flight) either way.
 @router.get("/recommendations/{user_id}")
 async def get_recommendations(
-    user_id: Annotated[int, Path(ge=0, description="a non-negative integer user id")],
+    user_id: Annotated[int, Path(ge=0, le=MAX_ID, description="an integer user id, 0..2^63-1")],
     recommender: RecommenderDep,
     settings: SettingsDep,
     metrics: MetricsDep,

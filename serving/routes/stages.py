@@ -9,6 +9,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
+from recstack.schemas import MAX_ID
 from serving.deps import MetricsDep, RecommenderDep
 from serving.errors import InvalidRequest
 from serving.recommender import LocalScorer
@@ -22,7 +23,7 @@ ranking_router = APIRouter(tags=["stages"])
 # per call cost more than the work (the candidate service's request p50 was 20x its stage p50).
 @candidates_router.get("/candidates/{user_id}")
 async def get_candidates(
-    user_id: Annotated[int, Path(ge=0)],
+    user_id: Annotated[int, Path(ge=0, le=MAX_ID)],
     recommender: RecommenderDep,
     metrics: MetricsDep,
     n: Annotated[int, Query(ge=1, le=5000)] = 500,
@@ -42,7 +43,7 @@ async def get_candidates(
 
 @ranking_router.post("/rank/{user_id}")
 async def rank(
-    user_id: Annotated[int, Path(ge=0)],
+    user_id: Annotated[int, Path(ge=0, le=MAX_ID)],
     request: Request,
     recommender: RecommenderDep,
     metrics: MetricsDep,

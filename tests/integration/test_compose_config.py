@@ -63,7 +63,9 @@ IMAGE_DEFAULTS: dict[str, tuple[list[str], list[str]]] = {
 }
 # Entrypoint scripts that set things up, then exec their arguments: the process is the command.
 WRAPPER_ENTRYPOINTS = {"docker-entrypoint.sh", "/docker-entrypoint.sh",
-                       "/usr/local/bin/docker-entrypoint.sh"}
+                       "/usr/local/bin/docker-entrypoint.sh",
+                       # docker/redis-entrypoint.sh: renders redis.conf, execs redis-server.
+                       "/usr/local/bin/recstack-redis-entrypoint"}
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -431,15 +433,20 @@ def test_project_environment_matches_settings(
 
 def test_secrets_agree_across_services(services: dict[str, dict[str, Any]]) -> None:
     values = _env_file_values(ENV_EXAMPLE)
-    redis_argv = _argv(services["redis"]["command"])
-    assert redis_argv[redis_argv.index("--requirepass") + 1] == values["REDIS_PASSWORD"]
-    assert services["redis"]["environment"]["REDISCLI_AUTH"] == values["REDIS_PASSWORD"]
-    mlflow_argv = _argv(services["mlflow"]["command"])
+    redis_env = services["redis"]["environment"]
+    # docker/redis-entrypoint.sh writes REDIS_PASSWORD into the rendered redis.conf.
+    assert redis_env["REDIS_PASSWORD"] == values["REDIS_PASSWORD"]
+    assert redis_env["REDISCLI_AUTH"] == values["REDIS_PASSWORD"]
+    mlflow = services["mlflow"]
+    mlflow_argv = _argv(mlflow["command"])
     backend = urlsplit(mlflow_argv[mlflow_argv.index("--backend-store-uri") + 1])
     pg_env = services["postgres"]["environment"]
     # The driver is named: SQLAlchemy 2.1's default for postgresql:// is psycopg 3, not in the image.
     assert backend.scheme == "postgresql+psycopg2" and backend.hostname == "postgres"
-    assert backend.password == pg_env["POSTGRES_PASSWORD"] == values["POSTGRES_PASSWORD"]
+    # The password reaches libpq through PGPASSWORD, not through the URI in MLflow's argv.
+    assert backend.password is None
+    assert mlflow["environment"]["PGPASSWORD"] == pg_env["POSTGRES_PASSWORD"] \
+        == values["POSTGRES_PASSWORD"]
     assert backend.username == pg_env["POSTGRES_USER"]
     assert backend.path.lstrip("/") == pg_env["POSTGRES_DB"]
 
@@ -548,6 +555,164 @@ def test_grafana_is_provisioned_from_the_monitoring_folder(
                     if metric.startswith(("recstack_request", "recstack_stage", "recstack_degraded",
                                           "recstack_shed", "recstack_breaker", "recstack_in_flight")):
                         assert metric in exported, f"{panel['title']}: serving exports no {metric}"
+
+
+# ---- secrets stay out of argv ----------------------------------------------------------------
+
+def _raw_compose() -> dict[str, Any]:
+    """docker-compose.yml as written (anchors merged by YAML, ``${...}`` left as text)."""
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _process_argv_fields(service: dict[str, Any]) -> dict[str, Any]:
+    """What becomes a process's argv: command, entrypoint, the healthcheck's test."""
+    fields = {key: service[key] for key in ("command", "entrypoint") if key in service}
+    if "healthcheck" in service:
+        fields["healthcheck.test"] = service["healthcheck"].get("test")
+    return fields
+
+
+def test_no_command_interpolates_a_password() -> None:
+    # `ps` shows every process's argv to every user of the host (and `docker inspect` shows
+    # commands); environment variables and files are readable by the container's user only.
+    secret_ref = re.compile(r"\$\{?\w*(PASSWORD|SECRET|TOKEN|_AUTH)\w*")
+    for name, service in _raw_compose()["services"].items():
+        for key, value in _process_argv_fields(service).items():
+            text = json.dumps(value)
+            assert not secret_ref.search(text), f"{name}: {key} interpolates a secret: {text}"
+
+
+def test_no_rendered_argv_holds_a_password_value(services: dict[str, dict[str, Any]]) -> None:
+    secrets_ = [v for k, v in _env_file_values(ENV_EXAMPLE).items() if "PASSWORD" in k]
+    for name, service in services.items():
+        for key, value in _process_argv_fields(service).items():
+            text = json.dumps(value)
+            leaked = [s for s in secrets_ if s in text]
+            assert not leaked, f"{name}: {key} carries {leaked}"
+
+
+REDIS_CONF = REPO / "docker" / "redis.conf"
+REDIS_ENTRYPOINT = REPO / "docker" / "redis-entrypoint.sh"
+
+
+def _redis_conf(path: Path = REDIS_CONF) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            out[key.lower()] = value.strip().strip('"')
+    return out
+
+
+def _bytes(value: str) -> int:
+    """Redis / Compose memory units: 384mb, 512M, 1gb -> bytes (1024-based, as both use)."""
+    match = re.fullmatch(r"(\d+)\s*([kmg]?)b?", value.strip().lower())
+    assert match, value
+    return int(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " ")
+
+
+def test_redis_runs_from_a_config_rendered_at_start(services: dict[str, dict[str, Any]]) -> None:
+    redis_service = services["redis"]
+    entrypoint = _argv(redis_service["entrypoint"])
+    assert entrypoint == ["/usr/local/bin/recstack-redis-entrypoint"]
+    assert _argv(redis_service["command"]) == ["redis-server"]  # no option with a secret
+    mounts = _mounts(redis_service)
+    assert Path(mounts[entrypoint[0]]) == REDIS_ENTRYPOINT
+    assert os.access(REDIS_ENTRYPOINT, os.X_OK), "the bind-mounted entrypoint must be executable"
+    assert Path(mounts["/usr/local/etc/redis/recstack.conf"]) == REDIS_CONF
+    # The rendered file (it holds requirepass) lives in memory only, never in a volume.
+    tmpfs = redis_service.get("tmpfs")
+    tmpfs = [tmpfs] if isinstance(tmpfs, str) else tmpfs or []
+    assert any(t.split(":")[0] == "/run/recstack-redis" for t in tmpfs), tmpfs
+    assert "requirepass" not in _redis_conf(), "the committed redis.conf must hold no secret"
+
+
+def test_redis_is_durable_and_bounded(services: dict[str, dict[str, Any]]) -> None:
+    conf = _redis_conf()
+    assert conf["appendonly"] == "yes" and conf["appendfsync"] == "everysec"
+    assert conf["dir"] == "/data" and _mounts(services["redis"])["/data"] == "redis-data"
+    # noeviction: evicting a user's or item's features would silently degrade ranking; a full
+    # Redis fails writes loudly instead, and maxmemory is sized so that it is never reached.
+    assert conf["maxmemory-policy"] == "noeviction"
+    maxmemory = _bytes(conf["maxmemory"])
+    limit = _bytes(services["redis"]["deploy"]["resources"]["limits"]["memory"])
+    # An AOF rewrite forks: copy-on-write pages, the client buffers and the allocator's
+    # fragmentation need room above maxmemory, or the kernel OOM-kills the container.
+    assert maxmemory <= 0.75 * limit, (conf["maxmemory"], limit)
+
+
+# ---- the bootstrap fills in only what is missing --------------------------------------------
+
+BOOTSTRAP_SCRIPT = REPO / "docker" / "bootstrap.py"
+
+
+def _load_bootstrap() -> Any:
+    """docker/bootstrap.py (a script in the image, not a package) as a module."""
+    import importlib.util
+    import sys
+
+    name = "recstack_compose_bootstrap"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BOOTSTRAP_SCRIPT)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_bootstrap_runs_the_idempotent_script(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile
+) -> None:
+    argv = _argv(services["bootstrap"]["command"])
+    # `recstack simulate` replaces the lake: run unconditionally on every `up`, it deleted the
+    # events the sink had written (issue 16, item 7).
+    assert "simulate" not in " ".join(argv), argv
+    assert argv[0] == "python" and argv[1].endswith("/docker/bootstrap.py"), argv
+    final_dests = {dest.rstrip("/") for stage, _, dest in dockerfile.copies()
+                   if stage == str(len(dockerfile.stages) - 1)}
+    assert argv[1] in final_dests or str(Path(argv[1]).parent) + "/" in {
+        d + "/" for d in final_dests}, f"the image does not hold {argv[1]}"
+
+
+def _state(**overrides: Any) -> Any:
+    module = _load_bootstrap()
+    full = dict(lake_days=4, lake_files=12, feature_tables=True, online_features=True,
+                champion={"candidates": "1", "ranker": "1"})
+    return module, module.StackState(**{**full, **overrides})
+
+
+def test_bootstrap_plan_keeps_a_stack_that_has_everything() -> None:
+    module, state = _state()
+    assert module.plan(state) == []
+    kept = " ".join(module.kept(state, []))
+    assert "lake (4 days, 12 event files)" in kept and "champion (ranker v1)" in kept
+
+
+def test_bootstrap_plan_builds_an_empty_stack() -> None:
+    module, state = _state(lake_days=0, lake_files=0, feature_tables=False,
+                           online_features=False, champion=None)
+    assert module.plan(state) == ["simulate", "pipeline", "train"]
+
+
+def test_bootstrap_plan_never_simulates_over_a_lake() -> None:
+    module = _load_bootstrap()
+    for tables in (True, False):
+        for online in (True, False):
+            for champion in (None, {"candidates": "2", "ranker": "3"}):
+                state = module.StackState(lake_days=1, lake_files=1, feature_tables=tables,
+                                          online_features=online, champion=champion)
+                assert "simulate" not in module.plan(state), state
+
+
+def test_bootstrap_plan_rematerializes_a_lost_online_store() -> None:
+    module, state = _state(online_features=False)
+    assert module.plan(state) == ["materialize"]  # no simulation, no Beam, no training
+    module, state = _state(feature_tables=False, online_features=False)
+    assert module.plan(state) == ["pipeline"]
+    module, state = _state(champion=None)
+    assert module.plan(state) == ["train"]
 
 
 # ---- image ------------------------------------------------------------------------------------

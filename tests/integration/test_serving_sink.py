@@ -143,3 +143,125 @@ def test_events_are_503_never_202_when_redis_is_down(tmp_path: Path) -> None:
     finally:
         client.__exit__(None, None, None)
         stop_process(redis_proc)
+
+
+def _sink_settings(home: Path, port: int, **events: str) -> Settings:
+    return Settings(home=home, redis={"port": port, "generate_password": False},
+                    events=events)
+
+
+def _good_entry(i: int) -> dict[str, str]:
+    return {"event_id": f"good-{i}", "ts": "2026-01-04T10:00:00+00:00", "user_id": str(i),
+            "item_id": "100", "event_type": "impression", "position": "0"}
+
+
+# Written straight into the stream (no API in between): what a buggy or hostile producer with
+# access to Redis could leave there. Each is (entry, the dead-letter reason's prefix).
+HOSTILE = [
+    ({b"event_id": b"\xff\xfe garbage", b"ts": b"\x00\x01"}, "not_utf8"),
+    ({**_good_entry(0), "ts": "not a time"}, "invalid: ts"),
+    ({**_good_entry(0), "ts": "0170-10-25T00:00:00+00:00"}, "implausible: ts"),
+    ({**_good_entry(0), "ts": "4324-11-02T00:00:00+00:00"}, "implausible: ts"),
+    ({**_good_entry(0), "user_id": str(2**63)}, "invalid: user_id"),
+    ({**_good_entry(0), "item_id": "-5"}, "invalid: item_id"),
+    ({**_good_entry(0), "event_type": "purchase"}, "invalid: event_type"),
+    ({**_good_entry(0), "surprise": "field"}, "invalid: surprise"),
+    ({"only": "junk"}, "invalid: "),
+]
+
+
+def test_hostile_stream_entries_go_to_the_dead_letter_and_the_sink_keeps_running(
+        tmp_path: Path) -> None:
+    port = free_port()
+    home = tmp_path / "home"
+    redis_proc = _redis(port, tmp_path)
+    sink = _sink(home, port, tmp_path / "sink.log")
+    r = redis.Redis(port=port)
+    try:
+        for round_ in range(2):  # hostile entries between good ones, twice
+            for i, (entry, _) in enumerate(HOSTILE):
+                r.xadd(EVENTS_STREAM, _good_entry(round_ * 100 + i))
+                r.xadd(EVENTS_STREAM, entry)
+        n_good, n_bad = 2 * len(HOSTILE), 2 * len(HOSTILE)
+        deadline = time.monotonic() + 30
+        dead = home / "sink" / "dead_letter.jsonl"
+        while not (dead.exists() and len(dead.read_text().splitlines()) >= n_bad
+                   and _pending(r) == 0):
+            assert sink.poll() is None, (tmp_path / "sink.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the sink did not handle the hostile entries"
+            time.sleep(0.2)
+        time.sleep(1.5)  # a crash-looping sink would be dead by now
+        assert sink.poll() is None, (tmp_path / "sink.log").read_text()[-2000:]
+        events = lake.read_events(home / "lake")
+        assert sorted(events["event_id"].to_pylist()) == sorted(
+            f"good-{round_ * 100 + i}" for round_ in range(2) for i in range(len(HOSTILE)))
+        assert events.num_rows == n_good
+        import orjson
+
+        rows = [orjson.loads(line) for line in dead.read_text().splitlines()]
+        assert len(rows) == n_bad
+        for row, (_, reason) in zip(rows, HOSTILE * 2, strict=True):
+            assert row["error"].startswith(reason), (row, reason)
+        assert int(r.xpending(EVENTS_STREAM, GROUP)["pending"]) == 0  # all acknowledged
+    finally:
+        stop_process(sink)
+        stop_process(redis_proc)
+
+
+def test_the_stream_is_trimmed_once_acknowledged_never_before(tmp_path: Path) -> None:
+    """Acknowledged entries leave the stream (no retention here); entries another group has
+    read but not acknowledged, and entries no one has read yet, stay."""
+    from serving.sink import sink_for
+
+    port = free_port()
+    redis_proc = _redis(port, tmp_path)
+    r = redis.Redis(port=port)
+    sink = sink_for(_sink_settings(tmp_path / "home", port, stream_retention="PT0S"), "sink-0",
+                    block_ms=50)
+    try:
+        sink.ensure_group()
+        for i in range(300):
+            r.xadd(EVENTS_STREAM, _good_entry(i))
+        while sink.run_once():
+            pass
+        assert r.xlen(EVENTS_STREAM) <= 1, "acknowledged entries stayed in the stream"
+
+        # A second group (a slower reader) holds 20 entries pending: they and all later stay.
+        r.xgroup_create(EVENTS_STREAM, "slow", id="$")
+        ids = [r.xadd(EVENTS_STREAM, _good_entry(1000 + i)) for i in range(50)]
+        r.xreadgroup("slow", "c", {EVENTS_STREAM: ">"}, count=20)
+        while sink.run_once():
+            pass
+        kept = [entry_id for entry_id, _ in r.xrange(EVENTS_STREAM)]
+        assert kept[: len(ids)] == ids, "entries another group still needs were trimmed"
+        r.xack(EVENTS_STREAM, "slow", *ids[:20])
+        r.xadd(EVENTS_STREAM, _good_entry(2000))
+        while sink.run_once():
+            pass
+        # Kept from the slow group's last delivered entry (MINID keeps ids >= it) onwards.
+        assert r.xrange(EVENTS_STREAM)[0][0] == ids[19], "trimmed past the slow group"
+        assert sink.stats.trimmed >= 300
+        assert lake.read_events(tmp_path / "home" / "lake").num_rows == 351
+    finally:
+        sink.client.close()
+        stop_process(redis_proc)
+
+
+def test_acknowledged_entries_are_kept_for_the_retention(tmp_path: Path) -> None:
+    from serving.sink import sink_for
+
+    port = free_port()
+    redis_proc = _redis(port, tmp_path)
+    r = redis.Redis(port=port)
+    sink = sink_for(_sink_settings(tmp_path / "home", port, stream_retention="PT1H"), "sink-0",
+                    block_ms=50)
+    try:
+        sink.ensure_group()
+        for i in range(30):
+            r.xadd(EVENTS_STREAM, _good_entry(i))
+        while sink.run_once():
+            pass
+        assert r.xlen(EVENTS_STREAM) == 30  # the monitor reads them with XRANGE for an hour
+    finally:
+        sink.client.close()
+        stop_process(redis_proc)

@@ -151,16 +151,19 @@ def test_a_v1_ranker_with_a_plain_reader_reads_no_categories() -> None:
 
         def score(self, x: np.ndarray) -> np.ndarray:
             assert x.shape == (2, len(RANKER_FEATURES))
-            return x[:, RANKER_FEATURES.index("user_clicks_7d")].astype(np.float64)
+            return (x[:, RANKER_FEATURES.index("user_clicks_7d")]
+                    + x[:, RANKER_FEATURES.index("item_ctr_7d")]).astype(np.float64)
 
     class _Plain:
         def read(self, user_id: int) -> np.ndarray:
             return np.arange(len(USER_FEATURES), dtype=np.float32)
 
-    table = ItemFeatureTable(np.array([1, 2]), np.zeros((2, len(ITEM_FEATURES))))
+    # Items that differ: equal scores would be served as candidate order (ranker_constant_scores).
+    table = ItemFeatureTable(np.array([1, 2]), np.array([[0.0] * len(ITEM_FEATURES),
+                                                         [1.0] * len(ITEM_FEATURES)]))
     scored = LocalScorer(_V1(), _Plain(), table, user_features_budget_s=60.0).rank(
         0, Candidates(np.array([1, 2]), np.zeros(2, np.float32), n_ann=2), 1.0)
-    assert scored.scores.tolist() == [1.0, 1.0]
+    assert scored.scores.tolist() == [1.0, 2.0] and scored.degraded == []
 
 
 def test_a_cross_of_two_codes_is_built_from_the_rows_own_columns() -> None:

@@ -91,3 +91,23 @@ def test_command_runs_locust_headless_in_its_own_interpreter(tmp_path: Path) -> 
         assert part in joined
     assert LOCUSTFILE.exists()
     assert "locust" not in sys.modules  # never imported in-process
+
+
+def test_shed_requests_are_counted_apart_from_errors(tmp_path: Path) -> None:
+    stats = _write(
+        tmp_path / "run_stats.csv",
+        "POST,/events,300,2,40,41,20,90,10,15.0,0.05,40,41,42,43,60,70,80,85,90,90,90",
+        "GET,/recommendations/[user],900,4,12,14.2,3,210,1800,45.1,0.15,12,14,15,16,20,31,44,58,190,210,210",
+        ",Aggregated,1200,6,14,20.0,3,230,1810,60.1,0.2,16,18,19,21,40,60,75,82,200,230,230",
+    )
+    failures = tmp_path / "run_failures.csv"
+    failures.write_text(
+        "Method,Name,Error,Occurrences\n"
+        "GET,/recommendations/[user],status 503: waited more than 100 ms,3\n"
+        "GET,/recommendations/[user],expected 20 items got 5,1\n"
+        "POST,/events,status 503: the event stream is unavailable,2\n"
+    )
+    result = parse_stats_csv(stats, failures, row=RECOMMENDATIONS_ROW)
+    assert (result.failures, result.shed, result.errors) == (4, 3, 1)
+    total = parse_stats_csv(stats, failures)
+    assert (total.failures, total.shed, total.errors) == (6, 5, 1)

@@ -340,3 +340,47 @@ def test_servers_run_outside_the_checkout(stack_settings: Settings) -> None:
         assert programs[name].directory == stack_settings.run_dir, name
     for name in ("api-0", "sink", "trainer", "monitor", "ranking-0"):
         assert programs[name].directory == REPO_ROOT, name
+
+
+def test_redis_is_durable_and_its_password_stays_out_of_argv(stack_settings: Settings) -> None:
+    from recstack.stack.render import render_redis
+
+    text = render_redis(stack_settings, "pa\"ss")
+    lines = set(text.splitlines())
+    assert {"appendonly yes", "appendfsync everysec", 'save ""'} <= lines
+    assert f'dir "{stack_settings.root / "redis"}"' in lines  # under RECSTACK_HOME
+    assert 'requirepass "pa\\"ss"' in lines
+    redis = next(p for p in native_programs(stack_settings) if p.name == "redis")
+    assert redis.argv[1:] == [str(StackPaths.of(stack_settings).redis_conf)]
+
+
+def test_a_generated_redis_password_is_kept_0600_and_found_by_later_settings(
+    tmp_path: Path,
+) -> None:
+    from recstack.stack.render import redis_secret
+
+    s = Settings(home=tmp_path / "home", redis={"port": 26379})
+    assert s.redis.secret() is None and s.redis.url == "redis://127.0.0.1:26379/0"
+    write_configs(s, native_programs(s), 1)
+    secret_file = s.run_dir / "redis.secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    secret = secret_file.read_text()
+    assert len(secret) >= 24 and redis_secret(s) == secret  # generated once, then reused
+    assert f'requirepass "{secret}"' in StackPaths.of(s).redis_conf.read_text()
+    # The settings made before `up`, and those of any later process, connect with it.
+    later = Settings(home=tmp_path / "home", redis={"port": 26379})
+    assert s.redis.url == later.redis.url == f"redis://:{secret}@127.0.0.1:26379/0"
+    assert secret in later.feast_env()["RECSTACK_FEAST_REDIS"]
+    open_ = Settings(home=tmp_path / "other", redis={"generate_password": False})
+    write_configs(open_, native_programs(open_), 1)
+    assert "requirepass" not in StackPaths.of(open_).redis_conf.read_text()
+
+
+def test_prometheus_has_no_http_lifecycle_unless_asked(stack_settings: Settings) -> None:
+    def argv(s: Settings) -> list[str]:
+        return next(p.argv for p in native_programs(s) if p.name == "prometheus")
+
+    assert "--web.enable-lifecycle" not in argv(stack_settings)
+    asked = stack_settings.model_copy(update={"stack": stack_settings.stack.model_copy(
+        update={"prometheus_lifecycle": True})})
+    assert "--web.enable-lifecycle" in argv(asked)

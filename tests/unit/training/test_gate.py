@@ -12,8 +12,11 @@ GATE = GateSettings(metric="auc", margin=0.01, max_ndcg_drop=0.02)
 GOOD_SCORES = np.linspace(0.01, 0.3, 500)
 
 
-def test_first_model_becomes_champion() -> None:
-    v = decide([], {"auc": 0.6}, None, GATE)
+POPULARITY = {"auc": 0.55, "ndcg_at_10": 0.4}
+
+
+def test_first_model_becomes_champion_when_it_beats_popularity() -> None:
+    v = decide([], {"auc": 0.6}, None, GATE, baseline=POPULARITY)
     assert v.promote and "first model" in v.reason
 
 
@@ -63,7 +66,8 @@ def test_sanity_checks(scores, latency, problems, expected) -> None:
 
 
 def test_broken_champion_is_replaced_by_a_sane_challenger() -> None:
-    v = decide([], {"auc": 0.55}, None, GATE, champion_problem="booster unreadable")
+    v = decide([], {"auc": 0.57}, None, GATE, champion_problem="booster unreadable",
+               baseline=POPULARITY)
     assert v.promote and "unusable" in v.reason
 
 

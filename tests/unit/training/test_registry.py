@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from recstack.settings import Settings
 from training import registry
@@ -19,7 +20,8 @@ class FakeClient:
 
     def get_model_version_by_alias(self, name: str, alias: str) -> SimpleNamespace:
         if name not in self.aliases:
-            raise MlflowException(f"no alias {alias} on {name}")
+            raise MlflowException(f"Registered model alias {alias} not found.",
+                                  INVALID_PARAMETER_VALUE)  # as MLflow's stores answer
         return SimpleNamespace(version=self.aliases[name])
 
     def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
