@@ -126,10 +126,27 @@ def split_stack(tmp_path: Path) -> Iterator[dict[str, Proc]]:
     try:
         for proc in procs.values():
             proc.start()
+        _seed_user_features(procs["redis"])
         yield procs
     finally:
         for proc in procs.values():
             proc.stop()
+
+
+def _seed_user_features(redis: Proc, user: int = 4) -> None:
+    """Write the test user's features the way Feast does (project "p"): a known user without
+    features would be ``user_features_missing`` (an empty or lost online store)."""
+    import struct
+
+    import redis as redis_py
+
+    from serving.features import USER_KEY
+    from serving.onlinestore import entity_key, field_key
+
+    values = {field_key(USER_FEATURE_VIEW, n): b"\x29" + struct.pack("<d", float(i + 1))
+              for i, n in enumerate(USER_FEATURES)}
+    with redis_py.Redis(port=redis.port) as client:
+        client.hset(entity_key(USER_KEY, user, "p"), mapping=values)
 
 
 def _get(api: Proc, user: int = 4, k: int = 5) -> tuple[int, dict]:
@@ -174,6 +191,7 @@ def test_every_fallback_path_answers_200_with_its_reason(split_stack: dict[str, 
     assert time.perf_counter() - t < 0.5  # open: no waiting on Redis
     # Redis back: the breaker's probe succeeds after the cooldown and it closes.
     split_stack["redis"].start()
+    _seed_user_features(split_stack["redis"])  # no persistence here: the restart lost them
     time.sleep(0.6)
     deadline = time.monotonic() + 5
     while _get(api)[1]["degraded"]:
