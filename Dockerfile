@@ -72,6 +72,8 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /opt/recstack
 COPY feature_repo/ feature_repo/
 COPY loadtests/ loadtests/
+# The compose bootstrap (fills in only what the volumes lack); a script, not part of the wheel.
+COPY docker/bootstrap.py docker/bootstrap.py
 
 USER 10001:10001
 EXPOSE 8000

@@ -631,7 +631,8 @@ def test_redis_runs_from_a_config_rendered_at_start(services: dict[str, dict[str
 def test_redis_is_durable_and_bounded(services: dict[str, dict[str, Any]]) -> None:
     conf = _redis_conf()
     assert conf["appendonly"] == "yes" and conf["appendfsync"] == "everysec"
-    assert conf["dir"] == "/data" and _mounts(services["redis"])["/data"] == "redis-data"
+    # The server's files go to its working directory: /data in redis:7, the named volume.
+    assert "dir" not in conf and _mounts(services["redis"])["/data"] == "redis-data"
     # noeviction: evicting a user's or item's features would silently degrade ranking; a full
     # Redis fails writes loudly instead, and maxmemory is sized so that it is never reached.
     assert conf["maxmemory-policy"] == "noeviction"
@@ -640,6 +641,84 @@ def test_redis_is_durable_and_bounded(services: dict[str, dict[str, Any]]) -> No
     # An AOF rewrite forks: copy-on-write pages, the client buffers and the allocator's
     # fragmentation need room above maxmemory, or the kernel OOM-kills the container.
     assert maxmemory <= 0.75 * limit, (conf["maxmemory"], limit)
+
+
+def test_redis_entrypoint_keeps_the_password_out_of_argv(tmp_path: Path) -> None:
+    """The real script and redis-server: authenticated, durable, bounded, no secret in argv."""
+    import redis as redis_py
+
+    from tests.conftest import free_port, stop_process, wait_for_port
+
+    need_binary("redis-server")
+    password, port = "s3cret-" + os.urandom(6).hex(), free_port()
+    env = {**os.environ, "REDIS_PASSWORD": password, "REDISCLI_AUTH": password,
+           "RECSTACK_REDIS_BASE_CONF": str(REDIS_CONF),
+           "RECSTACK_REDIS_RUN_DIR": str(tmp_path / "run")}
+    proc = subprocess.Popen(
+        [str(REDIS_ENTRYPOINT), "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+         "--dir", str(tmp_path)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port, 10, proc)
+        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        # (redis-server retitles itself "redis-server HOST:PORT"; the argv it was started with
+        # is the compose command checked above, and the script exec'ed it in place.)
+        assert b"redis-server" in argv[0] and password.encode() not in b" ".join(argv)
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+        assert password.encode() not in environ  # the script unset what it wrote to the file
+        rendered = tmp_path / "run" / "redis.conf"
+        assert rendered.stat().st_mode & 0o077 == 0, oct(rendered.stat().st_mode)
+        with pytest.raises(redis_py.exceptions.AuthenticationError):
+            redis_py.Redis(port=port).ping()
+        client = redis_py.Redis(port=port, password=password, decode_responses=True)
+        config = {k: client.config_get(k)[k] for k in
+                  ("appendonly", "appendfsync", "maxmemory", "maxmemory-policy")}
+        assert config == {"appendonly": "yes", "appendfsync": "everysec",
+                          "maxmemory": str(_bytes(_redis_conf()["maxmemory"])),
+                          "maxmemory-policy": "noeviction"}
+    finally:
+        stop_process(proc)
+    empty = subprocess.run([str(REDIS_ENTRYPOINT), "redis-server"],
+                           env={**env, "REDIS_PASSWORD": ""}, capture_output=True, text=True,
+                           timeout=10)
+    assert empty.returncode != 0 and "REDIS_PASSWORD" in empty.stderr
+
+
+def test_worst_case_stream_entry_fits_the_maxmemory_arithmetic(tmp_path: Path) -> None:
+    """docker/redis.conf sizes maxmemory with 750 B per stream entry (entry + pending entry):
+    measure an event with every string at its maximum length, delivered and not acknowledged."""
+    import datetime as dt
+
+    import redis as redis_py
+
+    from recstack.schemas import EVENTS_STREAM, Event
+    from serving.events import event_fields
+    from tests.conftest import free_port, stop_process, wait_for_port
+
+    binary, port, n = need_binary("redis-server"), free_port(), 5_000
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port, 10, proc)
+        client = redis_py.Redis(port=port)
+        base = client.info("memory")["used_memory"]
+        client.xgroup_create(EVENTS_STREAM, "sink", id="0", mkstream=True)
+        pipe = client.pipeline(transaction=False)
+        for i in range(n):
+            event = Event(event_id=f"{i:020d}".ljust(128, "e"), ts=dt.datetime.now(dt.UTC),
+                          user_id=2**63 - 1, item_id=2**63 - 1, event_type="click",
+                          request_id="r" * 128, position=10_000, model_version="m" * 128,
+                          arm="a" * 64)
+            pipe.xadd(EVENTS_STREAM, event_fields(event))
+        pipe.execute()
+        client.xreadgroup("sink", "c1", {EVENTS_STREAM: ">"}, count=n)  # all pending
+        per_entry = (client.info("memory")["used_memory"] - base) / n
+    finally:
+        stop_process(proc)
+    assert per_entry <= 750, f"{per_entry:.0f} B per entry: redo docker/redis.conf's arithmetic"
+    stream_bytes = Settings().events.max_stream_entries * 750
+    assert stream_bytes <= 0.5 * _bytes(_redis_conf()["maxmemory"]), stream_bytes
 
 
 # ---- the bootstrap fills in only what is missing --------------------------------------------
@@ -670,10 +749,10 @@ def test_bootstrap_runs_the_idempotent_script(
     # events the sink had written (issue 16, item 7).
     assert "simulate" not in " ".join(argv), argv
     assert argv[0] == "python" and argv[1].endswith("/docker/bootstrap.py"), argv
-    final_dests = {dest.rstrip("/") for stage, _, dest in dockerfile.copies()
-                   if stage == str(len(dockerfile.stages) - 1)}
-    assert argv[1] in final_dests or str(Path(argv[1]).parent) + "/" in {
-        d + "/" for d in final_dests}, f"the image does not hold {argv[1]}"
+    workdir = Path(dockerfile.final("WORKDIR")[-1])
+    final = str(len(dockerfile.stages) - 1)
+    copied = {workdir / dest for stage, _, dest in dockerfile.copies() if stage == final}
+    assert Path(argv[1]) in copied, f"the image does not hold {argv[1]} (COPY it)"
 
 
 def _state(**overrides: Any) -> Any:
