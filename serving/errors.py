@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+# The body of every error response (ServingError, validation, shed, 413), for the OpenAPI
+# ``responses=`` of the routes: clients and the schemathesis conformance check see what is sent.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error", "detail"],
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"},
+                   "errors": {"type": "array", "items": {
+                       "type": "object", "properties": {"field": {"type": "string"},
+                                                        "msg": {"type": "string"}}}}},
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses, with ``ERROR_SCHEMA`` bodies."""
+    why = {413: "the body is larger than events.max_body_bytes",
+           422: "a parameter or the body is invalid (the field is named)",
+           503: "not ready, overloaded, or a dependency is down; retry after Retry-After"}
+    return {code: {"description": why.get(code, "error"),
+                   "content": {"application/json": {"schema": ERROR_SCHEMA}}} for code in codes}
+
 
 class ServingError(Exception):
     """Base of the errors a client may see: a status, a short code and a readable detail."""

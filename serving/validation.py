@@ -25,7 +25,7 @@ def readable_errors(errors: list[dict[str, Any]] | Any, k_max: int) -> list[dict
             err["input"], dict | list) else ""
         shown_field = ".".join(loc[1:]) if loc[:1] == ["body"] and len(loc) > 1 else field
         if loc[:2] == ["path", "user_id"]:
-            msg = f"user_id must be an integer between 0 and {MAX_ID}{got}"
+            msg = f"user_id must be a non-negative integer, at most {MAX_ID}{got}"
         elif loc[:2] == ["query", "k"]:
             msg = f"k must be an integer between 1 and {k_max}{got}"
         elif err.get("type") == "json_invalid":

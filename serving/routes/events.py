@@ -7,26 +7,18 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from serving.deps import EventSinkDep, MetricsDep
-from serving.errors import InvalidRequest, StreamBacklogFull
+from serving.errors import InvalidRequest, StreamBacklogFull, error_responses
 from serving.events import MAX_PROBLEMS_SHOWN, EventBatch, EventRules
 from serving.responses import json_response
 
 router = APIRouter(tags=["events"])
 
-_ERROR_BODY = {"content": {"application/json": {"schema": {
-    "type": "object", "required": ["error", "detail"],
-    "properties": {"error": {"type": "string"}, "detail": {"type": "string"},
-                   "errors": {"type": "array", "items": {"type": "object"}}}}}}}
 _ACCEPTED_BODY = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["accepted"],
     "properties": {"accepted": {"type": "integer", "minimum": 1}}}}}}
 EVENT_RESPONSES = {
     202: {"description": "every event of the batch is in the stream", **_ACCEPTED_BODY},
-    413: {"description": "the body is larger than events.max_body_bytes", **_ERROR_BODY},
-    422: {"description": "an event is invalid (its index and field are named); nothing was "
-                         "stored", **_ERROR_BODY},
-    503: {"description": "the stream is unavailable or full; nothing was stored, retry after "
-                         "Retry-After seconds", **_ERROR_BODY},
+    **error_responses(413, 422, 503),
 }
 
 

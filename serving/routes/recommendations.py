@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from recstack.schemas import MAX_ID
 from serving.arms import Experiment, ShadowJob
 from serving.deps import ExperimentDep, MetricsDep, RecommenderDep, SettingsDep, TuningDep
-from serving.errors import InvalidRequest
+from serving.errors import InvalidRequest, error_responses
 from serving.metrics import ServingMetrics
 from serving.recommender import Recommendation, Recommender
 from serving.responses import JSON
@@ -32,7 +32,25 @@ ARM_FAILED = "arm_failed"  # the arm's recommender raised: served by the champio
 # Redis reply waited 10-50 ms for the GIL. Split mode waits on two HTTP calls: those run in
 # the threadpool, so the loop stays free. In-flight requests are bounded by
 # ConcurrencyLimitMiddleware (max_in_flight) either way.
-@router.get("/recommendations/{user_id}")
+_ITEM = {"type": "object", "required": ["item_id", "score", "source"],
+         "properties": {"item_id": {"type": "integer"}, "score": {"type": "number"},
+                        "source": {"type": "string"}}}
+RECOMMENDATION_RESPONSES = {
+    200: {"description": "the top k items", "content": {"application/json": {"schema": {
+        "type": "object",
+        "required": ["request_id", "user_id", "items", "model", "degraded", "cold_start"],
+        "properties": {
+            "request_id": {"type": "string"}, "user_id": {"type": "integer"},
+            "items": {"type": "array", "items": _ITEM},
+            "model": {"type": "object", "additionalProperties": {"type": "string"}},
+            "arm": {"type": ["string", "null"]},
+            "degraded": {"type": "array", "items": {"type": "string"}},
+            "cold_start": {"type": "boolean"}}}}}},
+    **error_responses(422, 503),
+}
+
+
+@router.get("/recommendations/{user_id}", responses=RECOMMENDATION_RESPONSES)  # type: ignore[arg-type]
 async def get_recommendations(
     user_id: Annotated[int, Path(ge=0, le=MAX_ID, description="an integer user id, 0..2^63-1")],
     recommender: RecommenderDep,

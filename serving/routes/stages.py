@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from recstack.schemas import MAX_ID
 from serving.deps import MetricsDep, RecommenderDep
-from serving.errors import InvalidRequest
+from serving.errors import InvalidRequest, error_responses
 from serving.recommender import LocalScorer
 from serving.remote import OCTETS, decode_candidates, encode_candidates
 
@@ -21,7 +21,8 @@ ranking_router = APIRouter(tags=["stages"])
 
 # async, inline on the event loop: ~0.5 ms of faiss and numpy and no I/O; a threadpool hop
 # per call cost more than the work (the candidate service's request p50 was 20x its stage p50).
-@candidates_router.get("/candidates/{user_id}")
+@candidates_router.get("/candidates/{user_id}",
+                       responses=error_responses(422, 503))  # type: ignore[arg-type]
 async def get_candidates(
     user_id: Annotated[int, Path(ge=0, le=MAX_ID)],
     recommender: RecommenderDep,
@@ -41,7 +42,8 @@ async def get_candidates(
     return Response(encode_candidates(cands), media_type=OCTETS, headers=headers)
 
 
-@ranking_router.post("/rank/{user_id}")
+@ranking_router.post("/rank/{user_id}",
+                     responses=error_responses(413, 422, 503))  # type: ignore[arg-type]
 async def rank(
     user_id: Annotated[int, Path(ge=0, le=MAX_ID)],
     request: Request,
