@@ -76,6 +76,9 @@ def test_promotion_under_load_drops_no_request(
             "tracking_uri": mlflow_server, "candidates_model": f"candidates_{tag}",
             "ranker_model": f"ranker_{tag}"}),
         "train": settings.train.model_copy(update={"embedding_dim": 8, "ranker_rounds": 40}),
+        # Five days of 400 users: enough signal that the first model beats the popularity
+        # baseline, which the gate requires before anything is promoted.
+        "sim": settings.sim.model_copy(update={"n_users": 400, "days": 5}),
     })
     simulate(s)
     run_all(s)

@@ -27,6 +27,7 @@ import httpx
 import psutil
 import pytest
 
+from recstack.clock import stack_clock
 from recstack.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.mlflow, pytest.mark.slow]
@@ -37,7 +38,15 @@ READY_WITHIN_S = 60.0
 
 @pytest.fixture
 def stack_settings(native_stack_settings: Callable[..., Settings]) -> Settings:
-    return native_stack_settings(api_ports=2)
+    # The drills compare lists, not latency: generous stage budgets keep a stage on a loaded
+    # 2-core machine from being skipped (``user_features_late``), which would change a list.
+    return native_stack_settings(
+        api_ports=2,
+        RECSTACK_SERVING__DEADLINE_MS="1000",
+        RECSTACK_SERVING__CANDIDATES_BUDGET_MS="300",
+        RECSTACK_SERVING__USER_FEATURES_BUDGET_MS="300",
+        RECSTACK_SERVING__RANKING_BUDGET_MS="300",
+    )
 
 
 def _lists(base_url: str) -> dict[int, list[int]]:
@@ -71,9 +80,13 @@ def _program_pid(s: Settings, name: str) -> int:
     return row.pid
 
 
-def _post_events(base_url: str, n_batches: int, batch: int, ts: dt.datetime) -> set[str]:
-    """POST ``n_batches`` batches; the event ids of the batches answered 202."""
+def _post_events(
+    base_url: str, n_batches: int, batch: int, ts: dt.datetime,
+) -> tuple[set[str], list[str]]:
+    """POST ``n_batches`` batches; the event ids of the batches answered 202, and the answers
+    to the others."""
     acked: set[str] = set()
+    refused: list[str] = []
     with httpx.Client(base_url=base_url, timeout=10, trust_env=False) as client:
         for b in range(n_batches):
             events = [
@@ -85,7 +98,9 @@ def _post_events(base_url: str, n_batches: int, batch: int, ts: dt.datetime) -> 
             if r.status_code == 202:
                 assert r.json()["accepted"] == batch
                 acked.update(e["event_id"] for e in events)
-    return acked
+            else:
+                refused.append(f"{r.status_code} {r.text[:300]}")
+    return acked, refused
 
 
 def _lake_event_ids(s: Settings) -> Counter:
@@ -133,9 +148,9 @@ def test_restart_loss_and_kill_keep_the_same_service_and_every_event(
         # 3. Events acknowledged while the sink is stopped survive a SIGKILL of redis-server.
         stack.stop_service(s, "sink")
         in_lake_before = sum(_lake_event_ids(s).values())
-        ts = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-        acked = _post_events(lb, n_batches=20, batch=50, ts=ts)
-        assert len(acked) == 1000, f"only {len(acked)} of 1000 events acknowledged"
+        ts = stack_clock(s)().replace(microsecond=0)  # inside the window the API accepts
+        acked, refused = _post_events(lb, n_batches=20, batch=50, ts=ts)
+        assert len(acked) == 1000, f"only {len(acked)} of 1000 events acknowledged: {refused[:2]}"
         redis_pid = _program_pid(s, "redis")
         os.kill(redis_pid, signal.SIGKILL)
         with contextlib.suppress(psutil.NoSuchProcess):

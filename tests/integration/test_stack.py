@@ -86,7 +86,7 @@ def test_up_status_scale_stop_start_down(stack_settings: Settings) -> None:
         assert rows[name].pid and _alive(rows[name].pid)
     assert rows["redis"].port == s.redis.port and rows["nginx"].port == s.stack.lb_port
     assert rows["api-0"].state == "STOPPED" and rows["mlflow"].state == "STOPPED"
-    assert redis_ping(s.redis.port, None)[0]
+    assert redis_ping(s.redis.port, s.redis.secret())[0]
     assert http_status(s.stack.lb_port, "/lb/healthz")[0] == 200
     assert http_status(s.stack.lb_port, "/healthz")[0] == 502  # no api replica is up yet
 
@@ -118,7 +118,7 @@ def test_up_status_scale_stop_start_down(stack_settings: Settings) -> None:
     assert _rows(s)["redis"].state == "STOPPED" and not port_open(s.redis.port)
     assert _rows(s)["prometheus"].pid == pids["prometheus"]
     start_service(s, "redis")
-    assert _rows(s)["redis"].state == "RUNNING" and redis_ping(s.redis.port, None)[0]
+    assert _rows(s)["redis"].state == "RUNNING" and redis_ping(s.redis.port, s.redis.secret())[0]
 
     all_pids = [row.pid for row in status(s) if row.pid]
     assert len(all_pids) == 4  # supervisord, redis, prometheus, nginx
@@ -236,7 +236,7 @@ def test_the_sink_drains_the_event_stream_into_the_lake(stack_settings: Settings
     s = stack_settings
     up(s, services=["redis", "sink"])
     assert _rows(s)["sink"].state == "RUNNING"
-    client = redis.Redis(port=s.redis.port)
+    client = redis.Redis.from_url(s.redis.url)
     for i in range(5):
         client.xadd(EVENTS_STREAM, {
             "event_id": f"e{i}", "ts": "2026-01-02T03:04:05+00:00", "user_id": "1",
