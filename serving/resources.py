@@ -256,7 +256,8 @@ class Maintainer:
             self.breaker, user_key=USER_KEY,
         )
 
-    def _item_table(self, source: AnnCandidateSource, ranker: Ranker) -> ItemFeatureTable:
+    def _item_table(self, source: AnnCandidateSource, ranker: Ranker,
+                    log_level: int = logging.INFO) -> ItemFeatureTable:
         """The item features ``ranker`` reads, for every item ``source`` can return."""
         wanted = set(ranker.feature_names)
         items = source.item_ids
@@ -272,8 +273,8 @@ class Maintainer:
         values = (np.concatenate(blocks, axis=1) if blocks
                   else np.empty((len(items), 0), dtype=np.float32))
         table = ItemFeatureTable(items, values, names=names, categories=source.item_categories)
-        logger.info("item features loaded: %d items x %d features, %d with values",
-                    len(items), len(names), table.n_with_values)
+        logger.log(log_level, "item features loaded: %d items x %d features, %d with values",
+                   len(items), len(names), table.n_with_values)
         return table
 
     def readers_for(self, source: AnnCandidateSource, ranker: Ranker
@@ -373,9 +374,12 @@ class Maintainer:
         may have come back with its data (its append-only file) or been refilled without a new
         materialization stamp. Swapped in only once it has values: one pipelined read of the
         catalogue per poll while not ready, nothing once ready."""
-        table = self._item_table(r.candidates, r.ranker)  # type: ignore[arg-type]
+        # Quiet while still empty: /readyz says why, and this runs every poll (5 s).
+        table = self._item_table(r.candidates, r.ranker, log_level=logging.DEBUG)  # type: ignore[arg-type]
         if table.n_with_values == 0:
             return
+        logger.info("item features back: %d items, %d with values", len(table),
+                    table.n_with_values)
         r.item_features = table
         self._rebuild()
 

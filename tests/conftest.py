@@ -6,15 +6,18 @@ A test that needs a server binary that is missing skips, unless RECSTACK_REQUIRE
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,19 +101,45 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     get_settings.cache_clear()
 
 
+def start_redis(port: int, workdir: Path) -> subprocess.Popen:
+    """A private, non-persistent redis-server on loopback ``port``, answering when returned
+    (stop it with ``stop_process``): a test's own, so flushing it touches nobody's data."""
+    proc = subprocess.Popen(
+        [need_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    wait_for_port(port, 10, proc)
+    return proc
+
+
+@contextlib.contextmanager
+def serve_app(app: Any, port: int, name: str = "test-api") -> Iterator[str]:
+    """Serve the ASGI ``app`` with uvicorn in a thread on loopback ``port`` (lifespan on);
+    yields its base URL once it accepts requests, and stops it afterwards."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A private redis-server on a free port (never the machine's own instance); yields the port."""
-    binary = need_binary("redis-server")
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
     try:
-        wait_for_port(port, 10, proc)
         yield port
     finally:
         stop_process(proc)

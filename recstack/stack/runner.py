@@ -517,8 +517,9 @@ def serving_ports(settings: Settings) -> dict[str, int]:
 
 
 def wait_ready(settings: Settings, timeout_s: float) -> None:
-    """Wait until every serving replica's /readyz (models and item features loaded, Redis
-    answering; stage services too in split mode) and nginx's answer 200, else raise."""
+    """Wait until every serving replica's /readyz (models loaded, item features with values;
+    stage services too in split mode) and nginx's answer 200, else raise. A Redis outage alone
+    does not hold readiness back: /readyz reports it, the replicas serve degraded."""
     checks = serving_ports(settings)
     checks["nginx"] = settings.stack.lb_port
     _wait_ready_ports(settings, checks, timeout_s)

@@ -13,6 +13,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 import pytest
@@ -155,3 +156,61 @@ def test_requests_answered_with_one_replica_stopped(
         if status != 200:
             failures.append((user_id, status))
     assert not failures, f"requests not answered after stopping one replica: {failures}"
+
+
+def _in_project_container(engine: Engine, code: str) -> str:
+    """Run Python in a running api container (it mounts the project's state volume)."""
+    ctr = engine.containers("api", running=True)[0]
+    done = engine.run("exec", ctr, "python", "-c", code, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+_LAKE_FILES = ("from recstack.lake import partition_files; from recstack.settings import "
+               "get_settings; print(len(partition_files(get_settings().lake_dir)))")
+_STACK_NOW = ("from recstack.clock import stack_clock; from recstack.settings import "
+              "get_settings; print(stack_clock(get_settings())().isoformat())")
+
+
+def _post_events(lb: str, ts: str, n: int) -> None:
+    events = [{"event_id": uuid.uuid4().hex, "ts": ts, "user_id": i % 50, "item_id": i % 40,
+               "event_type": "impression", "position": i % 5} for i in range(n)]
+    req = urllib.request.Request(f"{lb}/events", data=json.dumps({"events": events}).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 202
+
+
+def test_a_second_up_keeps_the_lake_the_features_and_the_champion(
+    stack: Any, urls: dict[str, str], engine: Engine
+) -> None:
+    # Feedback through the API, written to the lake by the sink: files a simulation would delete.
+    files_before = int(_in_project_container(engine, _LAKE_FILES))
+    _post_events(urls["lb"], _in_project_container(engine, _STACK_NOW), 200)
+    files = _eventually(
+        lambda: (n := int(_in_project_container(engine, _LAKE_FILES))) > files_before and n,
+        60, "the sink's file in the lake", pause_s=2)
+    before = {user: _recommend(urls["lb"], user) for user in range(10)}
+
+    start = time.monotonic()
+    stack._docker_compose.execute("down --timeout 10")  # no -v: the volumes stay
+    assert engine.containers(running=True) == []
+    stack._docker_compose.execute("up --wait")
+    record("second_up_healthy", time.monotonic() - start)
+
+    bootstrap_log = stack._docker_compose.execute("logs bootstrap").decode(errors="replace")
+    assert "bootstrap: nothing to do" in bootstrap_log, bootstrap_log[-3000:]
+    assert "will run" not in bootstrap_log, bootstrap_log[-3000:]
+
+    def served_again() -> dict[int, dict[str, Any]] | None:
+        status, _, _ = _get(f"{urls['lb']}/recommendations/0?k=5")
+        return {u: _recommend(urls["lb"], u) for u in range(10)} if status == 200 else None
+
+    after = _eventually(served_again, 120, "recommendations after the second up", pause_s=2)
+    record("second_up_first_recommendation", time.monotonic() - start)
+    assert int(_in_project_container(engine, _LAKE_FILES)) == files
+    for user in range(10):  # the same champion and online store: the same lists
+        assert after[user]["model"] == before[user]["model"], (before[user], after[user])
+        assert after[user]["degraded"] == [], after[user]
+        assert [i["item_id"] for i in after[user]["items"]] == \
+            [i["item_id"] for i in before[user]["items"]], user

@@ -9,22 +9,18 @@ rest) and a real Redis behind POST /events, so valid batches really go to a stre
 
 from __future__ import annotations
 
-import subprocess
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 
 from recstack.settings import Settings
 from serving.app import create_app
 from serving.events import RedisStreamSink, stream_client
-from tests.conftest import free_port, need_binary, stop_process, wait_for_port
+from tests.conftest import free_port, serve_app, start_redis, stop_process
 from tests.unit.serving.conftest import make_resources
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
@@ -37,33 +33,38 @@ STATUSES: Counter = Counter()  # (operation, status) -> cases, reported at the e
 def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir: Path = tmp_path_factory.mktemp("fuzz")
     redis_port, api_port = free_port(), free_port()
-    redis_proc = subprocess.Popen(
-        [need_binary("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_for_port(redis_port, 10, redis_proc)
+    redis_proc = start_redis(redis_port, workdir)
     app_settings = Settings(home=workdir / "home",
                             redis={"port": redis_port, "generate_password": False},
                             serving={"n_candidates": 100})
     stream = stream_client(f"redis://127.0.0.1:{redis_port}/0", 0.5)
     app = create_app(app_settings, make_resources(
         events=RedisStreamSink(stream, max_entries=app_settings.events.max_stream_entries)))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=api_port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="fuzz-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{api_port}"
+        with serve_app(app, api_port, "fuzz-api") as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(10)
         stop_process(redis_proc)
         print("\nfuzz cases by operation and status:",
               dict(sorted(STATUSES.items())), "total", sum(STATUSES.values()))
+
+
+def _fuzz(api_url: str, strategy, label: str) -> None:
+    """``FUZZ_EXAMPLES`` cases drawn from ``strategy``, each sent and checked (no 5xx, the
+    response as the schema declares it); statuses counted under ``label``."""
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    @given(case=strategy)
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def fuzz(case) -> None:
+        response = case.call_and_validate(
+            base_url=api_url, checks=[not_a_server_error, response_schema_conformance],
+            timeout=10)
+        STATUSES[(label, response.status_code)] += 1
+
+    fuzz()
 
 
 def _operations(url: str) -> list:
@@ -75,9 +76,6 @@ def _operations(url: str) -> list:
 # (schemathesis.pytest.from_fixture does not run under this pytest version.)
 @pytest.mark.parametrize("mode", list(schemathesis.GenerationMode), ids=str)
 def test_no_input_gets_a_server_error_and_responses_match_the_schema(api_url, mode) -> None:
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import response_schema_conformance
-
     operations = _operations(api_url)
     assert {op.label for op in operations} >= {"GET /recommendations/{user_id}", "POST /events"}
     for operation in operations:
@@ -86,16 +84,8 @@ def test_no_input_gets_a_server_error_and_responses_match_the_schema(api_url, mo
                 raw.get("parameters") or raw.get("requestBody")):
             continue  # nothing to make invalid (/healthz, /metrics ...)
 
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
-        def fuzz(case) -> None:
-            response = case.call_and_validate(
-                base_url=api_url, checks=[not_a_server_error, response_schema_conformance],
-                timeout=10)
-            STATUSES[(f"{mode.value} {operation.label}", response.status_code)] += 1
-
-        fuzz()
+        _fuzz(api_url, operation.as_strategy(generation_mode=mode),
+              f"{mode.value} {operation.label}")
     ok = sum(n for (label, status), n in STATUSES.items()
              if label.startswith(mode.value) and "recommendations" in label and status == 200)
     if mode is schemathesis.GenerationMode.POSITIVE:
@@ -114,19 +104,7 @@ def _plausible_times(case):
 
 
 def test_fuzzed_batches_with_plausible_times_are_stored_or_refused_cleanly(api_url) -> None:
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import response_schema_conformance
-
     events_op = next(op for op in _operations(api_url) if op.label == "POST /events")
 
-    @given(case=events_op.as_strategy().map(_plausible_times))
-    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
-    def fuzz(case) -> None:
-        response = case.call_and_validate(
-            base_url=api_url, checks=[not_a_server_error, response_schema_conformance],
-            timeout=10)
-        STATUSES[("plausible-ts POST /events", response.status_code)] += 1
-
-    fuzz()
+    _fuzz(api_url, events_op.as_strategy().map(_plausible_times), "plausible-ts POST /events")
     assert STATUSES[("plausible-ts POST /events", 202)] > 0, STATUSES

@@ -37,7 +37,7 @@ from serving.onlinestore import RedisFeatureReader, sync_redis_client
 from serving.ranking import BoosterRanker
 from serving.recommender import LocalScorer
 from serving.resources import Maintainer, Resources, materialization_stamp
-from tests.conftest import free_port, need_binary, stop_process, wait_for_port
+from tests.conftest import free_port, start_redis, stop_process
 from tests.unit.pipelines.tinylake import DAY1, at, shown_and_clicked, write_lake
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
@@ -98,17 +98,10 @@ def test_fast_reader_equals_get_online_features(settings: Settings, redis_server
 
 
 def test_breaker_opens_on_a_dead_redis_and_recovers(tmp_path) -> None:
-    binary = need_binary("redis-server")
     port = free_port()
 
     def start() -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        wait_for_port(port, 10, proc)
-        return proc
+        return start_redis(port, tmp_path)
 
     proc = start()
     changes: list[BreakerState] = []
@@ -137,17 +130,6 @@ def test_breaker_opens_on_a_dead_redis_and_recovers(tmp_path) -> None:
     finally:
         client.close()
         stop_process(proc)
-
-
-def _own_redis(tmp_path, port: int) -> subprocess.Popen:
-    """A redis-server of this test's own (flushing it touches nobody else's data)."""
-    proc = subprocess.Popen(
-        [need_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    wait_for_port(port, 10, proc)
-    return proc
 
 
 def _booster_ranker():
@@ -181,7 +163,7 @@ def test_a_flushed_online_store_is_named_counted_then_503_until_rematerialized(
     missing features and counts them; a replica whose item table was read from the empty store
     answers 503; a new materialization makes it ready again without a restart."""
     port = free_port()
-    proc = _own_redis(tmp_path, port)
+    proc = start_redis(port, tmp_path)
     s = _on_port(settings, port, "serving_flushed").model_copy(update={
         "serving": settings.serving.model_copy(update={
             "item_refresh_s": 3600.0, "deadline_ms": 1000.0, "candidates_budget_ms": 500.0,

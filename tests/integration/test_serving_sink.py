@@ -6,13 +6,16 @@ then restarted; a dead Redis makes the API answer 503, never 202.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -24,20 +27,10 @@ from recstack.settings import REPO_ROOT, Settings
 from serving.app import create_app
 from serving.events import EVENTS_STREAM, RedisStreamSink, stream_client
 from serving.sink import GROUP
-from tests.conftest import free_port, need_binary, stop_process, wait_for_port
+from tests.conftest import free_port, start_redis, stop_process
 from tests.unit.serving.conftest import make_resources
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
-
-
-def _redis(port: int, workdir: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [need_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    wait_for_port(port, 10, proc)
-    return proc
 
 
 def _sink(home: Path, port: int, log: Path) -> subprocess.Popen:
@@ -79,7 +72,7 @@ def _client(port: int) -> TestClient:
 def test_no_accepted_event_is_lost_across_a_sink_crash(tmp_path: Path) -> None:
     port = free_port()
     home = tmp_path / "home"
-    redis_proc = _redis(port, tmp_path)
+    redis_proc = start_redis(port, tmp_path)
     sink = _sink(home, port, tmp_path / "sink.log")
     client = _client(port)
     r = redis.Redis(port=port)
@@ -128,7 +121,7 @@ def test_no_accepted_event_is_lost_across_a_sink_crash(tmp_path: Path) -> None:
 
 def test_events_are_503_never_202_when_redis_is_down(tmp_path: Path) -> None:
     port = free_port()
-    redis_proc = _redis(port, tmp_path)
+    redis_proc = start_redis(port, tmp_path)
     client = _client(port)
     try:
         assert client.post("/events", json=_batch(0, 3)).status_code == 202
@@ -174,7 +167,7 @@ def test_hostile_stream_entries_go_to_the_dead_letter_and_the_sink_keeps_running
         tmp_path: Path) -> None:
     port = free_port()
     home = tmp_path / "home"
-    redis_proc = _redis(port, tmp_path)
+    redis_proc = start_redis(port, tmp_path)
     sink = _sink(home, port, tmp_path / "sink.log")
     r = redis.Redis(port=port)
     try:
@@ -208,18 +201,28 @@ def test_hostile_stream_entries_go_to_the_dead_letter_and_the_sink_keeps_running
         stop_process(redis_proc)
 
 
-def test_the_stream_is_trimmed_once_acknowledged_never_before(tmp_path: Path) -> None:
-    """Acknowledged entries leave the stream (no retention here); entries another group has
-    read but not acknowledged, and entries no one has read yet, stay."""
+@contextlib.contextmanager
+def _sink_on_own_redis(tmp_path: Path, retention: str) -> Iterator[tuple[redis.Redis, Any]]:
+    """A private redis-server and an in-process sink with ``events.stream_retention``
+    ``retention`` reading it: (a client, the sink); both stopped afterwards."""
     from serving.sink import sink_for
 
     port = free_port()
-    redis_proc = _redis(port, tmp_path)
-    r = redis.Redis(port=port)
-    sink = sink_for(_sink_settings(tmp_path / "home", port, stream_retention="PT0S"), "sink-0",
-                    block_ms=50)
+    redis_proc = start_redis(port, tmp_path)
+    sink = sink_for(_sink_settings(tmp_path / "home", port, stream_retention=retention),
+                    "sink-0", block_ms=50)
     try:
         sink.ensure_group()
+        yield redis.Redis(port=port), sink
+    finally:
+        sink.client.close()
+        stop_process(redis_proc)
+
+
+def test_the_stream_is_trimmed_once_acknowledged_never_before(tmp_path: Path) -> None:
+    """Acknowledged entries leave the stream (no retention here); entries another group has
+    read but not acknowledged, and entries no one has read yet, stay."""
+    with _sink_on_own_redis(tmp_path, "PT0S") as (r, sink):
         for i in range(300):
             r.xadd(EVENTS_STREAM, _good_entry(i))
         while sink.run_once():
@@ -242,26 +245,12 @@ def test_the_stream_is_trimmed_once_acknowledged_never_before(tmp_path: Path) ->
         assert r.xrange(EVENTS_STREAM)[0][0] == ids[19], "trimmed past the slow group"
         assert sink.stats.trimmed >= 300
         assert lake.read_events(tmp_path / "home" / "lake").num_rows == 351
-    finally:
-        sink.client.close()
-        stop_process(redis_proc)
 
 
 def test_acknowledged_entries_are_kept_for_the_retention(tmp_path: Path) -> None:
-    from serving.sink import sink_for
-
-    port = free_port()
-    redis_proc = _redis(port, tmp_path)
-    r = redis.Redis(port=port)
-    sink = sink_for(_sink_settings(tmp_path / "home", port, stream_retention="PT1H"), "sink-0",
-                    block_ms=50)
-    try:
-        sink.ensure_group()
+    with _sink_on_own_redis(tmp_path, "PT1H") as (r, sink):
         for i in range(30):
             r.xadd(EVENTS_STREAM, _good_entry(i))
         while sink.run_once():
             pass
         assert r.xlen(EVENTS_STREAM) == 30  # the monitor reads them with XRANGE for an hour
-    finally:
-        sink.client.close()
-        stop_process(redis_proc)

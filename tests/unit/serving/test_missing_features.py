@@ -3,7 +3,7 @@ they were there: the reasons in ``degraded``, the metrics, the candidate-order f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from recstack.schemas import USER_FEATURES
 from recstack.settings import Settings
-from serving.app import create_app
 from serving.features import ItemFeatureTable
 from serving.protocols import Candidates
 from serving.recommender import LocalScorer
@@ -26,19 +25,9 @@ ROOMY = {"k_max": 50, "n_candidates": 100, "deadline_ms": 1000, "max_deadline_ms
 
 
 @pytest.fixture
-def client_with() -> Iterator[Callable[..., TestClient]]:
-    """``client_with(resources)`` -> a TestClient on an app around them, with roomy budgets."""
-    clients: list[TestClient] = []
-
-    def build(resources: Resources | None = None) -> TestClient:
-        client = TestClient(create_app(Settings(serving=ROOMY), resources or make_resources()))
-        client.__enter__()  # runs the lifespan
-        clients.append(client)
-        return client
-
-    yield build
-    for c in clients:
-        c.__exit__(None, None, None)
+def serving_settings() -> Settings:
+    """Overrides conftest's: ``client_for`` builds its apps with roomy budgets here."""
+    return Settings(serving=ROOMY)
 
 
 class EmptyUserFeatures(FakeUserFeatures):
@@ -76,8 +65,8 @@ def _body(client, user: int = 4, k: int = 10) -> dict:
     return resp.json()
 
 
-def test_a_known_user_without_features_in_the_store_is_named_and_counted(client_with) -> None:
-    client = client_with(make_resources(user_features=EmptyUserFeatures()))
+def test_a_known_user_without_features_in_the_store_is_named_and_counted(client_for) -> None:
+    client = client_for(make_resources(user_features=EmptyUserFeatures()))
     body = _body(client)
     assert body["cold_start"] is False
     assert body["degraded"] == ["user_features_missing"]
@@ -85,8 +74,8 @@ def test_a_known_user_without_features_in_the_store_is_named_and_counted(client_
         "/metrics").text
 
 
-def test_a_new_user_is_cold_start_not_missing_features(client_with) -> None:
-    client = client_with(make_resources(user_features=EmptyUserFeatures()))
+def test_a_new_user_is_cold_start_not_missing_features(client_for) -> None:
+    client = client_for(make_resources(user_features=EmptyUserFeatures()))
     body = _body(client, user=424242)
     assert body["cold_start"] is True and body["degraded"] == []
 
@@ -106,7 +95,7 @@ def test_candidates_without_item_values_are_named_missing_or_partial() -> None:
     assert "item_features_missing" in none.degraded
 
 
-def test_a_ranker_fed_only_missing_values_serves_candidate_order(client_with) -> None:
+def test_a_ranker_fed_only_missing_values_serves_candidate_order(client_for) -> None:
     # The replica has item values (it is ready), but none for this user's candidates.
     resources = make_resources(user_features=EmptyUserFeatures())
     cands = resources.candidates.candidates(4, 100).item_ids
@@ -114,7 +103,7 @@ def test_a_ranker_fed_only_missing_values_serves_candidate_order(client_with) ->
     ranker = FakeRanker()
     resources.ranker, resources.item_features = ranker, _table_with_values_for(others)
     resources.rebuild()
-    client = client_with(resources)
+    client = client_for(resources)
     body = _body(client, k=8)
     assert set(body["degraded"]) == {"user_features_missing", "item_features_missing",
                                      "ranker_no_features"}
@@ -127,9 +116,9 @@ def test_a_ranker_fed_only_missing_values_serves_candidate_order(client_with) ->
         "/metrics").text
 
 
-def test_constant_ranker_scores_fall_back_to_candidate_order(client_with) -> None:
+def test_constant_ranker_scores_fall_back_to_candidate_order(client_for) -> None:
     resources = make_resources(ranker=ConstantRanker())
-    client = client_with(resources)
+    client = client_for(resources)
     body = _body(client, k=6)
     assert body["degraded"] == ["ranker_constant_scores"]
     expected = resources.candidates.candidates(4, 100).item_ids[:6].tolist()
@@ -138,12 +127,12 @@ def test_constant_ranker_scores_fall_back_to_candidate_order(client_with) -> Non
         "/metrics").text
 
 
-def test_the_share_of_items_with_values_is_a_gauge(client_with) -> None:
-    full = client_with()
+def test_the_share_of_items_with_values_is_a_gauge(client_for) -> None:
+    full = client_for()
     assert "recstack_item_features_share 1.0" in full.get("/metrics").text
     model = tiny_model()
     half = _table_with_values_for(model.item_ids[: len(model.item_ids) // 2])
-    client = client_with(make_resources(item_features=half))
+    client = client_for(make_resources(item_features=half))
     assert "recstack_item_features_share 0.5" in client.get("/metrics").text
     ready = client.get("/readyz").json()
     assert ready["item_features"] == {"items": len(model.item_ids),

@@ -17,7 +17,7 @@ from serving.onlinestore import RedisFeatureReader
 from serving.resources import Resources
 from tests.unit.serving.conftest import FakeSink, FakeUserFeatures, make_resources, tiny_model
 from tests.unit.serving.test_maintainer import _with_registry, world  # noqa: F401 - fixture
-from tests.unit.serving.test_missing_features import ROOMY, client_with  # noqa: F401
+from tests.unit.serving.test_missing_features import ROOMY, serving_settings  # noqa: F401
 
 
 async def _down() -> bool:
@@ -29,8 +29,8 @@ def _empty_table() -> ItemFeatureTable:
     return ItemFeatureTable(ids, np.full((len(ids), len(ITEM_FEATURES)), np.nan, dtype=np.float32))
 
 
-def test_an_empty_online_store_is_503_with_retry_after_naming_what_is_missing(client_with) -> None:
-    client = client_with(make_resources(item_features=_empty_table()))
+def test_an_empty_online_store_is_503_with_retry_after_naming_what_is_missing(client_for) -> None:
+    client = client_for(make_resources(item_features=_empty_table()))
     resp = client.get("/recommendations/4")
     assert resp.status_code == 503
     assert resp.headers["retry-after"] == "1"
@@ -45,11 +45,11 @@ def test_an_empty_online_store_is_503_with_retry_after_naming_what_is_missing(cl
         client.get("/metrics").text)
 
 
-def test_redis_down_keeps_the_replica_ready_and_serving_degraded(client_with) -> None:
+def test_redis_down_keeps_the_replica_ready_and_serving_degraded(client_for) -> None:
     """Redis is shared by every replica: its outage is answered in degraded mode (the breaker,
     ``user_features_unavailable``), so it must not take every replica out of the balancer."""
     resources = make_resources(ping=_down, user_features=FakeUserFeatures(fail=True))
-    client = client_with(resources)
+    client = client_for(resources)
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["dependencies"] == {"redis": "unreachable"}
@@ -58,13 +58,13 @@ def test_redis_down_keeps_the_replica_ready_and_serving_degraded(client_with) ->
     assert resp.json()["degraded"] == ["user_features_unavailable"]
 
 
-def test_readyz_reports_redis_when_it_answers(client_with) -> None:
-    body = client_with().get("/readyz").json()
+def test_readyz_reports_redis_when_it_answers(client_for) -> None:
+    body = client_for().get("/readyz").json()
     assert body["status"] == "ready" and body["dependencies"] == {"redis": "ok"}
 
 
-def test_the_event_stream_is_not_needed_to_recommend(client_with) -> None:
-    client = client_with(make_resources(events=None))
+def test_the_event_stream_is_not_needed_to_recommend(client_for) -> None:
+    client = client_for(make_resources(events=None))
     assert client.get("/readyz").status_code == 503  # /events cannot work
     assert client.get("/recommendations/4").status_code == 200
 

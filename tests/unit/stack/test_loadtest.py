@@ -23,9 +23,14 @@ HEADER = (
 )
 
 
-def _write(path: Path, *rows: str) -> Path:
-    path.write_text("\n".join([HEADER, *rows]) + "\n")
+def _write(path: Path, *rows: str, header: str = HEADER) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
     return path
+
+
+def _write_failures(path: Path, *rows: str) -> Path:
+    """Locust's failures CSV: method, name, error, occurrences."""
+    return _write(path, *rows, header="Method,Name,Error,Occurrences")
 
 
 def test_parses_the_aggregated_row(tmp_path: Path) -> None:
@@ -34,11 +39,10 @@ def test_parses_the_aggregated_row(tmp_path: Path) -> None:
         "GET,/recommendations/[user],900,3,12,14.2,3,210,1800,45.1,0.15,12,14,15,16,20,31,44,58,190,210,210",
         ",Aggregated,1000,4,12,14.5,3,230,1810,50.2,0.2,13,15,16,17,21,33,47,61,200,230,230",
     )
-    failures = tmp_path / "run_failures.csv"
-    failures.write_text(
-        "Method,Name,Error,Occurrences\n"
-        "GET,/recommendations/[user],expected 20 items got 5,1\n"
-        "GET,/recommendations/[user],status 503,3\n"
+    failures = _write_failures(
+        tmp_path / "run_failures.csv",
+        "GET,/recommendations/[user],expected 20 items got 5,1",
+        "GET,/recommendations/[user],status 503,3",
     )
     result = parse_stats_csv(stats, failures)
     assert (result.requests, result.failures) == (1000, 4)
@@ -100,12 +104,11 @@ def test_shed_requests_are_counted_apart_from_errors(tmp_path: Path) -> None:
         "GET,/recommendations/[user],900,4,12,14.2,3,210,1800,45.1,0.15,12,14,15,16,20,31,44,58,190,210,210",
         ",Aggregated,1200,6,14,20.0,3,230,1810,60.1,0.2,16,18,19,21,40,60,75,82,200,230,230",
     )
-    failures = tmp_path / "run_failures.csv"
-    failures.write_text(
-        "Method,Name,Error,Occurrences\n"
-        "GET,/recommendations/[user],status 503: waited more than 100 ms,3\n"
-        "GET,/recommendations/[user],expected 20 items got 5,1\n"
-        "POST,/events,status 503: the event stream is unavailable,2\n"
+    failures = _write_failures(
+        tmp_path / "run_failures.csv",
+        "GET,/recommendations/[user],status 503: waited more than 100 ms,3",
+        "GET,/recommendations/[user],expected 20 items got 5,1",
+        "POST,/events,status 503: the event stream is unavailable,2",
     )
     result = parse_stats_csv(stats, failures, row=RECOMMENDATIONS_ROW)
     assert (result.failures, result.shed, result.errors) == (4, 3, 1)
