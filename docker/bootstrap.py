@@ -7,8 +7,9 @@ volumes hold and plans from that:
   lake with files is never simulated again: ``recstack simulate`` replaces the lake, and that
   would delete the events that came through ``POST /events`` and the sink.
 - a lake without valid offline feature tables: the feature pipeline (Beam, then Feast).
-- feature tables, but an online store without item features (a lost or new Redis volume):
-  materialize every view again from the offline tables; no simulation, no Beam.
+- feature tables, but an online store without item features or with a view behind the
+  offline tables (a lost, new or restored Redis volume): materialize every view again from the
+  offline tables; no simulation, no Beam.
 - no ``@champion`` for both registered models: train (the promotion gate decides).
 
 When nothing is missing it says what it kept and exits 0 in a few seconds. An unreachable Redis
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from recstack.lake import list_days, partition_files
-from recstack.logs import configure_logging
+from recstack.logs import configure_logging, quiet_third_party
 from recstack.schemas import ITEM_FEATURE_VIEW, ITEM_FEATURES, ITEM_FEATURES_FILE
 from recstack.settings import Settings, get_settings
 
@@ -98,7 +99,7 @@ def inspect_stack(settings: Settings) -> StackState:
         lake_days=len(list_days(settings.lake_dir)),
         lake_files=len(partition_files(settings.lake_dir)),
         feature_tables=tables,
-        online_features=tables and online_item_features(settings),
+        online_features=tables and online_store_current(settings),
         champion=champion(settings),
     )
 
@@ -112,6 +113,20 @@ def feature_tables_valid(settings: Settings) -> bool:
         logger.info("offline feature tables not usable: %s", exc)
         return False
     return True
+
+
+def online_store_current(settings: Settings) -> bool:
+    """Item features present, and no view behind the offline tables: the check ``recstack up``
+    makes natively (``pipelines.materialize.online_store_gaps``), which also sees a Redis
+    restored from an older state or a view lost on its own."""
+    from pipelines.materialize import online_store_gaps
+
+    if not online_item_features(settings):
+        return False
+    gaps = online_store_gaps(settings)
+    for view, why in gaps.items():
+        logger.info("online store behind the offline tables: %s: %s", view, why)
+    return not gaps
 
 
 def online_item_features(settings: Settings) -> bool:
@@ -229,6 +244,7 @@ def bootstrap(settings: Settings, dry_run: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     args = parser.parse_args(argv)

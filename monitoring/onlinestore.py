@@ -3,43 +3,15 @@
 Why not ``FeatureStore.get_online_features``: it applies each view's TTL against the wall
 clock, so on simulated time (features stamped with simulated dates) it answers None for every
 row, while serving (which reads the layout itself) still serves them. The monitor must see what
-serving sees. Layout (Feast 0.67, entity key serialization v3): one HASH per entity keyed
-``serialize_entity_key(key) + project``; field ``mmh3_32("<view>:<feature>")`` (4 bytes, little
-endian) holds a serialized ``feast.types.Value``.
+serving sees. The layout (keys, hash fields, value bytes) is the kernel codec's,
+``recstack.feastlayout``.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
-import mmh3
-
-_STRING_TYPE, _INT64_TYPE = 2, 4  # feast ValueType numbers in the serialized key
-
-
-def entity_key(join_key: str, value: int, project: str) -> bytes:
-    name = join_key.encode()
-    return (struct.pack("<III", 1, _STRING_TYPE, len(name)) + name
-            + struct.pack("<IIq", _INT64_TYPE, 8, int(value)) + project.encode())
-
-
-def field_key(view: str, feature: str) -> bytes:
-    return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))
-
-
-def decode(buf: bytes | None) -> float | None:
-    """A serialized ``feast.types.Value`` as a float (None when absent or not a number)."""
-    if not buf:
-        return None
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    v = Value()
-    v.ParseFromString(buf)
-    kind = v.WhichOneof("val")
-    if kind in ("int64_val", "int32_val", "double_val", "float_val", "bool_val"):
-        return float(getattr(v, kind))
-    return None
+from recstack.feastlayout import decode_value, entity_key, field_key
 
 
 class _Result:
@@ -70,5 +42,5 @@ class RedisOnlineStore:
         out: dict[str, list[Any]] = {name: [] for _, name in refs}
         for reply in replies:
             for (_, name), raw in zip(refs, reply):
-                out[name].append(decode(raw))
+                out[name].append(decode_value(raw, missing=None))  # None: as the SDK
         return _Result(out)

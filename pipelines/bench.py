@@ -37,7 +37,6 @@ import random
 import resource
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import threading
@@ -46,6 +45,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from recstack.feastlayout import (
+    SERIALIZATION_VERSION,
+    composite_entity_key,
+    decode_value,
+    entity_key,
+    entity_key_prefix,
+    field_key,
+    pack_int64,
+    ts_field,
+)
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -272,16 +281,6 @@ def materialize_and_read(settings: Settings, tables: Path, home: Path,
         _stop(proc)
 
 
-def _entity_key(project: str, keys: dict[str, int]) -> bytes:
-    from feast.infra.online_stores.helpers import _redis_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    return _redis_key(project, EntityKey(join_keys=list(keys),
-                                         entity_values=[Value(int64_val=v) for v in keys.values()]),
-                      3)
-
-
 def _memory_per_entity(client: Any, project: str, features_dir: Path) -> dict[str, float]:
     """Median MEMORY USAGE of ~200 user and ~200 item hashes (each holds every view keyed by
     that entity alone), and of a user with its (user, category) rows."""
@@ -302,57 +301,57 @@ def _memory_per_entity(client: Any, project: str, features_dir: Path) -> dict[st
         ids = pc.unique(pq.read_table(features_dir / table, columns=[key])[key]).to_pylist()
         ids.sort()
         sample = ids[:: max(1, len(ids) // 200)][:200]
-        sizes = [client.memory_usage(_entity_key(project, {key: i}), samples=0) or 0
+        sizes = [client.memory_usage(entity_key(key, i, project), samples=0) or 0
                  for i in sample]
         name = key.removesuffix("_id")
         out[f"redis_bytes_per_{name}_median"] = statistics.median(sizes)
         if key == "user_id" and categories:
             totals = [size + sum(client.memory_usage(
-                _entity_key(project, {"user_id": u, "category": c}), samples=0) or 0
+                composite_entity_key({"user_id": u, "category": c}, project), samples=0) or 0
                 for c in categories.get(u, [])) for u, size in zip(sample, sizes)]
             out["redis_bytes_per_user_with_categories_median"] = statistics.median(totals)
     return out
 
 
-def _decode(blob: bytes | None) -> Any:
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    value = Value()
-    value.ParseFromString(blob or b"")
-    kind = value.WhichOneof("val")
-    return getattr(value, kind) if kind else None
-
-
 class LayoutReader:
     """The serving fast path's reads of one view (what ``serving.onlinestore.RedisFeatureReader``
-    does; this package may not import serving): the key packed by hand (Feast's
-    ``serialize_entity_key`` v3 for one int64 key + project), precomputed hash fields, one
-    ``HMGET`` per entity, one pipeline for many. Same constructor and methods, so the real one
-    can be passed to :func:`run` instead."""
+    does; this package may not import serving): keys and hash fields from the kernel codec
+    (``recstack.feastlayout``), precomputed, one ``HMGET`` per entity, one pipeline for many;
+    values as floats, None where missing. Same constructor and methods, so the real one can be
+    passed to :func:`run` instead."""
 
     def __init__(self, client: Any, project: str, view: str, features: list[str],
                  join_key: str) -> None:
-        from feast.infra.online_stores.helpers import _mmh3
-
         self.client = client
-        name = join_key.encode()
-        self._prefix = struct.pack("<III", 1, 2, len(name)) + name + struct.pack("<II", 4, 8)
+        self._prefix = entity_key_prefix(join_key)
         self._project = project.encode()
-        self._fields = [_mmh3(f"{view}:{f}") for f in features] + [f"_ts:{view}".encode()]
-        if self.key(7) != _entity_key(project, {join_key: 7}):  # the layout moved under us
-            raise RuntimeError("Feast's Redis key layout is not the one LayoutReader packs")
+        self._fields = [field_key(view, f) for f in features] + [ts_field(view)]
+        if self.key(7) != _feast_key(project, join_key, 7):  # Feast's layout moved under us
+            raise RuntimeError("Feast's Redis key layout is not recstack.feastlayout's")
 
     def key(self, entity: int) -> bytes:
-        return self._prefix + struct.pack("<q", entity) + self._project
+        return self._prefix + pack_int64(entity) + self._project
 
-    def read(self, entity: int) -> list[Any]:
-        return [_decode(b) for b in self.client.hmget(self.key(entity), self._fields)[:-1]]
+    def read(self, entity: int) -> list[float | None]:
+        raw = self.client.hmget(self.key(entity), self._fields)[:-1]
+        return [decode_value(b, missing=None) for b in raw]
 
-    def read_many(self, entities: list[int]) -> list[list[Any]]:
+    def read_many(self, entities: list[int]) -> list[list[float | None]]:
         with self.client.pipeline(transaction=False) as pipe:
             for e in entities:
                 pipe.hmget(self.key(e), self._fields)
-            return [[_decode(b) for b in raw[:-1]] for raw in pipe.execute()]
+            return [[decode_value(b, missing=None) for b in raw[:-1]] for raw in pipe.execute()]
+
+
+def _feast_key(project: str, join_key: str, value: int) -> bytes:
+    """Feast's own Redis key of an int64 entity: the reference the codec is checked against
+    at run time, since the benchmark runs against whatever Feast is installed."""
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    key = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=value)])
+    return _redis_key(project, key, SERIALIZATION_VERSION)
 
 
 def _same(got: Any, expected: list[Any]) -> bool:

@@ -40,6 +40,7 @@ from pipelines.tables import (
     USER_FEATURES_V2_FILE,
     V2_TABLES,
 )
+from recstack.feastlayout import decode_timestamp, ts_field
 from recstack.featurestore import open_store
 from recstack.schemas import (
     CATEGORICAL_FEATURES,
@@ -397,27 +398,21 @@ def _newest_snapshot_sample(path: Path, keys: list[str]) -> tuple[dt.datetime, l
 def _stored_timestamps(
     client: Any, project: str, version: int, view: str, entities: list[dict]
 ) -> list[dt.datetime | None]:
-    """``_ts:<view>`` of each entity's online row (Feast's Redis layout), None where absent."""
+    """``_ts:<view>`` of each entity's online row (Feast's Redis layout), None where absent.
+
+    The key is Feast's own, for the store's configured serialization version; the field and
+    its decoding are the kernel codec's."""
     from feast.infra.online_stores.helpers import _redis_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
-    from google.protobuf.timestamp_pb2 import Timestamp
 
     pipe = client.pipeline(transaction=False)
     for entity in entities:
         keys = list(entity)
         entity_key = EntityKey(join_keys=keys,
                                entity_values=[Value(int64_val=entity[k]) for k in keys])
-        pipe.hget(_redis_key(project, entity_key, version), f"_ts:{view}")
-    out: list[dt.datetime | None] = []
-    for raw in pipe.execute():
-        if raw is None:
-            out.append(None)
-            continue
-        ts = Timestamp()
-        ts.ParseFromString(raw)
-        out.append(ts.ToDatetime(tzinfo=dt.timezone.utc))
-    return out
+        pipe.hget(_redis_key(project, entity_key, version), ts_field(view))
+    return [decode_timestamp(raw) for raw in pipe.execute()]
 
 
 def rematerialize(settings: Settings, views: list[str],

@@ -18,7 +18,7 @@ from rich.table import Table
 from experiments import cli as experiments_cli
 from monitoring import cli as monitoring_cli
 from pipelines import cli as pipelines_cli
-from recstack.logs import configure_logging
+from recstack.logs import configure_logging, quiet_third_party
 from recstack.settings import Settings, get_settings
 from simulator import cli as simulator_cli
 from training import cli as training_cli
@@ -167,6 +167,7 @@ def main() -> None:
 
     ``RECSTACK_LOG_LEVEL=DEBUG`` also logs the traceback.
     """
+    quiet_third_party()  # before any verb imports Beam, Feast or MLflow
     try:
         app()  # standalone: Typer reports usage errors itself and exits
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence

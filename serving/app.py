@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from recstack.logs import configure_logging
+from recstack.logs import configure_logging, quiet_third_party
 from recstack.settings import ServingSettings, Settings, get_settings
 from serving.arms import Experiment, ShadowRunner, build_experiment
 from serving.errors import ServingError
@@ -65,6 +65,7 @@ def create_app(
     settings = settings or get_settings()
     tuning = settings.serving
     if own_logging:  # launched by uvicorn --factory: this is the process entrypoint
+        quiet_third_party()
         configure_logging(settings.log_level, settings.log_json)
     metrics = ServingMetrics()
     if role == "api" and experiment is None:

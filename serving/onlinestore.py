@@ -1,125 +1,32 @@
 """A fast reader of Feast's Redis online layout: one HMGET per user, no Feast on the hot path.
 
-Feast (0.67, ``entity_key_serialization_version: 3``) stores one HASH per entity, keyed
-``serialize_entity_key(key, v3) + project``; each feature is the field
-``mmh3_32("<view>:<feature>")`` (4 bytes, little endian) holding a serialized
-``feast.types.Value``, and ``_ts:<view>`` holds the row's event time (a protobuf Timestamp).
+The layout (keys, hash fields, value bytes) is the kernel codec's, ``recstack.feastlayout``.
 ``get_online_features`` wraps the same HMGET in registry look-ups, protobuf objects and a
-response builder; for 4 numbers per request that wrapping is most of its cost. The layout is
+response builder; for 4 numbers per request that wrapping is most of its cost. The readers are
 checked against ``get_online_features`` in tests/integration/test_serving_features.py.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Sequence
 from typing import Any
 
-import mmh3
 import numpy as np
 
+from recstack.feastlayout import (
+    composite_key_prefixes,
+    decode_value,
+    entity_key_prefix,
+    field_key,
+    int64_value,
+    pack_int64,
+    ts_field,
+)
 from serving.breaker import CircuitBreaker
 from serving.errors import FeatureUnavailable
 
 logger = logging.getLogger(__name__)
-
-_STRING_TYPE, _INT64_TYPE = 2, 4  # feast ValueType numbers used in the key
-_DOUBLE, _FLOAT = struct.Struct("<d"), struct.Struct("<f")
-NAN = float("nan")
-
-
-def entity_key(join_key: str, value: int, project: str) -> bytes:
-    """The Redis key of a single int64 entity (``serialize_entity_key`` v3 + project)."""
-    name = join_key.encode()
-    return (
-        struct.pack("<III", 1, _STRING_TYPE, len(name)) + name
-        + struct.pack("<IIq", _INT64_TYPE, 8, value) + project.encode()
-    )
-
-
-def entity_key_prefix(join_key: str) -> bytes:
-    """Everything of :func:`entity_key` before the value (to build many keys cheaply)."""
-    name = join_key.encode()
-    return struct.pack("<III", 1, _STRING_TYPE, len(name)) + name + struct.pack("<II", _INT64_TYPE, 8)
-
-
-def composite_key_prefixes(join_keys: Sequence[str]) -> tuple[bytes, list[str]]:
-    """(the part of a multi-key entity's Redis key before its values, the keys in that order).
-
-    ``serialize_entity_key`` v3 sorts the join keys by name, writes their count and names,
-    then each value (type, length, bytes) in the same sorted order.
-    """
-    keys = sorted(join_keys)
-    out = struct.pack("<I", len(keys))
-    for name in keys:
-        raw = name.encode()
-        out += struct.pack("<II", _STRING_TYPE, len(raw)) + raw
-    return out, keys
-
-
-def composite_entity_key(values: dict[str, int], project: str) -> bytes:
-    """The Redis key of an entity of several int64 join keys (e.g. user_id + category)."""
-    prefix, keys = composite_key_prefixes(list(values))
-    return prefix + b"".join(struct.pack("<IIq", _INT64_TYPE, 8, values[k]) for k in keys) + (
-        project.encode())
-
-
-def field_key(view: str, feature: str) -> bytes:
-    """The hash field of one feature: murmur3_32 of ``view:feature``, little endian."""
-    return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))
-
-
-def _varint(buf: bytes, pos: int) -> int:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        result |= (b & 0x7F) << shift
-        pos += 1
-        if not b & 0x80:
-            return result
-        shift += 7
-
-
-def decode_value(buf: bytes | None) -> float:
-    """A serialized scalar ``feast.types.Value`` as a float; NaN when absent or not numeric.
-
-    Hand-decoded (one tag byte, then a varint or a fixed-width number) because every value read
-    on the hot path is an int64, int32, double, float or bool.
-    """
-    if not buf:
-        return NAN
-    tag = buf[0]
-    if tag == 0x29:  # field 5 double_val, fixed64
-        return _DOUBLE.unpack_from(buf, 1)[0]
-    if tag in (0x20, 0x18, 0x40):  # int64_val, int32_val, unix_timestamp_val: varints
-        v = _varint(buf, 1)
-        return float(v - (1 << 64) if v >= 1 << 63 else v)
-    if tag == 0x35:  # float_val, fixed32
-        return _FLOAT.unpack_from(buf, 1)[0]
-    if tag == 0x38:  # bool_val
-        return float(_varint(buf, 1))
-    return NAN
-
-
-def decode_timestamp(buf: bytes | None) -> float | None:
-    """A serialized protobuf ``Timestamp`` (the ``_ts:<view>`` field) as epoch seconds."""
-    if not buf:
-        return None
-    seconds = nanos = 0
-    pos = 0
-    while pos < len(buf):
-        tag = buf[pos]
-        value = _varint(buf, pos + 1)
-        pos += 1
-        while buf[pos] & 0x80:
-            pos += 1
-        pos += 1
-        if tag == 0x08:
-            seconds = value
-        elif tag == 0x10:
-            nanos = value
-    return seconds + nanos / 1e9
 
 
 class RedisFeatureReader:
@@ -145,10 +52,10 @@ class RedisFeatureReader:
         self.features = list(features)
         self.breaker = breaker
         self._prefix = entity_key_prefix(join_key)
-        self._fields = [field_key(view, f) for f in self.features] + [f"_ts:{view}".encode()]
+        self._fields = [field_key(view, f) for f in self.features] + [ts_field(view)]
 
     def key(self, entity: int) -> bytes:
-        return self._prefix + struct.pack("<q", entity) + self.project
+        return self._prefix + pack_int64(entity) + self.project
 
     def read(self, entity: int) -> np.ndarray:
         """Features of one entity, float32 in ``features`` order (NaN where missing)."""
@@ -235,11 +142,10 @@ class RedisUserContextReader:
         self.label = ",".join(v for v, _ in user_views) or "user features"
 
     def user_key(self, user_id: int) -> bytes:
-        return self._user_prefix + struct.pack("<q", user_id) + self.project
+        return self._user_prefix + pack_int64(user_id) + self.project
 
     def category_key(self, user_id: int, category: int) -> bytes:
-        u = struct.pack("<IIq", _INT64_TYPE, 8, user_id)
-        c = struct.pack("<IIq", _INT64_TYPE, 8, category)
+        u, c = int64_value(user_id), int64_value(category)
         return self._cat_prefix + (u + c if self._user_first else c + u) + self.project
 
     def read(self, user_id: int) -> np.ndarray:

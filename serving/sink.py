@@ -297,9 +297,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m serving.sink`` (``--check``: exit 0 iff the sink is alive)."""
     import sys
 
-    from recstack.logs import configure_logging
+    from recstack.logs import configure_logging, quiet_third_party
     from recstack.settings import get_settings
 
+    quiet_third_party()
     settings = get_settings()
     if "--check" in (sys.argv[1:] if argv is None else argv):
         sys.exit(0 if is_alive(settings) else 1)

@@ -9,7 +9,8 @@ from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from monitoring.onlinestore import RedisOnlineStore, entity_key, field_key
+from monitoring.onlinestore import RedisOnlineStore
+from recstack.feastlayout import entity_key, field_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 

@@ -141,7 +141,7 @@ def _seed_user_features(redis: Proc, user: int = 4) -> None:
     import redis as redis_py
 
     from serving.features import USER_KEY
-    from serving.onlinestore import entity_key, field_key
+    from recstack.feastlayout import entity_key, field_key
 
     values = {field_key(USER_FEATURE_VIEW, n): b"\x29" + struct.pack("<d", float(i + 1))
               for i, n in enumerate(USER_FEATURES)}
