@@ -35,7 +35,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party libraries that are chatty at INFO.
-    for noisy in ("apache_beam", "feast", "mlflow", "urllib3", "alembic", "httpx"):
+    for noisy in ("apache_beam", "feast", "mlflow", "urllib3", "alembic", "httpx", "faiss"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
