@@ -10,11 +10,13 @@ Out: MLflow run in ``settings.mlflow.experiment`` with params, metrics, data win
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ from training.datasets import (
 )
 from training.gate import Verdict, decide, latency_within_budget, sanity_failures
 from training.gate import aborted as gate_aborted
-from training.holdout import Holdout, popular_before
+from training.holdout import Evaluation, Holdout, popular_before
 from training.holdout import evaluate as evaluate_holdout
 from training.ranker import predict, ranker_params, train_ranker
 from training.sources import fresh_items
@@ -203,6 +205,39 @@ def build_holdout(
     )
 
 
+@dataclass
+class RankerData:
+    """The ranker's rows split by day, and what they were built from: the fitting phases' input."""
+
+    events: pd.DataFrame  # the lake's events, with their day
+    popular: list[int]  # popular.parquet's item ids, most popular first
+    item_ids: np.ndarray  # the catalogue plus every item seen
+    holdout_day: dt.date
+    negative_rate: float  # the dataset's negative sampling rate (calibration undoes it)
+    prior_models: dict[dt.date, CandidateModel]  # per day: fit on the days before it
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    features: list[str]  # the ranker's columns, in order
+    last_day: dt.date  # the newest day of events
+    window: dict[str, str]  # data_start, data_end, train_days, holdout_day
+    counts: dict[str, int]  # n_events, n_train_rows, n_holdout_rows, ...
+
+
+@dataclass
+class ChallengerEvaluation:
+    """The new ranker judged on the holdout day: what the run logs and the gate decides on."""
+
+    hold: Holdout
+    evaluation: Evaluation  # metrics (plus ranker_batch_* latency), table, calibration
+    base_rate: float  # the training rows' click rate, calibrated
+    scores: np.ndarray  # the ranker's scores of the holdout rows
+    latency: dict[str, float]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.evaluation.metrics
+
+
 def train_and_register(settings: Settings, store: Any | None = None,
                        gate: GateSettings | None = None,
                        stop: threading.Event | None = None) -> TrainResult:
@@ -229,6 +264,52 @@ def train_and_register(settings: Settings, store: Any | None = None,
 
         store = open_store(settings)
 
+    data = prepare_ranker_data(settings, store, clock, stop)
+    _check_stop(stop, "the candidate scores")
+    with clock("ranker_s"):
+        booster = fit_ranker(settings, data.train, data.features)
+    _check_stop(stop, "the ranker")
+    judged = evaluate_challenger(settings, store, gate, data, booster, clock)
+    with clock("candidates_fit_s"):
+        served = fit_candidate_model(data.events, data.item_ids, dim, seed,  # all days, for serving
+                                     settings.train.recency_half_life_days)
+    _check_stop(stop, "the evaluation")  # the last point: then it logs, registers, gates
+    import mlflow
+
+    with clock("mlflow_setup_s"):
+        sha = registry.git_sha(settings=settings)
+        mlflow.set_tracking_uri(settings.mlflow.uri)
+        mlflow.set_registry_uri(settings.mlflow.uri)
+        mlflow.set_experiment(settings.mlflow.experiment)
+    client = registry.client_for(settings)
+    with clock("mlflow_s"), tempfile.TemporaryDirectory(prefix="recstack-candidates-") as tmp:
+        save_candidate_artifacts(settings, served, Path(tmp), data, sha)
+        with mlflow.start_run(run_name=f"train-{data.window['data_end']}") as run:
+            log_run(settings, gate, data, judged, sha)
+            versions = log_models(settings, Path(tmp), served, booster, data)
+            mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
+            mark_challengers(settings, client, versions, data, judged.metrics, sha,
+                             run.info.run_id)
+            with clock("gate_s"):
+                verdict = run_gate(settings, client, gate, versions, data.holdout, booster,
+                                   judged.scores, judged.latency["cpu_p99_ms"],
+                                   data.negative_rate,
+                                   popularity_baseline(data.holdout, judged.hold.popular,
+                                                       judged.base_rate))
+            record_verdict(settings, client, versions, verdict)
+    result = TrainResult(
+        candidates_version=versions["candidates"], ranker_version=versions["ranker"],
+        metrics=judged.metrics, run_id=run.info.run_id, timings_s=timings,
+        promoted=verdict.promote, gate_reason=verdict.reason, table_md=judged.evaluation.table_md,
+    )
+    logger.info("trained and registered: run %s, versions %s", result.run_id, versions)
+    return result
+
+
+def prepare_ranker_data(settings: Settings, store: Any, clock: _Stopwatch,
+                        stop: threading.Event | None) -> RankerData:
+    """The dataset and lake reads, candidate scores and crosses, split into train and holdout."""
+    seed, dim = settings.sim.seed, settings.train.embedding_dim
     with clock("dataset_s"):
         data = build_ranker_dataset(settings, store)
         events = load_events(settings)
@@ -244,133 +325,163 @@ def train_and_register(settings: Settings, store: Any | None = None,
     data = add_cross_features(data)
     train_all, holdout = time_split(data, holdout_day)
     train = training_rows(train_all)
-    features = ranker_feature_names(data.attrs["stored_features"])
-    service = settings.feast.feature_service
+    days = sorted(events["day"].unique())
+    return RankerData(
+        events=events, popular=popular, item_ids=item_ids, holdout_day=holdout_day,
+        negative_rate=negative_rate, prior_models=prior_models, train=train, holdout=holdout,
+        features=ranker_feature_names(data.attrs["stored_features"]), last_day=days[-1],
+        window={
+            "data_start": days[0].isoformat(), "data_end": days[-1].isoformat(),
+            "train_days": ",".join(d.isoformat() for d in sorted(train["day"].unique())),
+            "holdout_day": holdout_day.isoformat(),
+        },
+        counts={
+            "n_events": len(events), "n_train_rows": len(train), "n_holdout_rows": len(holdout),
+            "n_dead_label_rows": int(data.attrs.get("n_dead", 0)),
+            "n_train_rows_dropped_first_day": len(train_all) - len(train),
+        },
+    )
 
-    _check_stop(stop, "the candidate scores")
-    with clock("ranker_s"):
-        half_life = settings.train.recency_half_life_days
-        booster = train_ranker(train, settings.train.ranker_rounds,
-                               settings.train.ranker_learning_rate, seed, features,
-                               recency_weights(train["event_timestamp"], half_life)
-                               if half_life else None)
-    _check_stop(stop, "the ranker")
+
+def fit_ranker(settings: Settings, train: pd.DataFrame, features: list[str]) -> Any:
+    """The LightGBM ranker on the training rows, recency-weighted when a half-life is set."""
+    half_life = settings.train.recency_half_life_days
+    return train_ranker(train, settings.train.ranker_rounds,
+                        settings.train.ranker_learning_rate, settings.sim.seed, features,
+                        recency_weights(train["event_timestamp"], half_life)
+                        if half_life else None)
+
+
+def evaluate_challenger(settings: Settings, store: Any, gate: GateSettings, data: RankerData,
+                        booster: Any, clock: _Stopwatch) -> ChallengerEvaluation:
+    """Holdout metrics against the baselines, then the ranker's batch latency (a gate input)."""
     with clock("evaluate_s"):
-        hold = build_holdout(settings, store, holdout, events, prior_models[holdout_day],
-                             item_ids, holdout_day, features)
-        base_rate = float(ev.calibrate(np.array([train["label"].mean()]), negative_rate)[0])
+        hold = build_holdout(settings, store, data.holdout, data.events,
+                             data.prior_models[data.holdout_day], data.item_ids,
+                             data.holdout_day, data.features)
+        base_rate = float(ev.calibrate(np.array([data.train["label"].mean()]),
+                                       data.negative_rate)[0])
         evaluation = evaluate_holdout(
-            hold, lambda x: booster.predict(x, num_threads=1), negative_rate, base_rate,
-            settings.serving.n_candidates, seed)
+            hold, lambda x: booster.predict(x, num_threads=1), data.negative_rate, base_rate,
+            settings.serving.n_candidates, settings.sim.seed)
     metrics = evaluation.metrics
-    holdout_scores = predict(booster, holdout)
+    holdout_scores = predict(booster, data.holdout)
     with clock("latency_s"):
-        batch = holdout[features].to_numpy(np.float32)
+        batch = data.holdout[data.features].to_numpy(np.float32)
         batch = np.resize(batch, (gate.latency_rows, batch.shape[1])) if len(batch) else batch
         latency = latency_within_budget(lambda x: booster.predict(x, num_threads=1), batch,
                                         gate)
     metrics.update({f"ranker_batch_{k}": v for k, v in latency.items()})
+    return ChallengerEvaluation(hold=hold, evaluation=evaluation, base_rate=base_rate,
+                                scores=holdout_scores, latency=latency)
 
-    days = sorted(events["day"].unique())
-    window = {
-        "data_start": days[0].isoformat(), "data_end": days[-1].isoformat(),
-        "train_days": ",".join(d.isoformat() for d in sorted(train["day"].unique())),
-        "holdout_day": holdout_day.isoformat(),
+
+def save_candidate_artifacts(settings: Settings, served: CandidateModel, artifact_dir: Path,
+                             data: RankerData, sha: str) -> None:
+    """The served candidate model's files, with the items fresh on the day after the data."""
+    fresh_now = fresh_items(read_items(settings.lake_dir).to_pandas(),
+                            day_start(data.last_day + dt.timedelta(days=1)))
+    save_artifacts(served, artifact_dir, data.popular,
+                   {**data.window, **data.counts, "git_sha": sha, "fresh_items": fresh_now},
+                   fresh=fresh_now, item_categories=item_categories(settings))
+
+
+def run_params(settings: Settings, gate: GateSettings, data: RankerData, sha: str
+               ) -> dict[str, Any]:
+    """The run's MLflow params: training settings, data window and counts, gate settings."""
+    service = settings.feast.feature_service
+    return {
+        "embedding_dim": settings.train.embedding_dim,
+        "ranker_rounds": settings.train.ranker_rounds,
+        "recency_half_life_days": settings.train.recency_half_life_days,
+        "ranker_learning_rate": settings.train.ranker_learning_rate,
+        "negatives_per_positive": settings.train.negatives_per_positive,
+        "negative_rate": round(data.negative_rate, 6), "seed": settings.sim.seed,
+        "feature_service": service, "ranker_features": ",".join(data.features),
+        "git_sha": sha,
+        **{f"ranker_{k}": v for k, v in ranker_params(0.0).items()
+           if k in ("num_leaves", "min_data_in_leaf", "objective")},
+        **{f"gate_{k}": v for k, v in gate.model_dump().items()},
+        **data.window, **data.counts,
     }
-    with clock("candidates_fit_s"):
-        served = fit_candidate_model(events, item_ids, dim, seed,  # all days, for serving
-                                     settings.train.recency_half_life_days)
-    counts = {
-        "n_events": len(events), "n_train_rows": len(train), "n_holdout_rows": len(holdout),
-        "n_dead_label_rows": int(data.attrs.get("n_dead", 0)),
-        "n_train_rows_dropped_first_day": len(train_all) - len(train),
-    }
-    _check_stop(stop, "the evaluation")  # the last point: then it logs, registers, gates
+
+
+def log_run(settings: Settings, gate: GateSettings, data: RankerData,
+            judged: ChallengerEvaluation, sha: str) -> None:
+    """Tags, params, metrics and the evaluation artifacts of the active MLflow run."""
     import mlflow
 
-    with clock("mlflow_setup_s"):
-        sha = registry.git_sha()
-        mlflow.set_tracking_uri(settings.mlflow.uri)
-        mlflow.set_registry_uri(settings.mlflow.uri)
-        mlflow.set_experiment(settings.mlflow.experiment)
-    client = registry.client_for(settings)
-    with clock("mlflow_s"), tempfile.TemporaryDirectory(prefix="recstack-candidates-") as tmp:
-        fresh_now = fresh_items(read_items(settings.lake_dir).to_pandas(),
-                                day_start(days[-1] + dt.timedelta(days=1)))
-        save_artifacts(served, Path(tmp), popular,
-                       {**window, **counts, "git_sha": sha, "fresh_items": fresh_now},
-                       fresh=fresh_now, item_categories=item_categories(settings))
-        with mlflow.start_run(run_name=f"train-{window['data_end']}") as run:
-            mlflow.set_tags({"git_sha": sha, "feature_service": service, **window})
-            mlflow.log_params({
-                "embedding_dim": dim, "ranker_rounds": settings.train.ranker_rounds,
-                "recency_half_life_days": settings.train.recency_half_life_days,
-                "ranker_learning_rate": settings.train.ranker_learning_rate,
-                "negatives_per_positive": settings.train.negatives_per_positive,
-                "negative_rate": round(negative_rate, 6), "seed": seed,
-                "feature_service": service, "ranker_features": ",".join(features),
-                "git_sha": sha,
-                **{f"ranker_{k}": v for k, v in ranker_params(0.0).items()
-                   if k in ("num_leaves", "min_data_in_leaf", "objective")},
-                **{f"gate_{k}": v for k, v in gate.model_dump().items()},
-                **window, **counts,
-            })
-            mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-            mlflow.log_dict({**window, **counts}, "data_window.json")
-            mlflow.log_text(evaluation.table_md, "evaluation.md")
-            mlflow.log_text(evaluation.calibration.to_markdown(index=False)
-                            if _has_tabulate() else evaluation.calibration.to_string(index=False),
-                            "calibration.md")
-            mlflow.log_dict({"feature_service": service, "feature_names": features},
-                            "ranker_features.json")
-            mlflow.log_dict(feature_reference(holdout, features), "feature_reference.json")
-            cand_info = registry.log_candidates(
-                Path(tmp), settings.mlflow.candidates_model,
-                pd.DataFrame({"user_id": served.user_ids[:3].astype("int64")}),
-            )
-            rank_info = registry.log_ranker(
-                booster, settings.mlflow.ranker_model,
-                holdout[features].astype("float32").head(5), service,
-            )
-            mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
-            versions = {"candidates": str(cand_info.registered_model_version),
-                        "ranker": str(rank_info.registered_model_version)}
-            tags = {"git_sha": sha, "feature_service": service,
-                    "run_id": run.info.run_id, **window,
-                    **{k: f"{v:.5f}" for k, v in metrics.items()
-                       if k.startswith(("ranker_", "candidates_recall"))}}
-            names = registry.model_names(settings)
-            # Before any alias moves: serving resolves the pair from the ranker version alone.
-            client.set_model_version_tag(names["ranker"], versions["ranker"], registry.PAIR_TAG,
-                                         versions["candidates"])
-            for kind in registry.KINDS:
-                registry.set_alias(client, names[kind], versions[kind], registry.CHALLENGER, tags)
+    service = settings.feast.feature_service
+    evaluation = judged.evaluation
+    mlflow.set_tags({"git_sha": sha, "feature_service": service, **data.window})
+    mlflow.log_params(run_params(settings, gate, data, sha))
+    mlflow.log_metrics({k: v for k, v in judged.metrics.items() if np.isfinite(v)})
+    mlflow.log_dict({**data.window, **data.counts}, "data_window.json")
+    mlflow.log_text(evaluation.table_md, "evaluation.md")
+    mlflow.log_text(evaluation.calibration.to_markdown(index=False)
+                    if _has_tabulate() else evaluation.calibration.to_string(index=False),
+                    "calibration.md")
+    mlflow.log_dict({"feature_service": service, "feature_names": data.features},
+                    "ranker_features.json")
+    mlflow.log_dict(feature_reference(data.holdout, data.features), "feature_reference.json")
 
-            with clock("gate_s"):
-                verdict = run_gate(settings, client, gate, versions, holdout, booster,
-                                   holdout_scores, latency["cpu_p99_ms"], negative_rate,
-                                   popularity_baseline(holdout, hold.popular, base_rate))
-            mlflow.set_tags({"gate_decision": verdict.decision, "gate_reason": verdict.reason})
-            for kind in registry.KINDS:
-                client.set_model_version_tag(names[kind], versions[kind], "gate_decision",
-                                             verdict.decision)
-                client.set_model_version_tag(names[kind], versions[kind], "gate_reason",
-                                             verdict.reason[:5000])
-            if verdict.promote:
-                registry.promote_pair(client, settings, versions, verdict.reason, "gate")
-                logger.info("gate: promoted candidates v%s + ranker v%s to @%s: %s",
-                            versions["candidates"], versions["ranker"],
-                            settings.mlflow.serving_alias, verdict.reason)
-            else:
-                logger.warning("gate: champion unchanged, challenger ranker v%s %s: %s",
-                               versions["ranker"], verdict.decision, verdict.reason)
-    result = TrainResult(
-        candidates_version=versions["candidates"], ranker_version=versions["ranker"],
-        metrics=metrics, run_id=run.info.run_id, timings_s=timings,
-        promoted=verdict.promote, gate_reason=verdict.reason, table_md=evaluation.table_md,
+
+def log_models(settings: Settings, artifact_dir: Path, served: CandidateModel, booster: Any,
+               data: RankerData) -> dict[str, str]:
+    """Log and register both models in the active run; returns {kind: new version}."""
+    from training import registry
+
+    cand_info = registry.log_candidates(
+        artifact_dir, settings.mlflow.candidates_model,
+        pd.DataFrame({"user_id": served.user_ids[:3].astype("int64")}),
     )
-    logger.info("trained and registered: run %s, versions %s", result.run_id, versions)
-    return result
+    rank_info = registry.log_ranker(
+        booster, settings.mlflow.ranker_model,
+        data.holdout[data.features].astype("float32").head(5), settings.feast.feature_service,
+    )
+    return {"candidates": str(cand_info.registered_model_version),
+            "ranker": str(rank_info.registered_model_version)}
+
+
+def mark_challengers(settings: Settings, client: Any, versions: dict[str, str],
+                     data: RankerData, metrics: dict[str, float], sha: str, run_id: str) -> None:
+    """Pair the new versions and alias both ``challenger``, tagged with the run's provenance."""
+    from training import registry
+
+    tags = {"git_sha": sha, "feature_service": settings.feast.feature_service,
+            "run_id": run_id, **data.window,
+            **{k: f"{v:.5f}" for k, v in metrics.items()
+               if k.startswith(("ranker_", "candidates_recall"))}}
+    names = registry.model_names(settings)
+    # Before any alias moves: serving resolves the pair from the ranker version alone.
+    client.set_model_version_tag(names["ranker"], versions["ranker"], registry.PAIR_TAG,
+                                 versions["candidates"])
+    for kind in registry.KINDS:
+        registry.set_alias(client, names[kind], versions[kind], registry.CHALLENGER, tags)
+
+
+def record_verdict(settings: Settings, client: Any, versions: dict[str, str],
+                   verdict: Verdict) -> None:
+    """The gate's decision on the run and both versions; the pair promoted if it passed."""
+    import mlflow
+
+    from training import registry
+
+    names = registry.model_names(settings)
+    mlflow.set_tags({"gate_decision": verdict.decision, "gate_reason": verdict.reason})
+    for kind in registry.KINDS:
+        client.set_model_version_tag(names[kind], versions[kind], "gate_decision",
+                                     verdict.decision)
+        client.set_model_version_tag(names[kind], versions[kind], "gate_reason",
+                                     verdict.reason[:5000])
+    if verdict.promote:
+        registry.promote_pair(client, settings, versions, verdict.reason, "gate")
+        logger.info("gate: promoted candidates v%s + ranker v%s to @%s: %s",
+                    versions["candidates"], versions["ranker"],
+                    settings.mlflow.serving_alias, verdict.reason)
+    else:
+        logger.warning("gate: champion unchanged, challenger ranker v%s %s: %s",
+                       versions["ranker"], verdict.decision, verdict.reason)
 
 
 def run_gate(
@@ -478,17 +589,16 @@ def _check_mlflow(uri: str) -> None:
 
 
 class _Stopwatch:
-    """``with clock("name_s"):`` adds the block's wall seconds to ``timings[name_s]``."""
+    """``with clock("name_s"):`` adds the block's wall seconds to ``timings[name_s]``; blocks
+    may nest (each ``clock(...)`` is its own timer)."""
 
     def __init__(self, timings: dict[str, float]) -> None:
         self.timings = timings
 
-    def __call__(self, name: str) -> _Stopwatch:
-        self.name = name
-        return self
-
-    def __enter__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
