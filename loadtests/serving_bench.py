@@ -6,6 +6,10 @@ imports nothing of the project. Each user sends ``RECSTACK_BENCH_USER_RPS`` requ
 (below saturation). Known users only: the benchmark measures the two-stage path, 500 candidates
 ranked, top ``RECSTACK_LOADTEST_K`` returned. A degraded answer is a success here (the API did
 its job); the benchmark counts degraded answers from the replicas' /metrics.
+
+The three variables have no defaults here: the runner (``recstack.stack.servingbench`` through
+``recstack.stack.loadtest.run_locust``) passes them from the settings, and a run without them
+stops at once saying which is missing.
 """
 
 from __future__ import annotations
@@ -22,9 +26,20 @@ except ImportError:  # Locust puts the locustfile's own folder on the path
     from checks import recommendation_problem  # type: ignore[no-redef]
     from pacing import begin, paced  # type: ignore[no-redef]
 
-N_USERS = int(os.environ.get("RECSTACK_SIM__N_USERS", "3000"))
-K = int(os.environ.get("RECSTACK_LOADTEST_K", "20"))
-USER_RPS = float(os.environ.get("RECSTACK_BENCH_USER_RPS", "5"))
+
+
+def _passed(name: str) -> str:
+    """The value the runner passed in ``name``; a clear error when it did not."""
+    value = os.environ.get(name, "")
+    if not value:
+        raise RuntimeError(f"{name} is not set: run this locustfile through `recstack bench "
+                           "--suite serving` (recstack.stack.servingbench), which passes it")
+    return value
+
+
+N_USERS = int(_passed("RECSTACK_SIM__N_USERS"))
+K = int(_passed("RECSTACK_LOADTEST_K"))
+USER_RPS = float(_passed("RECSTACK_BENCH_USER_RPS"))
 
 
 class BenchUser(FastHttpUser):

@@ -18,7 +18,6 @@ import io
 import logging
 import re
 import uuid
-from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -75,14 +74,6 @@ def read_table(path: str) -> pa.Table:
     """One Parquet file (any filesystem Beam knows) into memory."""
     with FileSystems.open(path) as f:
         return pq.read_table(io.BytesIO(f.read()))
-
-
-def read_partitions(table_dir: str, days: Iterable[dt.date] | None = None) -> pa.Table | None:
-    """The rows of the given days (all when None) as one table; None when there are none."""
-    parts = list_partitions(table_dir)
-    wanted = parts if days is None else {d: parts[d] for d in days if d in parts}
-    tables = [read_table(p) for p in wanted.values()]
-    return pa.concat_tables(tables) if tables else None
 
 
 def replace_partitions(staged_dir: str, table_dir: str, first: dt.date, last: dt.date) -> int:

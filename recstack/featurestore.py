@@ -16,11 +16,6 @@ if TYPE_CHECKING:  # feast is heavy: import it only when a store is opened
     from feast import FeatureStore
 
 
-def feast_environment(settings: Settings) -> dict[str, str]:
-    """The process environment plus the variables ``feature_store.yaml`` expands."""
-    return {**os.environ, **settings.feast_env()}
-
-
 def open_store(settings: Settings) -> "FeatureStore":
     """A FeatureStore over ``settings.feast.repo_path`` (sets the yaml's env variables)."""
     from feast import FeatureStore

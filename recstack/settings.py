@@ -79,6 +79,12 @@ class MlflowSettings(BaseModel):
     candidates_model: str = "candidates"
     ranker_model: str = "ranker"
     serving_alias: str = "champion"
+    git_sha: str = Field("", description="the code version tagged on runs; empty: asked from git")
+    # MLflow's HTTP client retries a refused connection for minutes by default; processes that
+    # have their own back-off (the API's maintainer, the online experiment) fail fast instead.
+    # Applied with setdefault (recstack.mlflowenv): an MLFLOW_HTTP_REQUEST_* already set wins.
+    http_max_retries: int = Field(1, ge=0, description="MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    http_timeout_s: int = Field(10, ge=1, description="MLFLOW_HTTP_REQUEST_TIMEOUT")
 
     @property
     def uri(self) -> str:
@@ -250,10 +256,23 @@ class TrainerSettings(BaseModel):
     max_runs: int = Field(0, ge=0, description="stop after this many runs (0: never)")
 
 
+class SinkSettings(BaseModel):
+    """The lake sink (``python -m serving.sink``, ``RECSTACK_SINK__*``)."""
+
+    consumer: str = Field("", description="consumer name in the group; empty: the host name")
+    # Chaos knob for tests: widens the window between the lake write and the XACK, where a
+    # crash leaves written-but-pending entries.
+    ack_delay_s: float = Field(0.0, ge=0)
+
+
 class StackSettings(BaseModel):
     """The native stack: ports on loopback and the replica counts."""
 
-    host: str = "127.0.0.1"
+    host: str = Field(
+        "127.0.0.1",
+        description="the loopback address every native service binds and is reached on "
+        "(compose's monitor sets 0.0.0.0 to bind every interface of its container)",
+    )
     lb_port: int = 18080
     prometheus_port: int = 19090
     api_base_port: int = 18100
@@ -374,6 +393,7 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     serving: ServingSettings = ServingSettings()
     events: EventSettings = EventSettings()
+    sink: SinkSettings = SinkSettings()
     gate: GateSettings = GateSettings()
     trainer: TrainerSettings = TrainerSettings()
     stack: StackSettings = StackSettings()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from recstack.logs import configure_logging, quiet_third_party
+from recstack.mlflowenv import apply_http_defaults
 from recstack.settings import ServingSettings, Settings, get_settings
 from serving.arms import Experiment, ShadowRunner, build_experiment
 from serving.errors import ServingError
@@ -193,8 +193,7 @@ async def _live_resources(
 
     # MLflow's HTTP client retries a refused connection for minutes by default; the maintainer
     # has its own back-off, so fail fast and keep /readyz's last_error current.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    apply_http_defaults(settings.mlflow)
     # Anything in MLflow that reads the global URIs must see ours, never a local ./mlflow.db.
     mlflow.set_tracking_uri(settings.mlflow.uri)
     mlflow.set_registry_uri(settings.mlflow.uri)

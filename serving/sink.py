@@ -95,7 +95,7 @@ class LakeSink:
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
-        # Chaos knob (RECSTACK_SINK_ACK_DELAY_S): widens the window between the lake write and
+        # Chaos knob (sink.ack_delay_s): widens the window between the lake write and
         # the XACK, where a crash leaves written-but-pending entries, so tests can hit it.
         self.ack_delay_s = ack_delay_s
         # The API's time/id rules (None: shape only); entries breaking them are dead letters.
@@ -256,15 +256,16 @@ class LakeSink:
 
 def sink_for(settings: Settings, consumer: str | None = None, **kwargs: Any) -> LakeSink:
     """A ``LakeSink`` on the settings' Redis and lake; the consumer name defaults to
-    ``$RECSTACK_SINK_CONSUMER`` or the host name (stable across restarts of one program)."""
+    ``sink.consumer`` (``RECSTACK_SINK__CONSUMER``) or the host name (stable across restarts of
+    one program)."""
     import redis
 
     client = redis.Redis.from_url(
         settings.redis.url, socket_timeout=5.0, socket_connect_timeout=2.0
     )
-    name = consumer or os.environ.get("RECSTACK_SINK_CONSUMER") or socket.gethostname()
+    name = consumer or settings.sink.consumer or socket.gethostname()
     dead = settings.root / "sink" / "dead_letter.jsonl"
-    kwargs.setdefault("ack_delay_s", float(os.environ.get("RECSTACK_SINK_ACK_DELAY_S", "0")))
+    kwargs.setdefault("ack_delay_s", settings.sink.ack_delay_s)
     kwargs.setdefault("rules", EventRules.of(settings))
     kwargs.setdefault("retention_s", settings.events.stream_retention.total_seconds())
     return LakeSink(client, settings.lake_dir, dead, name, **kwargs)

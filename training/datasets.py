@@ -154,11 +154,6 @@ def service_features(store: FeatureStore | Any, feature_service: str
     return out
 
 
-def stored_feature_names(store: FeatureStore | Any, feature_service: str) -> list[str]:
-    """The service's feature names in order (the ranker's columns before request-time ones)."""
-    return [n for _, _, names in service_features(store, feature_service) for n in names]
-
-
 def fetch_features(
     store: FeatureStore | Any, entity_df: pd.DataFrame, feature_service: str
 ) -> pd.DataFrame:

@@ -11,7 +11,6 @@ Layout that serving relies on (verified by tests/integration/test_training_mlflo
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import tempfile
 from importlib import metadata
@@ -26,18 +25,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 
 from recstack.schemas import CANDIDATE_ARTIFACTS
-from recstack.settings import REPO_ROOT, Settings
+from recstack.settings import REPO_ROOT, Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_K = 20
 
 
-def git_sha(repo: Path = REPO_ROOT) -> str:
-    """``git rev-parse HEAD`` of the code that trained; in an image without ``.git``, the
-    ``RECSTACK_GIT_SHA`` the image was built with; else "unknown"."""
-    if os.environ.get("RECSTACK_GIT_SHA"):
-        return os.environ["RECSTACK_GIT_SHA"]
+def git_sha(repo: Path = REPO_ROOT, settings: Settings | None = None) -> str:
+    """The code version that trained: ``mlflow.git_sha`` (``RECSTACK_MLFLOW__GIT_SHA``, e.g. for
+    an image without ``.git``) when set, else ``git rev-parse HEAD``; else "unknown".
+    ``settings`` default: the process's (``get_settings()``)."""
+    configured = (settings or get_settings()).mlflow.git_sha
+    if configured:
+        return configured
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5,

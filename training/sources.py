@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 
 ANN, POPULAR, FRESH = "ann", "popular", "fresh"
@@ -77,10 +76,3 @@ def merge_candidates(
     for candidates, source in ((ann, ANN), (fresh, FRESH), (popular, POPULAR)):
         take(candidates, source, k)
     return ids, sources
-
-
-def source_shares(sources: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Share of all listed candidates that came from each source."""
-    flat = np.concatenate([np.asarray(s, dtype=object) for s in sources]) if sources else []
-    n = max(len(flat), 1)
-    return {src: float(np.sum(np.asarray(flat) == src)) / n for src in SOURCES}

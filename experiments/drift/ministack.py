@@ -121,7 +121,7 @@ class MiniStack:
 
     def start_sink(self) -> None:
         self.spawn("sink", [sys.executable, "-m", "serving.sink"],
-                   env={"RECSTACK_SINK_CONSUMER": "experiment"})
+                   env={"RECSTACK_SINK__CONSUMER": "experiment"})
 
     def stop(self) -> None:
         for name, proc in reversed(list(self.procs.items())):

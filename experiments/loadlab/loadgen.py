@@ -79,7 +79,7 @@ def run_load(
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*out_dir.glob("requests-*.csv"), *out_dir.glob("locust_*.csv")]:
         stale.unlink()
-    host = host or f"http://127.0.0.1:{settings.stack.lb_port}"
+    host = host or f"http://{settings.stack.host}:{settings.stack.lb_port}"
     spawn = max(users, max((u for _, u in stages), default=1) if stages else 1)
     cmd = locust_command(host, users, spawn, duration_s, out_dir / "locust", LOCUSTFILE)
     cmd += ["--csv-full-history"]

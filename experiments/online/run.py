@@ -21,6 +21,7 @@ import numpy as np
 
 from experiments.online.analysis import analyse, daily_series
 from experiments.online.simulate import ExperimentLog, is_policy, simulate_policies
+from recstack.mlflowenv import apply_http_defaults
 from recstack.settings import Settings
 from simulator.world import World
 
@@ -168,10 +169,7 @@ def _through_api(settings: Settings, control: str, challenger: str, weights: dic
 def _check_registry(settings: Settings, specs: tuple[str, ...]) -> None:
     """Fail fast (not after the readiness timeout) when MLflow is down or an arm names a
     version or alias that does not exist."""
-    import os
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    apply_http_defaults(settings.mlflow)
     from mlflow import MlflowClient
 
     from serving.variants import resolve_versions

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from recstack.mlflowenv import apply_http_defaults
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -15,8 +15,7 @@ logger = logging.getLogger(__name__)
 def log_experiment(settings: Settings, result: dict[str, Any], params: dict[str, Any],
                    folder: Path) -> str:
     """One run in MLflow experiment ``<mlflow.experiment>-online``; returns its run id."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    apply_http_defaults(settings.mlflow)
     import mlflow
 
     mlflow.set_tracking_uri(settings.mlflow.uri)

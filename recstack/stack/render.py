@@ -67,6 +67,7 @@ def render_supervisord(settings: Settings, programs: list[Program], password: st
     """
     p = StackPaths.of(settings)
     port = settings.stack.supervisor_port
+    host = settings.stack.host
     lines = [
         "; rendered by recstack.stack; edits are overwritten",
         "[supervisord]",
@@ -82,7 +83,7 @@ def render_supervisord(settings: Settings, programs: list[Program], password: st
         "loglevel=info",
         "",
         "[inet_http_server]",
-        f"port=127.0.0.1:{port}",
+        f"port={host}:{port}",
         f"username={SUPERVISOR_USER}",
         f"password={_sv(password)}",
         "",
@@ -90,7 +91,7 @@ def render_supervisord(settings: Settings, programs: list[Program], password: st
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         "",
         "[supervisorctl]",
-        f"serverurl=http://127.0.0.1:{port}",
+        f"serverurl=http://{host}:{port}",
         f"username={SUPERVISOR_USER}",
         f"password={_sv(password)}",
         "",
@@ -143,7 +144,7 @@ def render_redis(settings: Settings, secret: str | None = None) -> str:
     p = StackPaths.of(settings)
     lines = [
         f"port {settings.redis.port}",
-        "bind 127.0.0.1",
+        f"bind {settings.stack.host}",
         "protected-mode yes",
         "daemonize no",
         f'dir "{p.redis_data}"',
@@ -171,7 +172,7 @@ def render_nginx(settings: Settings, replicas: int | Replicas) -> str:
     nd = p.nginx_dir
     user = "user root;" if os.geteuid() == 0 else ""  # as root, workers need root for run_dir
     servers = "\n".join(
-        f"        server 127.0.0.1:{port} max_fails=2 fail_timeout=5s;"
+        f"        server {settings.stack.host}:{port} max_fails=2 fail_timeout=5s;"
         for port in api_ports(settings, counts["api"])
     )
     stages = _render_stage_fronts(settings, counts)
@@ -204,7 +205,7 @@ http {{
     }}
 
     server {{
-        listen 127.0.0.1:{settings.stack.lb_port};
+        listen {settings.stack.host}:{settings.stack.lb_port};
 
         location = /lb/healthz {{
             default_type text/plain;
@@ -247,7 +248,7 @@ def _render_stage_fronts(settings: Settings, counts: dict[str, int]) -> str:
     blocks = []
     for service in STAGE_SERVICES:
         servers = "\n".join(
-            f"        server 127.0.0.1:{port} max_fails=2 fail_timeout=5s;"
+            f"        server {settings.stack.host}:{port} max_fails=2 fail_timeout=5s;"
             for port in stage_ports(settings, service, counts[service])
         )
         blocks.append(f"""
@@ -259,7 +260,7 @@ def _render_stage_fronts(settings: Settings, counts: dict[str, int]) -> str:
     }}
 
     server {{
-        listen 127.0.0.1:{stage_front_port(settings, service)};
+        listen {settings.stack.host}:{stage_front_port(settings, service)};
         location / {{
             proxy_pass http://{service};
             proxy_http_version 1.1;
@@ -303,7 +304,7 @@ def render_prometheus(settings: Settings) -> str:
         "scrape_configs": [
             {
                 "job_name": "prometheus",
-                "static_configs": [{"targets": [f"127.0.0.1:{settings.stack.prometheus_port}"]}],
+                "static_configs": [{"targets": [f"{settings.stack.host}:{settings.stack.prometheus_port}"]}],
             },
             *jobs,
         ],
@@ -336,7 +337,7 @@ def render_targets(
         ports = api_ports(settings, counts["api"])
         names = [f"api-{i}" for i in range(len(ports))]
     entries = [
-        {"targets": [f"127.0.0.1:{port}"], "labels": {"service": service, "replica": name}}
+        {"targets": [f"{settings.stack.host}:{port}"], "labels": {"service": service, "replica": name}}
         for name, port in zip(names, ports)
     ]
     return json.dumps(entries, indent=2) + "\n"

@@ -14,11 +14,14 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
 from recstack.settings import REPO_ROOT, Settings
+
+if TYPE_CHECKING:  # paths imports this module
+    from recstack.stack.paths import StackPaths
 
 SERVICE_COMMANDS: dict[str, list[str]] = {
     "redis": ["redis-server"],
@@ -251,6 +254,125 @@ def _uvicorn_program(
     )
 
 
+def _redis_program(settings: Settings, p: StackPaths, marker: dict[str, str]) -> Program:
+    """Redis on its rendered config."""
+    return Program(
+        name="redis",
+        group="redis",
+        argv=[_binary("redis-server"), str(p.redis_conf)],
+        env=marker,
+        port=settings.redis.port,
+        health=HealthCheck("redis", settings.redis.port),
+        directory=settings.run_dir,
+    )
+
+
+def _mlflow_program(settings: Settings, marker: dict[str, str]) -> Program:
+    """The MLflow tracking server and registry, on SQLite and a local artifact store."""
+    host = "127.0.0.1"
+    return Program(
+        name="mlflow",
+        group="mlflow",
+        argv=[
+            _binary("mlflow", venv=True), "server",
+            "--host", host, "--port", str(settings.mlflow.port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}",
+            "--artifacts-destination", str(settings.mlflow_dir / "artifacts"),
+        ],
+        # No job runner: it forks 7 huey consumers (~100 MB each) for features recstack
+        # does not use, and made `down` wait for them.
+        env={**marker, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        port=settings.mlflow.port,
+        health=HealthCheck("http", settings.mlflow.port, "/health"),
+        startsecs=3,
+        stopwaitsecs=15,
+        directory=settings.run_dir,
+    )
+
+
+def _prometheus_program(settings: Settings, p: StackPaths, marker: dict[str, str]) -> Program:
+    """Prometheus on its rendered config and the stack's TSDB directory."""
+    host = "127.0.0.1"
+    return Program(
+        name="prometheus",
+        group="prometheus",
+        argv=[
+            _binary("prometheus"),
+            f"--config.file={p.prometheus_conf}",
+            f"--storage.tsdb.path={p.prometheus_data}",
+            "--storage.tsdb.retention.time=7d",
+            f"--web.listen-address={host}:{settings.stack.prometheus_port}",
+            *(["--web.enable-lifecycle"] if settings.stack.prometheus_lifecycle else []),
+        ],
+        env=marker,
+        port=settings.stack.prometheus_port,
+        health=HealthCheck("http", settings.stack.prometheus_port, "/-/ready"),
+        directory=settings.run_dir,
+    )
+
+
+def _serving_replica_programs(
+    settings: Settings, counts: Mapping[str, int], env: dict[str, str]
+) -> list[Program]:
+    """The stage services' replicas, then the api's (nginx balances over both)."""
+    programs: list[Program] = []
+    for service in STAGE_SERVICES:
+        for i, port in enumerate(stage_ports(settings, service, counts[service])):
+            programs.append(_uvicorn_program(
+                f"{service}-{i}", service, SERVICE_COMMANDS[service][1], port, env))
+    for i, port in enumerate(api_ports(settings, counts["api"])):
+        programs.append(_uvicorn_program(f"api-{i}", "api", SERVICE_COMMANDS["api"][1], port,
+                                         env))
+    return programs
+
+
+def _nginx_program(settings: Settings, p: StackPaths, marker: dict[str, str]) -> Program:
+    """nginx, the load balancer in front of the replicas, on its rendered config."""
+    return Program(
+        name="nginx",
+        group="nginx",
+        argv=[
+            _binary("nginx"), "-p", str(p.nginx_dir), "-c", str(p.nginx_conf), "-e", "stderr",
+        ],
+        env=marker,
+        port=settings.stack.lb_port,
+        health=HealthCheck("tcp", settings.stack.lb_port),
+        stopsignal="QUIT",  # graceful: finish in-flight requests
+        directory=settings.run_dir,
+    )
+
+
+def _trainer_program(settings: Settings, python: str, marker: dict[str, str]) -> Program:
+    """The retraining loop: a worker without a port, given minutes to finish a run on stop."""
+    return Program(
+        name="trainer",
+        group="trainer",
+        argv=[python, *SERVICE_COMMANDS["trainer"][1:]],
+        env={**settings_env(settings), **marker},
+        port=None,
+        health=HealthCheck("process", 0),
+        startsecs=2,
+        # SIGTERM lets a run in progress finish (pipeline, training, gate), so MLflow never
+        # sees half a run; a full retraining takes minutes on 2 cores.
+        stopsignal="TERM",
+        stopwaitsecs=300,
+    )
+
+
+def _monitor_program(settings: Settings, python: str, marker: dict[str, str]) -> Program:
+    """The drift and online-CTR monitor, healthy once it serves ``/metrics``."""
+    return Program(
+        name="monitor",
+        group="monitor",
+        argv=[python, *SERVICE_COMMANDS["monitor"][1:]],
+        env={**settings_env(settings), **marker},
+        port=settings.stack.monitor_port,
+        health=HealthCheck("http", settings.stack.monitor_port, "/metrics"),
+        startsecs=2,
+        stopwaitsecs=10,
+    )
+
+
 def native_programs(
     settings: Settings, replicas: int | Replicas | None = None
 ) -> list[Program]:
@@ -266,75 +388,15 @@ def native_programs(
     counts = replica_counts(settings, replicas)
     p = stack_paths.StackPaths.of(settings)
     marker = {STACK_MARKER_ENV: str(settings.run_dir)}
-    host = "127.0.0.1"
     programs: list[Program] = [
-        Program(
-            name="redis",
-            group="redis",
-            argv=[_binary("redis-server"), str(p.redis_conf)],
-            env=marker,
-            port=settings.redis.port,
-            health=HealthCheck("redis", settings.redis.port),
-            directory=settings.run_dir,
-        ),
-        Program(
-            name="mlflow",
-            group="mlflow",
-            argv=[
-                _binary("mlflow", venv=True), "server",
-                "--host", host, "--port", str(settings.mlflow.port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}",
-                "--artifacts-destination", str(settings.mlflow_dir / "artifacts"),
-            ],
-            # No job runner: it forks 7 huey consumers (~100 MB each) for features recstack
-            # does not use, and made `down` wait for them.
-            env={**marker, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            port=settings.mlflow.port,
-            health=HealthCheck("http", settings.mlflow.port, "/health"),
-            startsecs=3,
-            stopwaitsecs=15,
-            directory=settings.run_dir,
-        ),
-        Program(
-            name="prometheus",
-            group="prometheus",
-            argv=[
-                _binary("prometheus"),
-                f"--config.file={p.prometheus_conf}",
-                f"--storage.tsdb.path={p.prometheus_data}",
-                "--storage.tsdb.retention.time=7d",
-                f"--web.listen-address={host}:{settings.stack.prometheus_port}",
-                *(["--web.enable-lifecycle"] if settings.stack.prometheus_lifecycle else []),
-            ],
-            env=marker,
-            port=settings.stack.prometheus_port,
-            health=HealthCheck("http", settings.stack.prometheus_port, "/-/ready"),
-            directory=settings.run_dir,
-        ),
+        _redis_program(settings, p, marker),
+        _mlflow_program(settings, marker),
+        _prometheus_program(settings, p, marker),
     ]
     tuning = settings.serving
     api_env = {**settings_env(settings), **tuning_env(settings, tuning), **marker}
-    for service in STAGE_SERVICES:
-        for i, port in enumerate(stage_ports(settings, service, counts[service])):
-            programs.append(_uvicorn_program(
-                f"{service}-{i}", service, SERVICE_COMMANDS[service][1], port, api_env))
-    for i, port in enumerate(api_ports(settings, counts["api"])):
-        programs.append(_uvicorn_program(f"api-{i}", "api", SERVICE_COMMANDS["api"][1], port,
-                                         api_env))
-    programs.append(
-        Program(
-            name="nginx",
-            group="nginx",
-            argv=[
-                _binary("nginx"), "-p", str(p.nginx_dir), "-c", str(p.nginx_conf), "-e", "stderr",
-            ],
-            env=marker,
-            port=settings.stack.lb_port,
-            health=HealthCheck("tcp", settings.stack.lb_port),
-            stopsignal="QUIT",  # graceful: finish in-flight requests
-            directory=settings.run_dir,
-        )
-    )
+    programs += _serving_replica_programs(settings, counts, api_env)
+    programs.append(_nginx_program(settings, p, marker))
     programs.append(
         Program(
             name="sink",
@@ -342,7 +404,7 @@ def native_programs(
             argv=[_binary("python", venv=True), *SERVICE_COMMANDS["sink"][1:]],
             # A stable consumer name: after a crash the restarted sink re-reads its own pending
             # entries first.
-            env={**api_env, "RECSTACK_SINK_CONSUMER": "sink-0"},
+            env={**api_env, "RECSTACK_SINK__CONSUMER": "sink-0"},
             port=None,
             health=HealthCheck("process", 0),
             startsecs=2,
@@ -350,33 +412,8 @@ def native_programs(
         )
     )
     python = _binary("python", venv=True)
-    programs.append(
-        Program(
-            name="trainer",
-            group="trainer",
-            argv=[python, *SERVICE_COMMANDS["trainer"][1:]],
-            env={**settings_env(settings), **marker},
-            port=None,
-            health=HealthCheck("process", 0),
-            startsecs=2,
-            # SIGTERM lets a run in progress finish (pipeline, training, gate), so MLflow never
-            # sees half a run; a full retraining takes minutes on 2 cores.
-            stopsignal="TERM",
-            stopwaitsecs=300,
-        )
-    )
-    programs.append(
-        Program(
-            name="monitor",
-            group="monitor",
-            argv=[python, *SERVICE_COMMANDS["monitor"][1:]],
-            env={**settings_env(settings), **marker},
-            port=settings.stack.monitor_port,
-            health=HealthCheck("http", settings.stack.monitor_port, "/metrics"),
-            startsecs=2,
-            stopwaitsecs=10,
-        )
-    )
+    programs.append(_trainer_program(settings, python, marker))
+    programs.append(_monitor_program(settings, python, marker))
     _check_ports(settings, programs)
     return programs
 
@@ -392,14 +429,6 @@ def _check_ports(settings: Settings, programs: list[Program]) -> None:
                 f"port {program.port} is configured for both {other} and {program.name}; "
                 "change RECSTACK_STACK__* / RECSTACK_REDIS__PORT / RECSTACK_MLFLOW__PORT"
             )
-
-
-def programs_by_service(programs: list[Program]) -> dict[str, list[Program]]:
-    """Programs grouped by service, in start order."""
-    out: dict[str, list[Program]] = {}
-    for program in programs:
-        out.setdefault(program.group, []).append(program)
-    return out
 
 
 def base_env() -> dict[str, str]:

@@ -206,7 +206,7 @@ def run(settings: Settings, console: Console | None = None) -> dict[str, object]
     console = console or Console()
     out_dir = settings.bench_dir / "serving"
     figures: dict[str, object] = {}
-    host = f"http://127.0.0.1:{settings.stack.lb_port}"
+    host = f"http://{settings.stack.host}:{settings.stack.lb_port}"
     try:
         for mode in MODES:
             s = in_mode(settings, mode)

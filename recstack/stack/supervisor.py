@@ -63,7 +63,7 @@ class Supervisor:
         # Never create the secret here: a stack that was never rendered has no supervisord.
         password = self.paths.secret.read_text().strip() if self.paths.secret.exists() else "-"
         url = (
-            f"http://{SUPERVISOR_USER}:{password}@127.0.0.1:"
+            f"http://{SUPERVISOR_USER}:{password}@{self.settings.stack.host}:"
             f"{self.settings.stack.supervisor_port}/RPC2"
         )
         transport = _TimeoutTransport(timeout_s or self._timeout_s)
@@ -77,7 +77,7 @@ class Supervisor:
             return False
         except (xmlrpc.client.ProtocolError, http.client.HTTPException) as exc:
             raise StackError(
-                f"127.0.0.1:{self.settings.stack.supervisor_port} answers but is not this stack's "
+                f"{self.settings.stack.host}:{self.settings.stack.supervisor_port} answers but is not this stack's "
                 f"supervisord ({exc}); another RECSTACK_HOME may be running "
                 "there: set RECSTACK_STACK__SUPERVISOR_PORT"
             ) from exc

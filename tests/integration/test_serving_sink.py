@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.redis]
 def _sink(home: Path, port: int, log: Path) -> subprocess.Popen:
     env = {
         **os.environ, "RECSTACK_HOME": str(home), "RECSTACK_REDIS__PORT": str(port),
-        "RECSTACK_SINK_CONSUMER": "sink-0", "RECSTACK_SINK_ACK_DELAY_S": "0.3",
+        "RECSTACK_SINK__CONSUMER": "sink-0", "RECSTACK_SINK__ACK_DELAY_S": "0.3",
     }
     return subprocess.Popen(
         [sys.executable, "-m", "serving.sink"], env=env, cwd=REPO_ROOT,

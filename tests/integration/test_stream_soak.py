@@ -87,7 +87,7 @@ def test_redis_memory_stays_flat_and_every_accepted_event_lands_once(tmp_path: P
     home = tmp_path / "home"
     redis_proc = start_redis(redis_port, tmp_path)
     env = {**os.environ, "RECSTACK_HOME": str(home), "RECSTACK_REDIS__PORT": str(redis_port),
-           "RECSTACK_REDIS__GENERATE_PASSWORD": "false", "RECSTACK_SINK_CONSUMER": "soak",
+           "RECSTACK_REDIS__GENERATE_PASSWORD": "false", "RECSTACK_SINK__CONSUMER": "soak",
            "RECSTACK_EVENTS__STREAM_RETENTION": RETENTION}
     sink = subprocess.Popen([sys.executable, "-m", "serving.sink"], env=env, cwd=REPO_ROOT,
                             stdout=(tmp_path / "sink.log").open("ab"),
