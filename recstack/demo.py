@@ -118,12 +118,16 @@ def print_demo_result(result: DemoResult, console: Console) -> None:
         console.print(f"promotion gate: {verdict} ({result.training.gate_reason})")
     if result.load is not None:
         r = result.load
-        load = Table("requests", "errors", "shed (503)", "RPS", "p50 ms", "p95 ms", "p99 ms",
-                     "all requests (+ POST /events)", "all failures",
-                     title=f"Locust through nginx: GET {r.row}")
-        load.add_row(f"{r.requests:,}", f"{r.errors:,}", f"{r.shed:,}", f"{r.rps:.1f}",
-                     f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}",
-                     f"{r.total_requests:,}", f"{r.total_failures:,}")
+        # One row per figure: readable at 80 columns (a non-TTY's width), unlike nine columns.
+        load = Table("load (Locust through nginx)", "value", title=f"GET {r.row}")
+        for label, value in (
+            ("requests", f"{r.requests:,}"), ("errors", f"{r.errors:,}"),
+            ("shed (503 + Retry-After)", f"{r.shed:,}"), ("RPS", f"{r.rps:.1f}"),
+            ("p50 / p95 / p99 ms", f"{r.p50_ms:.0f} / {r.p95_ms:.0f} / {r.p99_ms:.0f}"),
+            ("all requests (+ POST /events)", f"{r.total_requests:,}"),
+            ("all failures", f"{r.total_failures:,}"),
+        ):
+            load.add_row(label, value)
         console.print(load)
     urls = Table("what", "URL", title="the stack is up (recstack down stops it)")
     for name, url in result.urls.items():
