@@ -7,14 +7,16 @@ In:  the event stream (CTR, coverage, popularity, event integrity), the online s
      (scores, candidate sources), MLflow (the champion and its ``feature_reference.json``),
      the pipeline's manifest (freshness, failures).
 Out: Prometheus gauges (see :class:`MonitorMetrics`), log lines, ``recstack retrain`` runs.
+
+:class:`DriftChecks` measures (one part per source); :class:`DriftMonitor` turns its signals
+into alerts and retrainings (run by :class:`monitoring.retraining.RetrainRunner`) and follows
+a CTR drop until it recovers (:class:`monitoring.episodes.EpisodeTracker`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -22,7 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -30,10 +32,13 @@ from prometheus_client import Counter as PCounter
 
 from monitoring import events as ev
 from monitoring import references as refs
+from monitoring.ctr import CtrCheck
+from monitoring.episodes import EpisodeTracker
+from monitoring.retraining import Retrainer, RetrainRunner, retrain_subprocess
 from monitoring.stats import psi_against_reference, psi_samples, share_psi
 from monitoring.trigger import AlertState, Cooldown, Signal, cause_of
 from recstack.schemas import RETRAIN_HOLD_FILE
-from recstack.settings import REPO_ROOT, MonitorSettings, Settings
+from recstack.settings import MonitorSettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -114,100 +119,53 @@ class CheckResult:
     held_cause: str | None = None
 
 
-Retrainer = Callable[[str], int]
+class DriftChecks:
+    """What one check measures, each source in its own part (a failing part is counted and
+    logged, the others still run): the champion's references, the event stream (CTR, event
+    integrity, catalogue coverage), the online store (feature PSI, skew), sampled API answers
+    (score and source mix) and the pipeline's manifest. Figures go to the gauges and the
+    check's ``values``, verdicts to its ``signals``.
 
-
-def retrain_subprocess(timeout_s: float) -> Retrainer:
-    """``python -m recstack.cli retrain`` in a child process; returns its exit code."""
-    def run(cause: str) -> int:
-        cmd = [sys.executable, "-m", "recstack.cli", "retrain"]
-        logger.warning("retraining (%s): %s", cause, " ".join(cmd))
-        try:
-            proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
-                                  timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            logger.error("retraining took longer than %.0fs", timeout_s)
-            return 124
-        if proc.returncode:
-            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-            logger.error("retraining exited %d: %s", proc.returncode, tail)
-        return proc.returncode
-    return run
-
-
-class DriftMonitor:
-    """Checks drift on demand (``check``); ``run_forever`` calls it every ``interval_s``.
-
-    Every dependency is injectable so experiments can drive it on simulated time: ``clock``
-    (seconds, for the cool-down), ``retrainer`` (default: the subprocess), ``sample_api``
-    (``users -> list of answers``), ``store`` (Feast), ``redis`` (the event stream).
+    ``on_new_champion`` is called when the champion changes (the monitor resets its alerts).
     """
 
-    def __init__(self, settings: Settings, *, redis: Any, store: Any | None = None,
-                 sample_api: Callable[[list[int]], list[dict[str, Any]]] | None = None,
-                 retrainer: Retrainer | None = None, clock: Callable[[], float] = time.time,
-                 background_retrain: bool = True, metrics: MonitorMetrics | None = None,
-                 reference_loader: Callable[[], refs.ChampionReference | None] | None = None,
-                 ) -> None:
+    def __init__(self, settings: Settings, metrics: MonitorMetrics, *, redis: Any,
+                 store: Any | None, sample_api: Callable[[list[int]], list[dict[str, Any]]] | None,
+                 reference_loader: Callable[[], refs.ChampionReference | None] | None,
+                 ctr_check: CtrCheck, on_new_champion: Callable[[], None]) -> None:
         self.settings = settings
         self.cfg: MonitorSettings = settings.monitor
+        self.metrics = metrics
         self.redis = redis
         self.store = store
         self.sample_api = sample_api
-        self.retrainer = retrainer or retrain_subprocess(self.cfg.retrain_timeout_s)
-        self.clock = clock
-        self.background_retrain = background_retrain
-        self.metrics = metrics or MonitorMetrics()
         self.load_reference = reference_loader or (
             lambda: refs.load_champion(settings, known=self.reference))
-        self.alerts = AlertState(self.cfg.consecutive)
-        self.cooldown = Cooldown(self.cfg.cooldown_s)
-        self.ctr = ev.CtrTracker(self.cfg.ctr_baseline_impressions, self.cfg.ctr_window_impressions)
-        self.segment_ctr = ev.SegmentCtr(self.cfg.ctr_segment_window_impressions,
-                                        self.cfg.ctr_segment_baseline_impressions)
+        self.on_new_champion = on_new_champion
+        self.ctr_check = ctr_check
         self._segments: dict[int, str] | None = None  # user id -> segment (lake users.parquet)
         self.last_id = "0-0"
         self.reference: refs.ChampionReference | None = None
         self.output_reference: dict[str, Any] | None = None  # scores and sources at burn-in
         self.last_materialized_until: Any = None
-        self.retrain_thread: threading.Thread | None = None
-        self.history: list[CheckResult] = []
-        # A CTR drop being worked on: {"baseline": CTR before the drop, "retrains": n, "day":
-        # the day of the last retraining, "segment": the segment that dropped or None: all}.
-        self.episode: dict[str, Any] | None = None
         # Users and items seen in recent checks: the population the feature checks sample.
         self.recent_users: deque[int] = deque(maxlen=5000)
 
-    # -- one check ------------------------------------------------------------------------
-    def check(self) -> CheckResult:
-        result = CheckResult(at=self.clock())
-        self.metrics.checks.inc()
-        self.metrics.last_check.set(time.time())
+    def run(self, result: CheckResult, check_no: int) -> None:
+        """Every part of check number ``check_no`` (the count of earlier checks: it seeds the
+        samples and paces the segment refresh), into ``result``."""
         self._part("reference", self._reference)
-        batch = self._part("events", self._events) or ev.EventBatch()
-        self._part("ctr", lambda: self._ctr(batch, result))
+        batch = self._part("events", lambda: self._events(check_no)) or ev.EventBatch()
+        self._part("ctr", lambda: self.ctr_check.measure(batch, result))
         self._part("integrity", lambda: self._integrity(batch, result))
         # Read once per check: the coverage and the item feature sample both need it.
         catalogue = self._part("catalogue", lambda: refs.catalogue_ids(self.settings))
         catalogue = catalogue if catalogue is not None else np.zeros(0, dtype=np.int64)
         self._part("mix", lambda: self._coverage(batch, catalogue, result))
-        self._part("features", lambda: self._features(batch, catalogue, result))
-        self._part("outputs", lambda: self._outputs(batch, result))
+        self._part("features", lambda: self._features(batch, catalogue, result, check_no))
+        self._part("outputs", lambda: self._outputs(batch, result, check_no))
         self._part("pipeline", self._pipeline)
-        self._part("skew", lambda: self._skew(result))
-        alerting = self.alerts.update(result.signals)
-        result.alerting = [s.name for s in alerting]
-        if not self.data_problems(result) and any(
-                s.name.startswith("events_") for s in result.signals):
-            self.set_hold(None)  # the events are healthy again
-        for s in result.signals:
-            self.metrics.alert.labels(signal=s.name).set(1 if s.name in result.alerting else 0)
-        if alerting:
-            self._maybe_retrain(alerting, result)
-        if self.episode is not None and result.retrain_cause is None:
-            self._follow_up(result)
-        self.history.append(result)
-        return result
+        self._part("skew", lambda: self._skew(result, check_no))
 
     def _part(self, name: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -225,7 +183,7 @@ class DriftMonitor:
             logger.info("monitor: champion %s (was %s)", ref.key,
                         self.reference.key if self.reference else None)
             self.output_reference = None
-            self.alerts.reset()
+            self.on_new_champion()
             with warnings.catch_warnings():  # feast sets PROMETHEUS_MULTIPROC_DIR on import
                 warnings.simplefilter("ignore", UserWarning)
                 self.metrics.model_created.clear()
@@ -235,43 +193,14 @@ class DriftMonitor:
                     version=version).set(ref.created_s[kind])
         self.reference = ref
 
-    def _events(self) -> ev.EventBatch:
+    def _events(self, check_no: int) -> ev.EventBatch:
         rows, self.last_id = ev.read_stream(self.redis, self.last_id)
         segment_of = None
         if self.cfg.ctr_segment_by:
-            if self._segments is None or len(self.history) % 24 == 0:  # new users join
+            if self._segments is None or check_no % 24 == 0:  # new users join
                 self._segments = user_segments(self.settings, self.cfg.ctr_segment_by)
             segment_of = self._segments.get
         return ev.EventBatch.from_events(rows, segment_of)
-
-    def _ctr(self, batch: ev.EventBatch, result: CheckResult) -> None:
-        self.ctr.add(batch)
-        ratio, z = self.ctr.signal()
-        imps, _ = self.ctr.window_counts
-        m = self.metrics
-        m.ctr.set(self.ctr.window_ctr)
-        m.ctr_baseline.set(self.ctr.baseline_ctr)
-        m.ctr_ratio.set(ratio)
-        m.ctr_z.set(z)
-        m.window_imps.set(imps)
-        result.values.update(ctr=self.ctr.window_ctr, ctr_baseline=self.ctr.baseline_ctr,
-                             ctr_ratio=ratio, ctr_z=z)
-        # Both: the drop is large (ratio) and not noise (z).
-        result.signals.append(Signal(
-            "online_ctr_ratio", ev.drop_signal_value(ratio, z, self.cfg.ctr_drop, self.cfg.ctr_z),
-            1 - self.cfg.ctr_drop, above=False))
-        if not self.cfg.ctr_segment_by:
-            return
-        self.segment_ctr.add(batch)
-        for seg, (r, _) in self.segment_ctr.signals().items():
-            m.segment_ctr_ratio.labels(segment=seg).set(r)
-        seg, r, z = self.segment_ctr.worst()
-        if seg is not None:
-            result.values.update(ctr_segment_ratio=r, ctr_segment_z=z)
-            result.signals.append(Signal(
-                f"online_ctr_ratio_{self.cfg.ctr_segment_by}",
-                ev.drop_signal_value(r, z, self.cfg.ctr_drop, self.cfg.ctr_segment_z),
-                1 - self.cfg.ctr_drop, above=False, detail=f"{self.cfg.ctr_segment_by}={seg}"))
 
     def _integrity(self, batch: ev.EventBatch, result: CheckResult) -> None:
         if not batch.events:
@@ -293,21 +222,13 @@ class DriftMonitor:
         self.metrics.popularity.set(pop)
         result.values.update(coverage=cov, popularity_share=pop)
 
-    def _features(self, batch: ev.EventBatch, catalogue: np.ndarray, result: CheckResult
-                  ) -> None:
+    def _features(self, batch: ev.EventBatch, catalogue: np.ndarray, result: CheckResult,
+                  check_no: int) -> None:
         if self.store is None or self.reference is None or not self.reference.features:
             return
-        # Users per impression, as in the reference (every impression of the champion's
-        # holdout day): an active user weighs more; sampled with replacement from the recent
-        # impressions. Items uniformly from the catalogue, as the reference has each item once:
-        # weighted by impressions, item features would move whenever the serving policy shows
-        # other items (a new champion), drift or not.
-        rng = np.random.default_rng(len(self.history))
         self.recent_users.extend(batch.user_impressions)
-        users = [int(u) for u in rng.choice(np.array(self.recent_users, dtype=np.int64),
-                                            self.cfg.sample_users)] if self.recent_users else []
-        items = [int(i) for i in rng.choice(catalogue, min(self.cfg.sample_items, len(catalogue)),
-                                            replace=False)] if len(catalogue) else []
+        users, items = _feature_sample(np.random.default_rng(check_no), self.recent_users,
+                                      catalogue, self.cfg.sample_users, self.cfg.sample_items)
         if len(users) + len(items) == 0:
             return
         from monitoring.features import online_features
@@ -322,10 +243,10 @@ class DriftMonitor:
             result.values[f"psi_{name}"] = value
             result.signals.append(Signal(f"psi_{name}", value, self.cfg.psi_threshold))
 
-    def _outputs(self, batch: ev.EventBatch, result: CheckResult) -> None:
+    def _outputs(self, batch: ev.EventBatch, result: CheckResult, check_no: int) -> None:
         if self.sample_api is None or not batch.users:
             return
-        rng = np.random.default_rng(10_000 + len(self.history))
+        rng = np.random.default_rng(10_000 + check_no)
         users = [int(u) for u in rng.permutation(sorted(batch.users))[:20]]
         answers = self.sample_api(users)
         scores = [float(i["score"]) for a in answers for i in a.get("items", [])]
@@ -357,17 +278,133 @@ class DriftMonitor:
                 self.last_materialized_until = state.materialized_until
                 self.metrics.materialized.set(state.manifest_mtime or time.time())
 
-    def _skew(self, result: CheckResult) -> None:
+    def _skew(self, result: CheckResult, check_no: int) -> None:
         """Online values of sampled recent users vs the offline rows as of the end of the last
         materialization (what the online store should hold)."""
         if self.store is None or self.last_materialized_until is None or not self.recent_users:
             return
-        rng = np.random.default_rng(20_000 + len(self.history))
+        rng = np.random.default_rng(20_000 + check_no)
         users = sorted({int(u) for u in rng.choice(np.array(self.recent_users), 50)})
         ratio, n = self.skew_check(users, self.last_materialized_until)
         result.values["skew_mismatch_ratio"] = ratio
         if n:
             result.signals.append(Signal("skew_mismatch_ratio", ratio, MAX_SKEW))
+
+    def skew_check(self, user_ids: list[int], as_of: Any) -> tuple[float, int]:
+        from monitoring.features import skew
+
+        ratio, n = skew(self.settings, self.store, user_ids, as_of)
+        self.metrics.skew.set(ratio)
+        self.metrics.skew_n.set(n)
+        return ratio, n
+
+
+def _feature_sample(rng: np.random.Generator, recent_users: deque[int], catalogue: np.ndarray,
+                   n_users: int, n_items: int) -> tuple[list[int], list[int]]:
+    """(users, items) whose online feature values a check compares with the reference.
+
+    Users per impression, as in the reference (every impression of the champion's holdout
+    day): an active user weighs more; sampled with replacement from the recent impressions.
+    Items uniformly from the catalogue, as the reference has each item once: weighted by
+    impressions, item features would move whenever the serving policy shows other items (a
+    new champion), drift or not.
+    """
+    users = [int(u) for u in rng.choice(np.array(recent_users, dtype=np.int64),
+                                        n_users)] if recent_users else []
+    items = [int(i) for i in rng.choice(catalogue, min(n_items, len(catalogue)),
+                                        replace=False)] if len(catalogue) else []
+    return users, items
+
+
+T = TypeVar("T")
+
+
+class _HeldBy(Generic[T]):
+    """An attribute of the monitor that one of its parts holds, read and written through: the
+    monitor keeps every attribute it had before the parts were split out (experiments set
+    ``last_id``, tests read ``episode``)."""
+
+    def __init__(self, part: str, name: str = "") -> None:
+        self.part, self.name = part, name
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = self.name or name
+
+    def __get__(self, monitor: Any, owner: type | None = None) -> T:
+        if monitor is None:
+            return self  # type: ignore[return-value]  # on the class: the descriptor
+        return getattr(getattr(monitor, self.part), self.name)
+
+    def __set__(self, monitor: Any, value: T) -> None:
+        setattr(getattr(monitor, self.part), self.name, value)
+
+
+class DriftMonitor:
+    """Checks drift on demand (``check``); ``run_forever`` calls it every ``interval_s``.
+
+    Every dependency is injectable so experiments can drive it on simulated time: ``clock``
+    (seconds, for the cool-down), ``retrainer`` (default: the subprocess), ``sample_api``
+    (``users -> list of answers``), ``store`` (Feast), ``redis`` (the event stream).
+    """
+
+    redis: _HeldBy[Any] = _HeldBy("checks")
+    store: _HeldBy[Any | None] = _HeldBy("checks")
+    sample_api: _HeldBy[Callable[[list[int]], list[dict[str, Any]]] | None] = _HeldBy("checks")
+    load_reference: _HeldBy[Callable[[], refs.ChampionReference | None]] = _HeldBy("checks")
+    ctr: _HeldBy[ev.CtrTracker] = _HeldBy("ctr_check")
+    segment_ctr: _HeldBy[ev.SegmentCtr] = _HeldBy("ctr_check")
+    last_id: _HeldBy[str] = _HeldBy("checks")
+    reference: _HeldBy[refs.ChampionReference | None] = _HeldBy("checks")
+    output_reference: _HeldBy[dict[str, Any] | None] = _HeldBy("checks")
+    last_materialized_until: _HeldBy[Any] = _HeldBy("checks")
+    recent_users: _HeldBy[deque[int]] = _HeldBy("checks")
+    retrainer: _HeldBy[Retrainer] = _HeldBy("runner")
+    background_retrain: _HeldBy[bool] = _HeldBy("runner", "background")
+    retrain_thread: _HeldBy[threading.Thread | None] = _HeldBy("runner", "thread")
+    # A CTR drop being worked on (see EpisodeTracker), None: none.
+    episode: _HeldBy[dict[str, Any] | None] = _HeldBy("episodes")
+
+    def __init__(self, settings: Settings, *, redis: Any, store: Any | None = None,
+                 sample_api: Callable[[list[int]], list[dict[str, Any]]] | None = None,
+                 retrainer: Retrainer | None = None, clock: Callable[[], float] = time.time,
+                 background_retrain: bool = True, metrics: MonitorMetrics | None = None,
+                 reference_loader: Callable[[], refs.ChampionReference | None] | None = None,
+                 ) -> None:
+        self.settings = settings
+        self.cfg: MonitorSettings = settings.monitor
+        self.clock = clock
+        self.metrics = metrics or MonitorMetrics()
+        self.alerts = AlertState(self.cfg.consecutive)
+        self.cooldown = Cooldown(self.cfg.cooldown_s)
+        # The CTR trackers: fed by the checks, followed by the episodes.
+        self.ctr_check = CtrCheck(self.cfg, self.metrics)
+        self.checks = DriftChecks(settings, self.metrics, redis=redis, store=store,
+                                  sample_api=sample_api, reference_loader=reference_loader,
+                                  ctr_check=self.ctr_check, on_new_champion=self.alerts.reset)
+        self.runner = RetrainRunner(retrainer or retrain_subprocess(self.cfg.retrain_timeout_s),
+                                    self.metrics, background=background_retrain)
+        self.episodes = EpisodeTracker(self.cfg, self.ctr_check)
+        self.history: list[CheckResult] = []
+
+    # -- one check ------------------------------------------------------------------------
+    def check(self) -> CheckResult:
+        result = CheckResult(at=self.clock())
+        self.metrics.checks.inc()
+        self.metrics.last_check.set(time.time())
+        self.checks.run(result, len(self.history))
+        alerting = self.alerts.update(result.signals)
+        result.alerting = [s.name for s in alerting]
+        if not self.data_problems(result) and any(
+                s.name.startswith("events_") for s in result.signals):
+            self.set_hold(None)  # the events are healthy again
+        for s in result.signals:
+            self.metrics.alert.labels(signal=s.name).set(1 if s.name in result.alerting else 0)
+        if alerting:
+            self._maybe_retrain(alerting, result)
+        if self.episode is not None and result.retrain_cause is None:
+            self._follow_up(result)
+        self.history.append(result)
+        return result
 
     # -- retraining -----------------------------------------------------------------------
     def data_problems(self, result: CheckResult) -> list[str]:
@@ -375,104 +412,61 @@ class DriftMonitor:
         return [n for n in result.alerting if n.startswith("events_")]
 
     def _maybe_retrain(self, alerting: list[Signal], result: CheckResult) -> None:
-        cause = cause_of(alerting)
-        problems = self.data_problems(result)
-        if problems:
-            result.held_cause = cause
-            self.set_hold(cause)
-            logger.error("monitor: event integrity alert (%s): retraining held until the "
-                         "upstream data is fixed", cause)
-            return
-        allowed = [s for s in alerting
-                   if any(s.name.startswith(p) for p in self.cfg.retrain_signals)]
+        allowed = self._retrain_signals(alerting, result)
         if not allowed:
-            logger.warning("monitor: drift alert (%s); none of its signals starts a retraining "
-                           "(monitor.retrain_signals)", cause)
             return
-        alerting, cause = allowed, cause_of(allowed)
+        cause = cause_of(allowed)
         if not self.cfg.retrain:
             logger.warning("monitor: drift (%s); retraining disabled", cause)
             return
-        if self.retrain_thread is not None and self.retrain_thread.is_alive():
+        if self.runner.busy:
             return
         now = self.clock()
         if not self.cooldown.fire(now):
             logger.info("monitor: drift (%s); cool-down, %.0fs left", cause,
                         self.cooldown.remaining(now))
             return
-        label = ",".join(s.name for s in alerting)
-        if "online_ctr_ratio" in label and self.episode is None:
-            # The episode follows the CTR that dropped: everyone's, else the worst segment's.
-            names = {s.name for s in alerting}
-            seg = None if "online_ctr_ratio" in names else self.segment_ctr.worst()[0]
-            tracker = self.ctr if seg is None else self.segment_ctr.trackers[seg]
-            self.episode = {"baseline": tracker.baseline_ctr, "retrains": 0, "segment": seg}
-        if self.episode is not None:
-            self.episode["retrains"] += 1
-            self.episode["day"] = _day(now)
-        self.metrics.retrains.labels(cause=label).inc()
+        self.episodes.on_retrain(allowed, now)
+        self.metrics.retrains.labels(cause=",".join(s.name for s in allowed)).inc()
         result.retrain_cause = cause
         logger.warning("monitor: drift detected (%s): retraining", cause)
-        if self.background_retrain:
-            self.retrain_thread = threading.Thread(target=self._run_retrain, args=(cause,),
-                                                   name="retrain", daemon=True)
-            self.retrain_thread.start()
-        else:
-            self._run_retrain(cause)
+        self.runner.start(cause)
+
+    def _retrain_signals(self, alerting: list[Signal], result: CheckResult) -> list[Signal]:
+        """The alerting signals that may start a retraining (``monitor.retrain_signals``);
+        none while the events are broken (the retraining is held: the hold file names why)."""
+        cause = cause_of(alerting)
+        if self.data_problems(result):
+            result.held_cause = cause
+            self.set_hold(cause)
+            logger.error("monitor: event integrity alert (%s): retraining held until the "
+                         "upstream data is fixed", cause)
+            return []
+        allowed = [s for s in alerting
+                   if any(s.name.startswith(p) for p in self.cfg.retrain_signals)]
+        if not allowed:
+            logger.warning("monitor: drift alert (%s); none of its signals starts a retraining "
+                           "(monitor.retrain_signals)", cause)
+        return allowed
 
     def _follow_up(self, result: CheckResult) -> None:
-        """During a CTR episode: done once the window CTR (of whatever version serves now) is
-        back within ``ctr_drop`` of the level before the drop; else retrain again when the
-        cool-down allows and ``episode_new_day_hours`` of a day after the episode's last
-        retraining have passed, up to ``max_episode_retrains``. (Labels and the gate's holdout
-        are whole days, the newest one held out: a retraining on the same day, or before any
-        of the next day exists, trains on the same days as the last, so it can only repeat it.
-        In the drift experiment it did: the same AUC to four digits, rejected.)"""
-        assert self.episode is not None
-        seg = self.episode.get("segment")
-        tracker = self.ctr if seg is None else self.segment_ctr.trackers[seg]
-        imps, _ = tracker.window_counts
-        if imps < tracker.window_impressions:
-            return  # a new champion's window is not full yet
-        level = tracker.window_ctr / self.episode["baseline"]
-        result.values["ctr_vs_pre_drop"] = level
-        if level >= 1 - self.cfg.ctr_drop:
-            logger.warning("monitor: online CTR%s recovered to %.0f%% of its level before the "
-                           "drop after %d retraining(s)", f" of {seg}" if seg else "",
-                           100 * level, self.episode["retrains"])
-            self.episode = None
+        """During a CTR episode: done once the CTR recovered; else retrain again when the
+        episode is due (:class:`EpisodeTracker`), the cool-down allows, no retraining runs and
+        none is held."""
+        level = self.episodes.check_recovery(result)
+        if level is None:
+            return  # the window is not full yet, or the CTR recovered (the episode ended)
+        now = self.clock()
+        if (not self.episodes.due_for_retrain(now) or self.runner.busy
+                or not self.cooldown.ready(now) or not self.cfg.retrain
+                or self.hold_path.exists()):
             return
-        if self.episode["retrains"] >= self.cfg.max_episode_retrains:
-            return
-        if (self.retrain_thread is not None and self.retrain_thread.is_alive()) \
-                or not self.cooldown.ready(self.clock()) or not self.cfg.retrain \
-                or self.hold_path.exists() or _day(
-                    self.clock() - 3600 * self.cfg.episode_new_day_hours
-                ) <= self.episode.get("day", -1):
-            return
-        self.cooldown.fire(self.clock())
-        self.episode["retrains"] += 1
-        self.episode["day"] = _day(self.clock())
-        cause = (f"online CTR{f' of {seg}' if seg else ''} not recovered: {level:.2f} of its "
-                 f"level before the drop")
+        self.cooldown.fire(now)
+        cause = self.episodes.retrain_again(level, now)
         result.retrain_cause = cause
         self.metrics.retrains.labels(cause="ctr_not_recovered").inc()
         logger.warning("monitor: %s: retraining again", cause)
-        if self.background_retrain:
-            self.retrain_thread = threading.Thread(target=self._run_retrain, args=(cause,),
-                                                   name="retrain", daemon=True)
-            self.retrain_thread.start()
-        else:
-            self._run_retrain(cause)
-
-    def _run_retrain(self, cause: str) -> None:
-        self.metrics.retrain_running.set(1)
-        try:
-            code = self.retrainer(cause)
-        finally:
-            self.metrics.retrain_running.set(0)
-        self.metrics.retrain_exit.set(code)
-        logger.info("monitor: retraining for (%s) exited %d", cause, code)
+        self.runner.start(cause)
 
     @property
     def hold_path(self) -> Path:
@@ -491,17 +485,7 @@ class DriftMonitor:
 
     # -- skew ----------------------------------------------------------------------------
     def skew_check(self, user_ids: list[int], as_of: Any) -> tuple[float, int]:
-        from monitoring.features import skew
-
-        ratio, n = skew(self.settings, self.store, user_ids, as_of)
-        self.metrics.skew.set(ratio)
-        self.metrics.skew_n.set(n)
-        return ratio, n
-
-
-def _day(at: float) -> int:
-    """The UTC day number of a clock reading (unix seconds)."""
-    return int(at // 86_400)
+        return self.checks.skew_check(user_ids, as_of)
 
 
 def user_segments(settings: Settings, column: str) -> dict[int, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -68,12 +68,51 @@ def create_app(
         quiet_third_party()
         configure_logging(settings.log_level, settings.log_json)
     metrics = ServingMetrics()
+    experiment = _experiment_of(role, experiment, settings, metrics)
+
+    title = {"api": "recstack API", "candidates": "recstack candidates",
+             "ranking": "recstack ranking"}[role]
+    lifespan = _lifespan(settings, tuning, metrics, role, resources, experiment)
+    app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.tuning = tuning
+    app.state.experiment = experiment
+    if resources is not None and resources.budgets is None:
+        resources.budgets = budgets_of(settings, tuning)
+        resources.rebuild()
+    app.state.resources = resources or Resources(
+        n_candidates=settings.serving.n_candidates, budgets=budgets_of(settings, tuning), role=role
+    )
+    # Read at scrape time from the resources of the moment (the lifespan swaps in live ones).
+    metrics.track_item_feature_share(lambda: app.state.resources.item_feature_share())
+    _include_routers(app, role)
+    app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    _add_middleware(app, settings, tuning, metrics)
+    return app
+
+
+def _experiment_of(role: Role, experiment: Experiment | None, settings: Settings,
+                   metrics: ServingMetrics) -> Experiment | None:
+    """The API's online experiment (``experiment``, else the one of ``settings.ab``), wired to
+    the metrics; the split-mode stage services run none."""
     if role == "api" and experiment is None:
         experiment = build_experiment(settings.ab, settings.mlflow.serving_alias)
     if role != "api":
         experiment = None
     if experiment is not None:
         _wire_experiment(experiment, settings, metrics)
+    return experiment
+
+
+def _lifespan(
+    settings: Settings, tuning: ServingSettings, metrics: ServingMetrics, role: Role,
+    resources: Resources | None, experiment: Experiment | None,
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the shadow runner around either the given ``resources`` (no
+    background work) or live ones (Redis, the maintainer, the experiment's arm loader)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,21 +133,11 @@ def create_app(
             if experiment is not None and experiment.shadow is not None:
                 experiment.shadow.stop()
 
-    title = {"api": "recstack API", "candidates": "recstack candidates",
-             "ranking": "recstack ranking"}[role]
-    app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.tuning = tuning
-    app.state.experiment = experiment
-    if resources is not None and resources.budgets is None:
-        resources.budgets = budgets_of(settings, tuning)
-        resources.rebuild()
-    app.state.resources = resources or Resources(
-        n_candidates=settings.serving.n_candidates, budgets=budgets_of(settings, tuning), role=role
-    )
-    # Read at scrape time from the resources of the moment (the lifespan swaps in live ones).
-    metrics.track_item_feature_share(lambda: app.state.resources.item_feature_share())
+    return lifespan
+
+
+def _include_routers(app: FastAPI, role: Role) -> None:
+    """The routes of ``role``, and the health routes every role has."""
     if role == "api":
         app.include_router(recommendations.router)
         app.include_router(events.router)
@@ -118,9 +147,12 @@ def create_app(
     else:
         app.include_router(stages.ranking_router)
     app.include_router(health.router)
-    app.add_exception_handler(ServingError, _serving_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+
+
+def _add_middleware(app: FastAPI, settings: Settings, tuning: ServingSettings,
+                    metrics: ServingMetrics) -> None:
+    """Body size limit, concurrency limit, request metrics (each added one wraps the ones
+    added before it)."""
     app.add_middleware(BodySizeLimitMiddleware, metrics=metrics,
                        max_bytes=settings.events.max_body_bytes)
     # Added last = outermost: shed 503s are timed and counted like every other response.
@@ -131,7 +163,6 @@ def create_app(
         min_busy=tuning.queue_shed_min_busy,
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    return app
 
 
 def _wire_experiment(exp: Experiment, settings: Settings, metrics: ServingMetrics) -> None:

@@ -29,7 +29,18 @@ class ServingMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        # In this order: the registry exports the families in the order they were registered.
+        self._add_request_metrics(self.registry)
+        self._add_event_metrics(self.registry)
+        self._add_model_metrics(self.registry)
+        self._add_load_metrics(self.registry)
+        self._add_breaker_metrics(self.registry)
+        self._add_recommendation_metrics(self.registry)
+        self._add_experiment_metrics(self.registry)
+        self._add_feature_metrics(self.registry)
+
+    def _add_request_metrics(self, r: CollectorRegistry) -> None:
+        """Latency by route and by stage, outcomes by status code, degraded answers."""
         self.request_duration = Histogram(
             "recstack_request_duration_seconds", "HTTP request latency by route template.",
             ["route"], buckets=REQUEST_BUCKETS, registry=r,
@@ -46,6 +57,11 @@ class ServingMetrics:
             "recstack_degraded", "Recommendations served in a degraded mode, by reason.",
             ["reason"], registry=r,
         )
+        for stage in STAGES:  # export zeroed series so dashboards see every stage from start
+            self.stage_duration.labels(stage=stage)
+
+    def _add_event_metrics(self, r: CollectorRegistry) -> None:
+        """POST /events: events stored, requests refused."""
         self.events_accepted = Counter(
             "recstack_events_accepted", "Events appended to the event stream.", registry=r,
         )
@@ -55,6 +71,9 @@ class ServingMetrics:
             "recstack_events_rejected", "POST /events requests refused, by reason.", ["reason"],
             registry=r,
         )
+
+    def _add_model_metrics(self, r: CollectorRegistry) -> None:
+        """The model versions served, and the users the candidate model has no embedding for."""
         self.model_info = Gauge(
             "recstack_model_info", "Model versions this replica serves (value 1).",
             ["model", "version"], registry=r,
@@ -62,6 +81,9 @@ class ServingMetrics:
         self.cold_start = Counter(
             "recstack_cold_start", "Recommendations for users without an embedding.", registry=r,
         )
+
+    def _add_load_metrics(self, r: CollectorRegistry) -> None:
+        """Concurrency: requests in flight, requests shed at the limit."""
         self.in_flight = Gauge(
             "recstack_in_flight_requests", "Requests this replica is working on now.", registry=r,
         )
@@ -69,6 +91,9 @@ class ServingMetrics:
             "recstack_shed_requests", "Requests refused with 503 at the concurrency limit.",
             ["route"], registry=r,
         )
+
+    def _add_breaker_metrics(self, r: CollectorRegistry) -> None:
+        """Circuit breakers: state and state changes (see ``breaker_changed``)."""
         self.breaker_state = Gauge(
             "recstack_breaker_state",
             "Circuit breaker state by dependency: 0 closed, 1 half-open, 2 open.",
@@ -78,6 +103,9 @@ class ServingMetrics:
             "recstack_breaker_transitions", "Circuit breaker state changes by dependency and state.",
             ["dependency", "state"], registry=r,
         )
+
+    def _add_recommendation_metrics(self, r: CollectorRegistry) -> None:
+        """Per recommendation: candidates ranked, deadline given."""
         self.candidates_count = Histogram(
             "recstack_candidates_count", "Candidates ranked per recommendation.",
             buckets=CANDIDATE_COUNT_BUCKETS, registry=r,
@@ -86,7 +114,10 @@ class ServingMetrics:
             "recstack_request_deadline_seconds", "Deadline each recommendation was given.",
             buckets=REQUEST_BUCKETS, registry=r,
         )
-        # Online experiments: arm names come from settings (control, treatment), never users.
+
+    def _add_experiment_metrics(self, r: CollectorRegistry) -> None:
+        """Online experiments: arms, canary rollbacks, the shadow arm. Arm names come from
+        settings (control, treatment), never users."""
         self.arm_requests = Counter(
             "recstack_arm_requests", "Recommendations by experiment arm (the assigned arm).",
             ["arm"], registry=r,
@@ -122,14 +153,15 @@ class ServingMetrics:
             "Share of the served list that the shadow arm also returned.",
             buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), registry=r,
         )
+
+    def _add_feature_metrics(self, r: CollectorRegistry) -> None:
+        """The in-process item table (see ``track_item_feature_share``)."""
         self.item_features_share = Gauge(
             "recstack_item_features_share",
             "Share of catalogue items with feature values in this replica's in-process table "
             "(0: the online store was empty or lost when it was read; the replica is not ready).",
             registry=r,
         )
-        for stage in STAGES:  # export zeroed series so dashboards see every stage from start
-            self.stage_duration.labels(stage=stage)
 
     def breaker_changed(self, dependency: str, state: int) -> None:
         """``CircuitBreaker.on_change`` callback: the gauge and the transition counter."""

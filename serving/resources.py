@@ -177,6 +177,99 @@ def registry_file_stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
+def user_context_reader(redis_client: Any, project: str, breaker: CircuitBreaker,
+                        ranker: Ranker) -> RedisUserContextReader:
+    """One-round-trip reader of the user (and user x category) features ``ranker`` reads."""
+    wanted = set(ranker.feature_names)
+    user_views = [(view, [n for n in FEATURE_VIEW_FEATURES[view] if n in wanted])
+                  for view in USER_VIEWS]
+    cat_names = [n for n in FEATURE_VIEW_FEATURES[USER_CATEGORY_FEATURE_VIEW]
+                 if n in wanted]
+    return RedisUserContextReader(
+        redis_client, project,
+        [(v, names) for v, names in user_views if names],
+        (USER_CATEGORY_FEATURE_VIEW, cat_names) if cat_names else None,
+        breaker, user_key=USER_KEY,
+    )
+
+
+def item_feature_table(redis_client: Any, project: str, source: AnnCandidateSource,
+                       ranker: Ranker, log_level: int = logging.INFO) -> ItemFeatureTable:
+    """The item features ``ranker`` reads, for every item ``source`` can return."""
+    wanted = set(ranker.feature_names)
+    items = source.item_ids
+    names: list[str] = []
+    blocks = []
+    for view in ITEM_VIEWS:
+        view_names = [n for n in FEATURE_VIEW_FEATURES[view] if n in wanted]
+        if view_names:
+            reader = RedisFeatureReader(redis_client, project, view, view_names, ITEM_KEY, None)
+            blocks.append(reader.read_many(items.tolist()))
+            names += view_names
+    values = (np.concatenate(blocks, axis=1) if blocks
+              else np.empty((len(items), 0), dtype=np.float32))
+    table = ItemFeatureTable(items, values, names=names, categories=source.item_categories)
+    logger.log(log_level, "item features loaded: %d items x %d features, %d with values",
+               len(items), len(names), table.n_with_values)
+    return table
+
+
+def freeze_heap(collect_first: bool) -> None:
+    """Move what was just loaded (models, tables, the libraries' module state) out of the
+    cyclic garbage collector's reach.
+
+    After loading MLflow, Feast and the models a replica holds ~300k+ long-lived container
+    objects, and each full collection walked them all holding the GIL: ~200 ms on an idle
+    core, 0.5-2 s on a loaded one, every few seconds for the first minute and then now and
+    then; every request in flight waited (late stages, degraded answers, the p99). Frozen
+    objects are never scanned; what requests allocate is still collected. With
+    ``collect_first`` (the first time, before the replica is ready) a full collection runs
+    first, so load-time garbage is not frozen with the rest.
+    """
+    if collect_first:
+        gc.collect()
+    gc.freeze()
+
+
+class MaterializationWatch:
+    """Did a materialization finish since the item table was loaded? A ``stat`` of the Feast
+    registry file first; the registry itself is read only when that file changed.
+
+    What ``changed()`` saw is pending until ``commit()`` (the table of it is loaded), so a
+    failed load is retried at the next step.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: Any = None
+        self.registry_path = Path(settings.feast_env()["RECSTACK_FEAST_REGISTRY"])
+        self.registry_stamp: tuple[int, int] | None = None
+        self.item_stamp: tuple[int, str] | None = None
+        self._pending: tuple[Any, Any] | None = None
+
+    def changed(self) -> bool:
+        """True when the item view has a materialization the table has not seen."""
+        file_stamp = registry_file_stamp(self.registry_path)
+        if file_stamp is not None and file_stamp == self.registry_stamp:
+            return False
+        from recstack.featurestore import open_store
+
+        if self.store is None:
+            self.store = open_store(self.settings)
+        stamp = materialization_stamp(self.store, ITEM_FEATURE_VIEW)
+        self._pending = (file_stamp, stamp)
+        if stamp == self.item_stamp:
+            self.registry_stamp = file_stamp
+            return False
+        return True
+
+    def commit(self) -> None:
+        """The item table was loaded after the last ``changed()``: its stamps are current."""
+        if self._pending is not None:
+            self.registry_stamp, self.item_stamp = self._pending
+            self._pending = None
+
+
 class Maintainer:
     """Loads the champion models, keeps item features and models fresh.
 
@@ -205,13 +298,9 @@ class Maintainer:
         self.resources = resources
         self.metrics = metrics
         self.redis_client = redis_client
-        self.store: Any = None
         self.versions: dict[str, str] = {}
         self.models_checked_at = -float("inf")
-        self.item_stamp: tuple[int, str] | None = None
-        self.registry_path = Path(settings.feast_env()["RECSTACK_FEAST_REGISTRY"])
-        self.registry_stamp: tuple[int, int] | None = None
-        self._pending: tuple[Any, Any] | None = None
+        self.materialization = MaterializationWatch(settings)
         self.items_loaded = False
         self.heap_frozen = False
         self.rebuilds = 0
@@ -243,39 +332,13 @@ class Maintainer:
                 backoff = min(backoff * 2, 10.0)
 
     def _user_reader(self, ranker: Ranker) -> RedisUserContextReader:
-        """One-round-trip reader of the user (and user x category) features ``ranker`` reads."""
-        wanted = set(ranker.feature_names)
-        user_views = [(view, [n for n in FEATURE_VIEW_FEATURES[view] if n in wanted])
-                      for view in USER_VIEWS]
-        cat_names = [n for n in FEATURE_VIEW_FEATURES[USER_CATEGORY_FEATURE_VIEW]
-                     if n in wanted]
-        return RedisUserContextReader(
-            self.redis_client, self.settings.feast.project,
-            [(v, names) for v, names in user_views if names],
-            (USER_CATEGORY_FEATURE_VIEW, cat_names) if cat_names else None,
-            self.breaker, user_key=USER_KEY,
-        )
+        return user_context_reader(self.redis_client, self.settings.feast.project, self.breaker,
+                                   ranker)
 
     def _item_table(self, source: AnnCandidateSource, ranker: Ranker,
                     log_level: int = logging.INFO) -> ItemFeatureTable:
-        """The item features ``ranker`` reads, for every item ``source`` can return."""
-        wanted = set(ranker.feature_names)
-        items = source.item_ids
-        names: list[str] = []
-        blocks = []
-        for view in ITEM_VIEWS:
-            view_names = [n for n in FEATURE_VIEW_FEATURES[view] if n in wanted]
-            if view_names:
-                reader = RedisFeatureReader(self.redis_client, self.settings.feast.project,
-                                            view, view_names, ITEM_KEY, None)
-                blocks.append(reader.read_many(items.tolist()))
-                names += view_names
-        values = (np.concatenate(blocks, axis=1) if blocks
-                  else np.empty((len(items), 0), dtype=np.float32))
-        table = ItemFeatureTable(items, values, names=names, categories=source.item_categories)
-        logger.log(log_level, "item features loaded: %d items x %d features, %d with values",
-                   len(items), len(names), table.n_with_values)
-        return table
+        return item_feature_table(self.redis_client, self.settings.feast.project, source,
+                                  ranker, log_level)
 
     def readers_for(self, source: AnnCandidateSource, ranker: Ranker
                     ) -> tuple[RedisUserContextReader, ItemFeatureTable]:
@@ -283,31 +346,29 @@ class Maintainer:
         whose feature service differs from the champion's); reads Redis for the item table."""
         return self._user_reader(ranker), self._item_table(source, ranker)
 
-    def _materialization_changed(self) -> bool:
-        """Did a materialization finish since the item table was loaded? A ``stat`` of the
-        registry file first; the registry itself is read only when that file changed."""
-        file_stamp = registry_file_stamp(self.registry_path)
-        if file_stamp is not None and file_stamp == self.registry_stamp:
-            return False
-        from recstack.featurestore import open_store
-
-        if self.store is None:
-            self.store = open_store(self.settings)
-        stamp = materialization_stamp(self.store, ITEM_FEATURE_VIEW)
-        # Committed by step() once the table is loaded, so a failed load is retried.
-        self._pending = (file_stamp, stamp)
-        if stamp == self.item_stamp:
-            self.registry_stamp = file_stamp
-            return False
-        return True
-
     def step(self) -> None:
         """One pass: new model versions if the alias moved (when due), item features when a
         materialization finished (or the model changed, or they never loaded). Swaps and
         rebuilds the recommender only when something changed."""
+        r = self.resources
+        loaded = self._new_models()
+        ranks_here = self.remote is None and r.role != "candidates"
+        materialized = ranks_here and self.materialization.changed()
+        if loaded is None and not materialized and (self.items_loaded or not ranks_here):
+            if ranks_here and self._item_table_empty():
+                self._refill_empty_table(r)
+            return  # the steady state: nothing to swap, nothing to rebuild
+        if loaded is not None and not ranks_here:
+            self._swap_stage_models(loaded)
+            return
+        if loaded is None and r.candidates is None:
+            return  # no model yet (the alias check is not due): nothing to attach features to
+        self._swap_with_features(loaded)
+
+    def _new_models(self) -> Any:
+        """The champion's models if the alias check is due and the alias moved, else None."""
         from serving.artifacts import champion_versions, load_models
 
-        r = self.resources
         loaded = None
         now = time.monotonic()
         if now - self.models_checked_at >= self.settings.serving.item_refresh_s:
@@ -317,31 +378,28 @@ class Maintainer:
             # Only now: a failed load is retried at the next step (with back-off), not after
             # item_refresh_s (a replica stayed unready for a minute after one MLflow hiccup).
             self.models_checked_at = now
-        ranks_here = self.remote is None and r.role != "candidates"
-        materialized = ranks_here and self._materialization_changed()
-        if (loaded is None and not materialized and ranks_here and self.items_loaded
-                and self._item_table_empty()):
-            self._refill_empty_table(r)
-            return
-        if loaded is None and not materialized and (self.items_loaded or not ranks_here):
-            return  # the steady state: nothing to swap, nothing to rebuild
+        return loaded
 
-        if loaded is not None and not ranks_here:
-            self._freeze_heap()  # before the swap: the first time, the replica is not ready yet
-            r.popular = loaded.candidates.popular
-            if self.remote is not None:
-                from serving.remote import HttpCandidateSource, HttpScorer
+    def _swap_stage_models(self, loaded: Any) -> None:
+        """A replica that does not rank here (the candidate service, the split-mode API): the
+        candidate source (local, or the candidate service's client) and the ranking client."""
+        r = self.resources
+        self._freeze_heap()  # before the swap: the first time, the replica is not ready yet
+        r.popular = loaded.candidates.popular
+        if self.remote is not None:
+            from serving.remote import HttpCandidateSource, HttpScorer
 
-                r.candidates = HttpCandidateSource(self.remote[0], r.popular)
-                r.scorer = HttpScorer(self.remote[1])
-            else:
-                r.candidates = AnnCandidateSource(loaded.candidates)
-            self._swapped(loaded)
-            return
-        if loaded is None and r.candidates is None:
-            return  # no model yet (the alias check is not due): nothing to attach features to
+            r.candidates = HttpCandidateSource(self.remote[0], r.popular)
+            r.scorer = HttpScorer(self.remote[1])
+        else:
+            r.candidates = AnnCandidateSource(loaded.candidates)
+        self._swapped(loaded)
 
-        # Build everything the new state needs first, then swap in one rebuild.
+    def _swap_with_features(self, loaded: Any) -> None:
+        """New models (``loaded``) with their own item table and user reader, or the current
+        models with a new item table: everything is built first, then swapped in with one
+        rebuild."""
+        r = self.resources
         source = (AnnCandidateSource(loaded.candidates) if loaded is not None
                   else r.candidates)
         ranker: Any = loaded.ranker if loaded is not None else r.ranker
@@ -357,9 +415,7 @@ class Maintainer:
         r.user_features = user_reader
         r.item_features = table
         self.items_loaded = True
-        if self._pending is not None:
-            self.registry_stamp, self.item_stamp = self._pending
-            self._pending = None
+        self.materialization.commit()
         if loaded is not None:
             self._swapped(loaded)
         else:
@@ -384,20 +440,8 @@ class Maintainer:
         self._rebuild()
 
     def _freeze_heap(self) -> None:
-        """Move what was just loaded (models, tables, the libraries' module state) out of the
-        cyclic garbage collector's reach.
-
-        After loading MLflow, Feast and the models a replica holds ~300k+ long-lived container
-        objects, and each full collection walked them all holding the GIL: ~200 ms on an idle
-        core, 0.5-2 s on a loaded one, every few seconds for the first minute and then now and
-        then; every request in flight waited (late stages, degraded answers, the p99). Frozen
-        objects are never scanned; what requests allocate is still collected. The first time a
-        full collection runs first, before the replica is ready, so load-time garbage is not
-        frozen with the rest.
-        """
-        if not self.heap_frozen:
-            gc.collect()
-        gc.freeze()
+        """``freeze_heap``, collecting first the first time (before the replica is ready)."""
+        freeze_heap(collect_first=not self.heap_frozen)
         self.heap_frozen = True
 
     def _swapped(self, loaded: Any) -> None:
