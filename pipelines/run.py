@@ -33,13 +33,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import lakecheck, partitions
 from pipelines import manifest as manifests
 from pipelines.tables import FRESH_FILE, PARTITIONED_TABLES
 from recstack.schemas import LABELS_FILE, POPULAR_FILE
 from recstack.settings import Settings
+
+if TYPE_CHECKING:
+    from pipelines.materialize import MaterializeResult
 
 logger = logging.getLogger(__name__)
 
@@ -182,75 +185,135 @@ def run_all(
     lake_plan = plan_lake(settings.lake_dir, state, params, backfill,
                           rule=lakecheck.PlausibleRule.from_settings(settings.pipeline),
                           tag=f"run={run_id}")
-    lake, plan = lake_plan.fingerprints, lake_plan.plan
-    out: dict[str, Any] = {"plan": {
-        "mode": plan.mode, "first_day": _iso(plan.first), "last_day": _iso(plan.last),
-        "changed_days": [d.isoformat() for d in plan.changed]},
-        "quarantine": quarantine_summary(lake_plan.quarantine)}
+    plan = lake_plan.plan
+    out: dict[str, Any] = {"plan": _plan_summary(plan),
+                           "quarantine": quarantine_summary(lake_plan.quarantine)}
     seconds: dict[str, float] = {}
 
     rewritten_from = None
-    if plan.mode == "up_to_date" and out["quarantine"]["partitions"]:
-        state.record_run(run=run_id, mode=plan.mode, quarantine=out["quarantine"],
-                         status="up_to_date")
-        manifests.save(str(features_dir), state)
-    if plan.mode != "up_to_date":
-        assert plan.first is not None and plan.last is not None
-        staging = features_dir / STAGING_DIR / run_id
-        dead_dir = features.dead_letter_dir(str(features_dir), run_id)
-        started = time.perf_counter()
-        argv = feature_argv(settings, beam_args)
-        argv[argv.index("--out") + 1] = str(staging)
-        argv += ["--first-day", plan.first.isoformat(), "--last-day", plan.last.isoformat(),
-                 "--label-lookback-days", str(0 if plan.mode == "backfill" else
-                                              LABEL_LOOKBACK_DAYS),
-                 "--run-id", run_id, "--dead-letter-dir", dead_dir]
-        result = features.run(argv)
-        out["run_id"] = run_id
-        out["counters"] = features.counters(result)
-        out["dead_letter"] = dead_letter_summary(out["counters"], dead_dir)
-        if out["dead_letter"]["rows"]:
-            logger.warning("%d rows dead-lettered (%s) to %s", out["dead_letter"]["rows"],
-                           out["dead_letter"]["by_reason"], dead_dir)
-        seconds["features"] = round(time.perf_counter() - started, 2)
-        out["swing"] = _validate_staged(staging, state, max_row_swing, run_id, features_dir)
-        _commit(staging, features_dir, plan)
-        # A backfill that stops before the last lake day leaves the later snapshots built from
-        # the old data: its days stay "unprocessed", so the next daily run recomputes from them.
-        if plan.mode != "backfill" or plan.last >= max(lake):
-            state.params = params
-            for day in plan.changed:
-                state.processed[day.isoformat()] = lake[day]
-        if plan.mode != "backfill" or plan.last >= max(lake):
-            from pipelines.materialize import newest_partition_rows
-
-            state.last_good_day, state.last_good_rows = newest_partition_rows(features_dir)
-        if state.materialized_until is not None:
-            first_t = _snapshot_time(plan.first)
-            if first_t <= dt.datetime.fromisoformat(state.materialized_until):
-                rewritten_from = first_t
-        state.record_run(run=run_id, mode=plan.mode, first_day=_iso(plan.first),
-                         last_day=_iso(plan.last), counters=out["counters"], swing=out["swing"],
-                         dead_letter=out["dead_letter"], quarantine=out["quarantine"],
-                         status="committed")
-        manifests.save(str(features_dir), state)
-    else:
+    if plan.mode == "up_to_date":
+        if out["quarantine"]["partitions"]:
+            state.record_run(run=run_id, mode=plan.mode, quarantine=out["quarantine"],
+                             status="up_to_date")
+            manifests.save(str(features_dir), state)
         out["counters"], out["swing"] = {}, {}
         out["dead_letter"] = dead_letter_summary({}, None)
+    else:
+        computed = _compute_and_commit(settings, beam_args, lake_plan, state, params, run_id,
+                                       max_row_swing, out["quarantine"])
+        out.update(computed.report)
+        seconds["features"] = computed.features_seconds
+        rewritten_from = computed.rewritten_from
 
     materialized = apply_and_materialize(settings, rewritten_from=rewritten_from)
+    out.update(_record_materialized(features_dir, state, materialized, seconds))
+    return out
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """What computing and committing the plan's days adds to the run's result."""
+
+    report: dict[str, Any]  # run_id, counters, dead_letter, swing
+    features_seconds: float  # the Beam run
+    rewritten_from: dt.datetime | None  # first snapshot to rewrite online (None: incremental)
+
+
+def _compute_and_commit(
+    settings: Settings, beam_args: Sequence[str], lake_plan: LakePlan,
+    state: manifests.Manifest, params: dict[str, Any], run_id: str,
+    max_row_swing: float | None, quarantine: dict[str, Any],
+) -> _Computed:
+    """Steps 2-4 of the module docstring: the Beam run into staging, its checks, the commit,
+    and the manifest's record of the run (saved)."""
+    from pipelines import features
+
+    plan, features_dir = lake_plan.plan, settings.features_dir
+    assert plan.first is not None and plan.last is not None
+    staging = features_dir / STAGING_DIR / run_id
+    dead_dir = features.dead_letter_dir(str(features_dir), run_id)
+    started = time.perf_counter()
+    result = features.run(_staged_argv(settings, beam_args, plan, run_id, staging, dead_dir))
+    counters = features.counters(result)
+    report: dict[str, Any] = {"run_id": run_id, "counters": counters,
+                              "dead_letter": dead_letter_summary(counters, dead_dir)}
+    if report["dead_letter"]["rows"]:
+        logger.warning("%d rows dead-lettered (%s) to %s", report["dead_letter"]["rows"],
+                       report["dead_letter"]["by_reason"], dead_dir)
+    features_seconds = round(time.perf_counter() - started, 2)
+    report["swing"] = _validate_staged(staging, state, max_row_swing, run_id, features_dir)
+    _commit(staging, features_dir, plan)
+    _advance_processed(state, plan, lake_plan.fingerprints, params, features_dir)
+    rewritten_from = _rewritten_from(state, plan.first)
+    state.record_run(run=run_id, mode=plan.mode, first_day=_iso(plan.first),
+                     last_day=_iso(plan.last), counters=counters, swing=report["swing"],
+                     dead_letter=report["dead_letter"], quarantine=quarantine,
+                     status="committed")
+    manifests.save(str(features_dir), state)
+    return _Computed(report, features_seconds, rewritten_from)
+
+
+def _staged_argv(settings: Settings, beam_args: Sequence[str], plan: RunPlan, run_id: str,
+                 staging: Path, dead_dir: str) -> list[str]:
+    """:func:`feature_argv` writing into ``staging``, for the plan's days, with the run's id
+    and dead-letter directory."""
+    assert plan.first is not None and plan.last is not None
+    argv = feature_argv(settings, beam_args)
+    argv[argv.index("--out") + 1] = str(staging)
+    argv += ["--first-day", plan.first.isoformat(), "--last-day", plan.last.isoformat(),
+             "--label-lookback-days", str(0 if plan.mode == "backfill" else
+                                          LABEL_LOOKBACK_DAYS),
+             "--run-id", run_id, "--dead-letter-dir", dead_dir]
+    return argv
+
+
+def _advance_processed(state: manifests.Manifest, plan: RunPlan, lake: dict[dt.date, str],
+                       params: dict[str, Any], features_dir: Path) -> None:
+    """Mark the plan's changed days processed and the newest committed day the last good one.
+
+    A backfill that stops before the last lake day leaves the later snapshots built from the
+    old data: its days stay "unprocessed", so the next daily run recomputes from them.
+    """
+    assert plan.last is not None
+    if plan.mode != "backfill" or plan.last >= max(lake):
+        from pipelines.materialize import newest_partition_rows
+
+        state.params = params
+        for day in plan.changed:
+            state.processed[day.isoformat()] = lake[day]
+        state.last_good_day, state.last_good_rows = newest_partition_rows(features_dir)
+
+
+def _rewritten_from(state: manifests.Manifest, first: dt.date) -> dt.datetime | None:
+    """The first recomputed snapshot's time when it is already in the online store (so the
+    materialization rewrites from there), else None."""
+    if state.materialized_until is None:
+        return None
+    first_t = _snapshot_time(first)
+    return first_t if first_t <= dt.datetime.fromisoformat(state.materialized_until) else None
+
+
+def _record_materialized(features_dir: Path, state: manifests.Manifest,
+                         materialized: MaterializeResult,
+                         seconds: dict[str, float]) -> dict[str, Any]:
+    """Record how far the online store is materialized (manifest saved); the result's part
+    about step 5."""
     state.materialized_until = materialized.end.isoformat()
     manifests.save(str(features_dir), state)
-    seconds["apply"] = round(materialized.apply_seconds, 2)
-    seconds["materialize"] = round(materialized.materialize_seconds, 2)
-    out.update({
+    return {
         "tables": {name: t.rows for name, t in materialized.tables.items()},
         "materialized": materialized.rows,
         "modes": materialized.modes,
         "interval": [materialized.start.isoformat(), materialized.end.isoformat()],
-        "seconds": seconds,
-    })
-    return out
+        "seconds": {**seconds, "apply": round(materialized.apply_seconds, 2),
+                    "materialize": round(materialized.materialize_seconds, 2)},
+    }
+
+
+def _plan_summary(plan: RunPlan) -> dict[str, Any]:
+    """The result's ``plan``: the mode, the days recomputed and the lake days that changed."""
+    return {"mode": plan.mode, "first_day": _iso(plan.first), "last_day": _iso(plan.last),
+            "changed_days": [d.isoformat() for d in plan.changed]}
 
 
 def _validate_staged(staging: Path, state: manifests.Manifest, max_row_swing: float | None,

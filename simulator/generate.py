@@ -37,7 +37,8 @@ from recstack.schemas import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA, EventType
 from recstack.settings import Settings
 from simulator.fatigue import RecentImpressions
 from simulator.policy import LoggingPolicy
-from simulator.world import COUNTRIES, DEVICES, STREAM_DAYS, World, epoch_us
+from simulator.streams import STREAM_DAYS
+from simulator.world import COUNTRIES, DEVICES, World, epoch_us
 
 if TYPE_CHECKING:
     from simulator.scenarios import Scenario
@@ -112,11 +113,7 @@ def simulate(
     if n_days < 1:
         raise ValueError(f"days must be >= 1, got {n_days}")
     started = time.perf_counter()
-    base = World.generate(sim)
-    if scenario is not None:
-        scenario.check_fits(base, n_days)
-        base = scenario.prepare(base)
-    base.n_days = n_days
+    base = _base_world(settings, n_days, scenario)
     policy = LoggingPolicy.from_world(base, sim.list_size, sim.seed)
     recent = RecentImpressions(base.n_users)
     removed = clear_lake(settings.lake_dir)
@@ -127,45 +124,29 @@ def simulate(
     n_impressions = n_clicks = 0
     world = base
     for index in range(n_days):
-        day = sim.start_date + dt.timedelta(days=index)
-        rng = np.random.default_rng([sim.seed, STREAM_DAYS, index])
         world = scenario.world_on(base, index) if scenario is not None else base
         day_policy = scenario.policy_on(policy, base, index) if scenario is not None else policy
-        path = lake.partition_dir(settings.lake_dir, day) / f"part-sim-{sim.seed}.parquet"
-        n_events = clicks = 0
-        with _PartitionWriter(path) as writer:
-            for table in iter_day(world, day_policy, day, rng, recent, session_block):
-                if scenario is not None:
-                    table = scenario.corrupt(table, index, sim.seed)
-                writer.write(table)
-                n_events += table.num_rows
-                clicks += int(
-                    pc.sum(pc.equal(table["event_type"], EventType.CLICK.value)).as_py() or 0
-                )
-        files.append(path)
-        n_clicks += clicks
-        n_impressions += n_events - clicks
-        logger.info("simulated %s: %d events (%d clicks)", day, n_events, clicks)
+        written = _write_day(settings, index, world, day_policy, recent, scenario, session_block)
+        files.append(written.path)
+        n_clicks += written.clicks
+        n_impressions += written.events - written.clicks
         if on_day is not None:
-            on_day(index, n_events)
+            on_day(index, written.events)
 
     last_day = sim.start_date + dt.timedelta(days=n_days - 1)
-    saved_to = world.save(world_dir(settings))
-    catalogue = item_table(world, day_start(last_day + dt.timedelta(days=1)))
-    files.append(lake.write_items(catalogue, settings.lake_dir))
-    files.append(lake.write_users(user_table(world), settings.lake_dir))
+    end = _write_end_state(settings, world, last_day)
     seconds = time.perf_counter() - started
     summary = SimulationSummary(
         n_users=int(world.active_users(day_start(last_day)).sum()),
-        n_items=catalogue.num_rows,
+        n_items=end.n_items,
         n_days=n_days,
         n_impressions=n_impressions,
         n_clicks=n_clicks,
         ctr=n_clicks / n_impressions if n_impressions else 0.0,
         first_day=sim.start_date,
         last_day=last_day,
-        files=files,
-        world_dir=saved_to,
+        files=files + end.files,
+        world_dir=end.world_dir,
         scenario=scenario.name if scenario is not None else None,
         removed_files=removed,
         seconds=seconds,
@@ -175,6 +156,73 @@ def simulate(
         sim.seed, n_impressions, n_clicks, summary.ctr, seconds,
     )
     return summary
+
+
+def _base_world(settings: Settings, n_days: int, scenario: Scenario | None) -> World:
+    """The world of ``settings.sim`` as of the first day: drawn, then prepared by the scenario."""
+    base = World.generate(settings.sim)
+    if scenario is not None:
+        scenario.check_fits(base, n_days)
+        base = scenario.prepare(base)
+    base.n_days = n_days
+    return base
+
+
+@dataclass(frozen=True)
+class _DayWritten:
+    """One simulated day's partition and what it holds."""
+
+    path: Path
+    events: int  # impressions + clicks
+    clicks: int
+
+
+def _write_day(
+    settings: Settings,
+    index: int,
+    world: World,
+    policy: LoggingPolicy,
+    recent: RecentImpressions,
+    scenario: Scenario | None,
+    session_block: int,
+) -> _DayWritten:
+    """Simulate day ``index`` from its own random stream into its lake partition (the
+    scenario, if any, corrupting the rows it corrupts on that day)."""
+    sim = settings.sim
+    day = sim.start_date + dt.timedelta(days=index)
+    rng = np.random.default_rng([sim.seed, STREAM_DAYS, index])
+    path = lake.partition_dir(settings.lake_dir, day) / f"part-sim-{sim.seed}.parquet"
+    n_events = clicks = 0
+    with _PartitionWriter(path) as writer:
+        for table in iter_day(world, policy, day, rng, recent, session_block):
+            if scenario is not None:
+                table = scenario.corrupt(table, index, sim.seed)
+            writer.write(table)
+            n_events += table.num_rows
+            clicks += int(
+                pc.sum(pc.equal(table["event_type"], EventType.CLICK.value)).as_py() or 0
+            )
+    logger.info("simulated %s: %d events (%d clicks)", day, n_events, clicks)
+    return _DayWritten(path, n_events, clicks)
+
+
+@dataclass(frozen=True)
+class _EndState:
+    """What a run writes after its days: the ground truth and the lake's catalogue and users."""
+
+    world_dir: Path
+    n_items: int  # items in the catalogue written
+    files: list[Path]  # the catalogue, then the user profile
+
+
+def _write_end_state(settings: Settings, world: World, last_day: dt.date) -> _EndState:
+    """Save the world as of the end of the run, then the catalogue of the items released by
+    the end of ``last_day`` and the user profile."""
+    saved_to = world.save(world_dir(settings))
+    catalogue = item_table(world, day_start(last_day + dt.timedelta(days=1)))
+    files = [lake.write_items(catalogue, settings.lake_dir),
+             lake.write_users(user_table(world), settings.lake_dir)]
+    return _EndState(saved_to, catalogue.num_rows, files)
 
 
 class _PartitionWriter:

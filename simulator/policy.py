@@ -5,6 +5,10 @@ popularity and a noisy estimate of each user's favourite categories, and explore
 lists give a learned model signal to learn from, and exposure bias to cope with (what it never
 shows is never clicked). The oracle and random policies bound what any recommender can reach,
 so online CTR can be reported as a fraction of the oracle's.
+
+Policies read a world through :class:`~simulator.groundtruth.GroundTruth` (which
+:class:`~simulator.world.World` inherits), so this module does not import the world: the world
+imports it, to calibrate its bias against the logging policy.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.world import STREAM_POLICY, World
+from simulator.groundtruth import GroundTruth
+from simulator.streams import STREAM_POLICY
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +42,7 @@ class LoggingPolicy:
     model_version: str = MODEL_VERSION
 
     @classmethod
-    def from_world(cls, world: World, list_size: int, seed: int) -> LoggingPolicy:
+    def from_world(cls, world: GroundTruth, list_size: int, seed: int) -> LoggingPolicy:
         """The logging policy for ``world``; its estimates are noisy views of the ground truth."""
         if list_size < 1:
             raise ValueError(f"list_size must be >= 1, got {list_size}")
@@ -174,7 +179,7 @@ def _gumbel_topk(
 
 
 def oracle_topk(
-    world: World,
+    world: GroundTruth,
     user_id: int,
     k: int,
     available: np.ndarray | None = None,
@@ -194,7 +199,7 @@ def oracle_topk(
 
 
 def random_topk(
-    rng: np.random.Generator, world: World, k: int, available: np.ndarray | None = None
+    rng: np.random.Generator, world: GroundTruth, k: int, available: np.ndarray | None = None
 ) -> np.ndarray:
     """k distinct items drawn uniformly (the floor any recommender should beat), int64."""
     ids = np.arange(world.n_items) if available is None else np.flatnonzero(available)
@@ -202,7 +207,7 @@ def random_topk(
     return rng.choice(ids, size=k, replace=False).astype(np.int64)
 
 
-def expected_ctr(world: World, user_ids: np.ndarray, lists: np.ndarray) -> float:
+def expected_ctr(world: GroundTruth, user_ids: np.ndarray, lists: np.ndarray) -> float:
     """Mean true click probability of showing ``lists[r]`` (positions 0..k-1) to ``user_ids[r]``."""
     lists = np.asarray(lists)
     if lists.ndim != 2 or lists.shape[0] != np.asarray(user_ids).shape[0]:

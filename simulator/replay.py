@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from simulator.users import SimulatedUser
-from simulator.world import STREAM_REPLAY, World
+from simulator.streams import STREAM_REPLAY
+from simulator.world import World
 
 logger = logging.getLogger(__name__)
 

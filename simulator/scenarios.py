@@ -38,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from recstack.clock import day_start
 from simulator.policy import LoggingPolicy
-from simulator.world import COUNTRIES, DEVICES, STREAM_SCENARIO, World, _normalize, epoch_us
+from simulator.streams import STREAM_SCENARIO
+from simulator.world import COUNTRIES, DEVICES, World, _normalize, epoch_us
 
 logger = logging.getLogger(__name__)
 

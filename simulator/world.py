@@ -3,6 +3,10 @@
 Ids are dense: item ``i`` and user ``u`` are row ``i`` / ``u`` of the arrays below, so the ids
 in the lake index the world directly. Serving and training never see this module's latent
 state; only the simulator and the load tests (which play simulated users) do.
+
+:class:`World` stores the state, draws it (and grows it), and saves it; the click model it
+inherits lives in :mod:`simulator.groundtruth`, which the policies use without importing this
+module (this one imports the logging policy, to calibrate against it).
 """
 
 from __future__ import annotations
@@ -12,11 +16,17 @@ import json
 import logging
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from recstack.clock import day_start
 from recstack.settings import SimSettings
+from simulator.groundtruth import DAY_US, GroundTruth, epoch_us, sigmoid
+from simulator.policy import LoggingPolicy
+
+# The whole registry stays importable from here, where it was before simulator.streams.
+from simulator.streams import STREAM_CALIBRATION, STREAM_WORLD
 
 logger = logging.getLogger(__name__)
 
@@ -33,39 +43,22 @@ COUNTRY_SHARE = (0.35, 0.2, 0.15, 0.1, 0.1, 0.1)
 DEVICES = ("mobile", "desktop", "tablet")
 DEVICE_SHARE = (0.6, 0.3, 0.1)
 
-_US = 1_000_000
-_DAY_US = 86_400 * _US
-_CHUNK = 1 << 20  # rows per vectorised block in click_probability (bounds peak memory)
 _FORMAT_VERSION = 2  # 2: user_created_us, category_boost, lifecycle and fatigue knobs
 _ARRAYS_FILE = "world.npz"
 _META_FILE = "world.json"
-
-# Independent random streams derived from the seed, so that e.g. changing the number of
-# simulated days does not change the world.
-STREAM_WORLD = 0
-STREAM_POLICY = 1
-STREAM_DAYS = 2
-STREAM_CALIBRATION = 3
-STREAM_SCENARIO = 4
-STREAM_REPLAY = 5
-
-
-def epoch_us(when: dt.datetime) -> int:
-    """Microseconds since the Unix epoch of a timezone-aware datetime."""
-    return int(round(when.timestamp() * _US))
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 @dataclass
-class World:
-    """Latent state of the simulated world (arrays indexed by id) plus the click model's knobs."""
+class World(GroundTruth):
+    """Latent state of the simulated world (arrays indexed by id) plus the click model's knobs.
+
+    The click model itself (``logits``, ``click_probability``, ...) is inherited from
+    :class:`~simulator.groundtruth.GroundTruth`.
+    """
 
     seed: int
     start_date: dt.date
@@ -90,14 +83,6 @@ class World:
     freshness_boost: float = FRESHNESS_BOOST
     freshness_days: float = FRESHNESS_DAYS
     fatigue: float = FATIGUE
-
-    @property
-    def n_users(self) -> int:
-        return int(self.user_taste.shape[0])
-
-    @property
-    def n_items(self) -> int:
-        return int(self.item_embedding.shape[0])
 
     @property
     def n_categories(self) -> int:
@@ -131,37 +116,8 @@ class World:
         """
         if not 0.0 < target_ctr < 0.5:
             raise ValueError(f"target_ctr must be in (0, 0.5), got {target_ctr}")
-        rng = np.random.default_rng([sim.seed, STREAM_WORLD])
-        dim, n_cat = EMBEDDING_DIM, sim.n_categories
-
-        centroids = _normalize(rng.standard_normal((n_cat, dim)))
-        # Some categories are bigger and more liked than others (Zipf-like shares).
-        cat_share = 1.0 / np.arange(1, n_cat + 1) ** 0.6
-        cat_share = rng.permutation(cat_share / cat_share.sum())
-
-        items = _draw_items(rng, sim.n_items, centroids, cat_share)
-        item_created_us = _release_times(rng, sim)
-        users = _draw_users(rng, sim.n_users, centroids, cat_share, sim.sessions_per_user_per_day)
-        country_offset = rng.normal(0.0, 0.15, size=len(COUNTRIES))
-        users["user_bias"] = (users["user_bias"] + country_offset[users["user_country"]]).astype(
-            np.float32
-        )
-        # Every initial user joined before the first simulated day.
-        joined = np.full(sim.n_users, epoch_us(day_start(sim.start_date)) - _DAY_US, np.int64)
-
-        world = cls(
-            seed=sim.seed,
-            start_date=sim.start_date,
-            n_days=sim.days,
-            category_centroids=centroids.astype(np.float32),
-            category_share=cat_share.astype(np.float64),
-            category_boost=np.zeros(n_cat, np.float32),
-            item_created_us=item_created_us,
-            user_created_us=joined,
-            **items,
-            **users,
-        )
-        world.bias = world._calibrated_bias(sim, target_ctr)
+        world = cls(**_draw_world(sim))
+        world.bias = _calibrated_bias(world, sim, target_ctr)
         logger.info(
             "world seed=%d: %d users, %d items, %d categories, bias=%.3f",
             sim.seed, world.n_users, world.n_items, world.n_categories, world.bias,
@@ -220,33 +176,6 @@ class World:
             user_created_us=np.concatenate([self.user_created_us, joined]),
         )
 
-    def _calibrated_bias(self, sim: SimSettings, target_ctr: float) -> float:
-        """The global bias at which the logging policy's expected CTR is ``target_ctr``."""
-        # Imported here because the logging policy is defined over a World; calibrating
-        # against it (rather than random pairs) is what makes the lake's CTR land on target.
-        from simulator.policy import LoggingPolicy
-
-        rng = np.random.default_rng([sim.seed, STREAM_CALIBRATION])
-        policy = LoggingPolicy.from_world(self, sim.list_size, sim.seed)
-        n_sessions = 4000
-        weight = self.user_activity / self.user_activity.sum()
-        users = rng.choice(self.n_users, size=n_sessions, p=weight)
-        lists = policy.recommend(rng, users, self.available_items(day_start(self.start_date)))
-        positions = np.broadcast_to(np.arange(lists.shape[1]), lists.shape)
-        # Without the current bias, so calibrating a world twice gives the same answer. Without
-        # freshness and fatigue too: the target is the steady-state CTR of the back catalogue.
-        logits = self.logits(np.repeat(users, lists.shape[1]), lists.ravel()) - self.bias
-        examine = (1.0 + positions.ravel()) ** -self.position_exponent
-
-        lo, hi = -20.0, 20.0  # expected CTR is increasing in the bias: bisect
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if float(np.mean(_sigmoid(logits + mid) * examine)) < target_ctr:
-                lo = mid
-            else:
-                hi = mid
-        return (lo + hi) / 2
-
     # --- segments and lifecycle -----------------------------------------------------------
 
     def segment_mask(self, country: str | None = None, device: str | None = None) -> np.ndarray:
@@ -270,12 +199,6 @@ class World:
         """Boolean mask [n_users]: users who joined at or before ``at``."""
         return self.user_created_us <= epoch_us(at)
 
-    def freshness(self, item_ids: np.ndarray, at_us: np.ndarray | int) -> np.ndarray:
-        """Logit bonus of items at time ``at_us``: ``freshness_boost * exp(-age / freshness_days)``."""
-        items = np.asarray(item_ids, dtype=np.int64)
-        age_days = (np.asarray(at_us, np.int64) - self.item_created_us[items]) / _DAY_US
-        return self.freshness_boost * np.exp(-np.maximum(age_days, 0.0) / self.freshness_days)
-
     def _check_categories(self, categories: list[int]) -> None:
         bad = [c for c in categories if not 0 <= int(c) < self.n_categories]
         if bad:
@@ -283,156 +206,128 @@ class World:
                 f"categories {bad} do not exist (the world has categories 0..{self.n_categories - 1})"
             )
 
-    # --- ground truth ---------------------------------------------------------------------
-
-    def logits(
-        self,
-        user_ids: np.ndarray,
-        item_ids: np.ndarray,
-        at_us: np.ndarray | int | None = None,
-        seen: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Click logit without the position effect, for aligned 1-d id arrays.
-
-        ``at_us`` (epoch µs, scalar or aligned) adds the freshness of each item at that time;
-        ``seen`` (aligned counts of recent impressions of that item to that user) subtracts
-        ``fatigue`` per impression. Without them the logit is the timeless affinity.
-        """
-        users, items = self._check_ids(user_ids, item_ids)
-        at = None if at_us is None else np.broadcast_to(np.asarray(at_us, np.int64), users.shape)
-        seen_ = None if seen is None else np.broadcast_to(np.asarray(seen), users.shape)
-        out = np.empty(users.shape[0], dtype=np.float64)
-        for lo in range(0, users.shape[0], _CHUNK):
-            part = slice(lo, lo + _CHUNK)
-            u, i = users[part], items[part]
-            affinity = np.einsum("nd,nd->n", self.user_taste[u], self.item_embedding[i])
-            out[part] = self.affinity_scale * affinity + self.item_quality[i]
-            out[part] += self.user_bias[u] + self.bias + self.category_boost[self.item_category[i]]
-            if at is not None:
-                out[part] += self.freshness(i, at[part])
-            if seen_ is not None:
-                out[part] -= self.fatigue * seen_[part]
-        return out
-
-    def user_item_logits(self, user_id: int, at: dt.datetime | None = None) -> np.ndarray:
-        """Click logits of one user for every item (no position, no fatigue), float64 [n_items].
-
-        ``at`` adds each item's freshness at that time.
-        """
-        if not 0 <= int(user_id) < self.n_users:
-            raise ValueError(f"unknown user_id {user_id} (world has {self.n_users} users)")
-        affinity = self.item_embedding @ self.user_taste[int(user_id)]
-        out = (
-            self.affinity_scale * affinity.astype(np.float64)
-            + self.item_quality
-            + self.category_boost[self.item_category]
-            + self.user_bias[int(user_id)]
-            + self.bias
-        )
-        if at is not None:
-            out += self.freshness(np.arange(self.n_items), epoch_us(at))
-        return out
-
-    def position_bias(self, positions: np.ndarray) -> np.ndarray:
-        """Probability that a user examines the slot at ``positions`` (0 = top)."""
-        positions = np.asarray(positions)
-        if positions.size and positions.min() < 0:
-            raise ValueError("positions must be >= 0")
-        return (1.0 + positions) ** -self.position_exponent
-
-    def click_probability(
-        self,
-        user_ids: np.ndarray,
-        item_ids: np.ndarray,
-        positions: np.ndarray,
-        at_us: np.ndarray | int | None = None,
-        seen: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Ground-truth P(click) = sigmoid(affinity + quality + biases - fatigue) x position bias.
-
-        Arguments broadcast against each other; the result has their broadcast shape. See
-        :meth:`logits` for ``at_us`` (freshness) and ``seen`` (fatigue).
-        """
-        extra = [np.asarray(x) for x in (at_us, seen) if x is not None]
-        u, i, p, *rest = np.broadcast_arrays(
-            np.asarray(user_ids), np.asarray(item_ids), np.asarray(positions), *extra
-        )
-        at = rest.pop(0).ravel() if at_us is not None else None
-        seen_ = rest.pop(0).ravel() if seen is not None else None
-        logit = self.logits(u.ravel(), i.ravel(), at_us=at, seen=seen_)
-        prob = _sigmoid(logit) * self.position_bias(p.ravel())
-        return prob.reshape(u.shape)
-
-    def _check_ids(
-        self, user_ids: np.ndarray, item_ids: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        users = np.asarray(user_ids, dtype=np.int64).ravel()
-        items = np.asarray(item_ids, dtype=np.int64).ravel()
-        if users.shape != items.shape:
-            raise ValueError(
-                f"user_ids and item_ids differ in length: {users.shape} vs {items.shape}"
-            )
-        if users.size:
-            if users.min() < 0 or users.max() >= self.n_users:
-                raise ValueError(f"user ids must be in [0, {self.n_users})")
-            if items.min() < 0 or items.max() >= self.n_items:
-                raise ValueError(f"item ids must be in [0, {self.n_items})")
-        return users, items
-
     # --- persistence ----------------------------------------------------------------------
 
     def save(self, path: Path) -> Path:
         """Write the world into directory ``path`` (``world.npz`` + ``world.json``); returns it."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        arrays = {k: v for k, v in values.items() if isinstance(v, np.ndarray)}
-        meta = {k: v for k, v in values.items() if k not in arrays}
-        meta["start_date"] = self.start_date.isoformat()
-        meta["format_version"] = _FORMAT_VERSION
-        meta["countries"], meta["devices"] = list(COUNTRIES), list(DEVICES)
-        meta["n_users"], meta["n_items"] = self.n_users, self.n_items
-        # Write to temporaries then rename, so a reader never loads half a world.
-        tmp_npz = path / f".{_ARRAYS_FILE}.tmp.npz"
-        np.savez_compressed(tmp_npz, **arrays)
-        tmp_npz.replace(path / _ARRAYS_FILE)
-        tmp_json = path / f".{_META_FILE}.tmp"
-        tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        tmp_json.replace(path / _META_FILE)
-        return path
+        return _write_world(self, Path(path))
 
     @classmethod
     def load(cls, path: Path) -> World:
         """Read a world written by :meth:`save` from directory ``path``."""
-        path = Path(path)
-        meta_file, arrays_file = path / _META_FILE, path / _ARRAYS_FILE
-        if not meta_file.exists() or not arrays_file.exists():
-            raise FileNotFoundError(
-                f"no simulated world in {path} (expected {_META_FILE} and {_ARRAYS_FILE}; "
-                "run `recstack simulate` first)"
-            )
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_file}: world format {meta.get('format_version')}, this code reads "
-                f"{_FORMAT_VERSION}; re-run `recstack simulate`"
-            )
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in meta.items() if k in names}
-        kwargs["start_date"] = dt.date.fromisoformat(meta["start_date"])
-        with np.load(arrays_file) as npz:
-            kwargs.update({k: npz[k] for k in npz.files if k in names})
-        return cls(**kwargs)
+        return cls(**_read_world_fields(Path(path), {f.name for f in fields(cls)}))
+
+
+def _draw_world(sim: SimSettings) -> dict[str, Any]:
+    """The fields of a new world drawn from ``sim.seed``, before its bias is calibrated."""
+    rng = np.random.default_rng([sim.seed, STREAM_WORLD])
+    dim, n_cat = EMBEDDING_DIM, sim.n_categories
+
+    centroids = _normalize(rng.standard_normal((n_cat, dim)))
+    # Some categories are bigger and more liked than others (Zipf-like shares).
+    cat_share = 1.0 / np.arange(1, n_cat + 1) ** 0.6
+    cat_share = rng.permutation(cat_share / cat_share.sum())
+
+    items = _draw_items(rng, sim.n_items, centroids, cat_share)
+    item_created_us = _release_times(rng, sim)
+    users = _draw_users(rng, sim.n_users, centroids, cat_share, sim.sessions_per_user_per_day)
+    country_offset = rng.normal(0.0, 0.15, size=len(COUNTRIES))
+    users["user_bias"] = (users["user_bias"] + country_offset[users["user_country"]]).astype(
+        np.float32
+    )
+    # Every initial user joined before the first simulated day.
+    joined = np.full(sim.n_users, epoch_us(day_start(sim.start_date)) - DAY_US, np.int64)
+    return dict(
+        seed=sim.seed,
+        start_date=sim.start_date,
+        n_days=sim.days,
+        category_centroids=centroids.astype(np.float32),
+        category_share=cat_share.astype(np.float64),
+        category_boost=np.zeros(n_cat, np.float32),
+        item_created_us=item_created_us,
+        user_created_us=joined,
+        **items,
+        **users,
+    )
+
+
+def _calibrated_bias(world: World, sim: SimSettings, target_ctr: float) -> float:
+    """The global bias at which the logging policy's expected CTR is ``target_ctr``.
+
+    Calibrating against the logging policy's lists (rather than random pairs) is what makes
+    the lake's CTR land on target.
+    """
+    rng = np.random.default_rng([sim.seed, STREAM_CALIBRATION])
+    policy = LoggingPolicy.from_world(world, sim.list_size, sim.seed)
+    n_sessions = 4000
+    weight = world.user_activity / world.user_activity.sum()
+    users = rng.choice(world.n_users, size=n_sessions, p=weight)
+    lists = policy.recommend(rng, users, world.available_items(day_start(world.start_date)))
+    positions = np.broadcast_to(np.arange(lists.shape[1]), lists.shape)
+    # Without the current bias, so calibrating a world twice gives the same answer. Without
+    # freshness and fatigue too: the target is the steady-state CTR of the back catalogue.
+    logits = world.logits(np.repeat(users, lists.shape[1]), lists.ravel()) - world.bias
+    examine = (1.0 + positions.ravel()) ** -world.position_exponent
+
+    lo, hi = -20.0, 20.0  # expected CTR is increasing in the bias: bisect
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if float(np.mean(sigmoid(logits + mid) * examine)) < target_ctr:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _write_world(world: World, path: Path) -> Path:
+    """``world.npz`` (the arrays) and ``world.json`` (the rest) in directory ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    values = {f.name: getattr(world, f.name) for f in fields(world)}
+    arrays = {k: v for k, v in values.items() if isinstance(v, np.ndarray)}
+    meta = {k: v for k, v in values.items() if k not in arrays}
+    meta["start_date"] = world.start_date.isoformat()
+    meta["format_version"] = _FORMAT_VERSION
+    meta["countries"], meta["devices"] = list(COUNTRIES), list(DEVICES)
+    meta["n_users"], meta["n_items"] = world.n_users, world.n_items
+    # Write to temporaries then rename, so a reader never loads half a world.
+    tmp_npz = path / f".{_ARRAYS_FILE}.tmp.npz"
+    np.savez_compressed(tmp_npz, **arrays)
+    tmp_npz.replace(path / _ARRAYS_FILE)
+    tmp_json = path / f".{_META_FILE}.tmp"
+    tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp_json.replace(path / _META_FILE)
+    return path
+
+
+def _read_world_fields(path: Path, names: set[str]) -> dict[str, Any]:
+    """The values of the fields ``names`` saved by :func:`_write_world` in directory ``path``."""
+    meta_file, arrays_file = path / _META_FILE, path / _ARRAYS_FILE
+    if not meta_file.exists() or not arrays_file.exists():
+        raise FileNotFoundError(
+            f"no simulated world in {path} (expected {_META_FILE} and {_ARRAYS_FILE}; "
+            "run `recstack simulate` first)"
+        )
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(
+            f"{meta_file}: world format {meta.get('format_version')}, this code reads "
+            f"{_FORMAT_VERSION}; re-run `recstack simulate`"
+        )
+    kwargs = {k: v for k, v in meta.items() if k in names}
+    kwargs["start_date"] = dt.date.fromisoformat(meta["start_date"])
+    with np.load(arrays_file) as npz:
+        kwargs.update({k: npz[k] for k in npz.files if k in names})
+    return kwargs
 
 
 def _release_times(rng: np.random.Generator, sim: SimSettings) -> np.ndarray:
     """Item release times (int64 epoch µs): a back catalogue plus items released during the run."""
     start_us = epoch_us(day_start(sim.start_date))
-    offsets = -rng.uniform(1.0, 365.0, size=sim.n_items) * _DAY_US
+    offsets = -rng.uniform(1.0, 365.0, size=sim.n_items) * DAY_US
     n_new = int(round(NEW_ITEM_FRACTION * sim.n_items))
     if n_new and sim.n_items > sim.list_size + n_new:  # keep enough items for a full first list
         new = rng.choice(sim.n_items, size=n_new, replace=False)
-        offsets[new] = rng.uniform(0.0, sim.days, size=n_new) * _DAY_US
+        offsets[new] = rng.uniform(0.0, sim.days, size=n_new) * DAY_US
     return (start_us + offsets).astype(np.int64)
 
 

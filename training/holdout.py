@@ -19,6 +19,7 @@ import datetime as dt
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,9 @@ from training import evaluate as ev
 from training.candidates import CandidateModel, build_index, search
 from training.datasets import NO_CATEGORY, Snapshot
 from training.sources import SOURCES, merge_candidates
+
+if TYPE_CHECKING:
+    import faiss
 
 TOP_N = 20
 RECALL_KS = (100, 500)
@@ -110,9 +114,25 @@ def evaluate(
     raw = np.asarray(predict(rows[holdout.feature_names].to_numpy(np.float32)), dtype=np.float64)
     prob = ev.calibrate(raw, negative_rate)
     pop_counts = dict(zip(holdout.popular, range(len(holdout.popular), 0, -1), strict=True))
-    pop_scores = np.array([pop_counts.get(int(i), 0) for i in rows["item_id"]], dtype=np.float64)
+    # One random stream for every random baseline, drawn by the three phases in this order.
     rng = np.random.default_rng(seed)
-    m: dict[str, float] = {
+    m = _impression_metrics(rows, y, raw, prob, pop_counts, base_rate, rng)
+    retrieval = _Retrieval.of(holdout)
+    m.update(_candidate_recall(holdout, retrieval, n_candidates, rng))
+    m.update(_list_metrics(holdout, predict, retrieval, pop_counts, n_candidates, rng))
+    calibration = ev.calibration_bins(y, prob)
+    return Evaluation({k: float(v) for k, v in m.items()}, table_markdown(m, holdout, len(rows)),
+                      calibration)
+
+
+def _impression_metrics(
+    rows: pd.DataFrame, y: np.ndarray, raw: np.ndarray, prob: np.ndarray,
+    pop_counts: dict[int, int], base_rate: float, rng: np.random.Generator,
+) -> dict[str, float]:
+    """Per impression of the logged lists: each model's ranking metrics, the ranker's and the
+    constant base rate's calibration, the day's CTR and the ranker's mean prediction."""
+    pop_scores = np.array([pop_counts.get(int(i), 0) for i in rows["item_id"]], dtype=np.float64)
+    return {
         **ev.ranking_metrics("ranker", rows, raw, prob),
         **ev.ranking_metrics("candscore", rows, rows[CANDIDATE_SCORE_FEATURE].to_numpy(), None),
         **ev.ranking_metrics("popularity", rows, pop_scores, None),
@@ -125,18 +145,39 @@ def evaluate(
         "ranker_mean_predicted_ctr": float(prob.mean()),
     }
 
-    # Stage 1: Recall@K of the merged candidate set against the day's clicks.
-    clicks = holdout.day_events[holdout.day_events["event_type"] == EventType.CLICK.value]
-    relevant = {int(u): set(map(int, s)) for u, s in clicks.groupby("user_id")["item_id"]}
-    index = build_index(holdout.prior_model.item_embeddings)
+
+@dataclass
+class _Retrieval:
+    """What both recall phases need: the day's clicked items per user, the prior model's ANN
+    index, and the users it knows (the others get popular + fresh candidates only)."""
+
+    relevant: dict[int, set[int]]
+    index: faiss.Index
+    known: set[int]
+
+    @classmethod
+    def of(cls, holdout: Holdout) -> _Retrieval:
+        clicks = holdout.day_events[holdout.day_events["event_type"] == EventType.CLICK.value]
+        relevant = {int(u): set(map(int, s)) for u, s in clicks.groupby("user_id")["item_id"]}
+        index = build_index(holdout.prior_model.item_embeddings)
+        return cls(relevant, index, set(holdout.prior_model.user_ids.tolist()))
+
+
+def _candidate_recall(
+    holdout: Holdout, retrieval: _Retrieval, n_candidates: int, rng: np.random.Generator
+) -> dict[str, float]:
+    """Stage 1: Recall@K of the merged candidate set against the day's clicks (and of the
+    popular and random lists), and the merged set's share of each source."""
+    m: dict[str, float] = {}
+    relevant = retrieval.relevant
     k_max = max(n_candidates, *RECALL_KS)
     clickers = np.fromiter(relevant, dtype=np.int64, count=len(relevant))
-    ann = search(holdout.prior_model, index, clickers, k_max)[0] if len(clickers) else []
-    known = set(holdout.prior_model.user_ids.tolist())
+    ann = (search(holdout.prior_model, retrieval.index, clickers, k_max)[0]
+           if len(clickers) else [])
     for k in RECALL_KS:
         merged, shares = {}, []
         for u, row in zip(clickers, ann, strict=True):
-            hits = row if int(u) in known else []  # unknown users: popular + fresh only
+            hits = row if int(u) in retrieval.known else []  # unknown users: popular + fresh only
             ids, src = merge_candidates(hits, holdout.popular, holdout.fresh, k)
             merged[int(u)] = ids
             shares.append(src)
@@ -150,15 +191,45 @@ def evaluate(
         for source in SOURCES:
             share = float(np.mean(np.asarray(flat) == source)) if len(flat) else math.nan
             m[f"candidates_at_{k}_share_{source}"] = share
+    return m
 
-    # Top-20 lists of each model for a sample of the day's users: Recall@20, coverage, bias.
+
+def _list_metrics(
+    holdout: Holdout, predict: Callable[[np.ndarray], np.ndarray], retrieval: _Retrieval,
+    pop_counts: dict[int, int], n_candidates: int, rng: np.random.Generator,
+) -> dict[str, float]:
+    """Top-20 lists of each model for a sample of the day's users: Recall@20, coverage,
+    popularity bias, and the sources of the ranker's lists."""
     day_users = np.unique(holdout.rows["user_id"].to_numpy(np.int64))
     if len(day_users) > MAX_LIST_USERS:
         day_users = np.sort(rng.choice(day_users, MAX_LIST_USERS, replace=False))
-    ann_u = search(holdout.prior_model, index, day_users, n_candidates)[0] if len(day_users) else []
+    lists, ranker_sources = _top_lists(holdout, predict, retrieval, day_users, n_candidates, rng)
+    m: dict[str, float] = {}
+    pct = ev.popularity_percentiles(
+        {i: c for i, c in pop_counts.items()}, holdout.catalogue)
+    rel_sample = {u: retrieval.relevant[u] for u in map(int, day_users)
+                  if u in retrieval.relevant}
+    for name, per_user in lists.items():
+        m[f"{name}_recall_at_{TOP_N}"] = ev.recall_at_k(per_user, rel_sample, TOP_N)
+        m[f"{name}_coverage_at_{TOP_N}"] = ev.catalogue_coverage(per_user, len(holdout.catalogue))
+        m[f"{name}_popbias_at_{TOP_N}"] = ev.popularity_bias(per_user, pct)
+    for source in SOURCES:
+        m[f"ranker_top{TOP_N}_share_{source}"] = (
+            float(np.mean(np.asarray(ranker_sources) == source)) if ranker_sources else math.nan)
+    return m
+
+
+def _top_lists(
+    holdout: Holdout, predict: Callable[[np.ndarray], np.ndarray], retrieval: _Retrieval,
+    day_users: np.ndarray, n_candidates: int, rng: np.random.Generator,
+) -> tuple[dict[str, dict[int, list[int]]], list[str]]:
+    """Each model's top-20 list per user (the ranker and the candidate model over the user's
+    merged candidates, popularity, random), and the source of every item the ranker listed."""
+    ann_u = (search(holdout.prior_model, retrieval.index, day_users, n_candidates)[0]
+             if len(day_users) else [])
     cand_items, cand_src = [], []
     for u, row in zip(day_users, ann_u, strict=True):
-        ids, src = merge_candidates(row if int(u) in known else [], holdout.popular,
+        ids, src = merge_candidates(row if int(u) in retrieval.known else [], holdout.popular,
                                     holdout.fresh, n_candidates)
         cand_items.append(np.asarray(ids, dtype=np.int64))
         cand_src.append(np.asarray(src, dtype=object))
@@ -174,20 +245,7 @@ def evaluate(
         lists["candscore"][int(u)] = items[np.argsort(-cs, kind="stable")[:TOP_N]].tolist()
         lists["popularity"][int(u)] = holdout.popular[:TOP_N]
         lists["random"][int(u)] = rng.choice(holdout.catalogue, TOP_N, replace=False).tolist()
-    pct = ev.popularity_percentiles(
-        {i: c for i, c in pop_counts.items()}, holdout.catalogue)
-    rel_sample = {u: relevant[u] for u in map(int, day_users) if u in relevant}
-    for name, per_user in lists.items():
-        m[f"{name}_recall_at_{TOP_N}"] = ev.recall_at_k(per_user, rel_sample, TOP_N)
-        m[f"{name}_coverage_at_{TOP_N}"] = ev.catalogue_coverage(per_user, len(holdout.catalogue))
-        m[f"{name}_popbias_at_{TOP_N}"] = ev.popularity_bias(per_user, pct)
-    for source in SOURCES:
-        m[f"ranker_top{TOP_N}_share_{source}"] = (
-            float(np.mean(np.asarray(ranker_sources) == source)) if ranker_sources else math.nan)
-
-    calibration = ev.calibration_bins(y, prob)
-    return Evaluation({k: float(v) for k, v in m.items()}, table_markdown(m, holdout, len(rows)),
-                      calibration)
+    return lists, ranker_sources
 
 
 def _f(value: float | None, digits: int = 3) -> str:
