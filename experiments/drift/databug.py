@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -34,8 +35,6 @@ def run_databug(base: Settings, n_users: int = 600, n_items: int = 400, warm_day
     from experiments.drift.ministack import MiniStack, free_port
     from experiments.drift.replay import false_alarms
     from experiments.report import ReportFolder
-    from monitoring.monitor import DriftMonitor
-    from recstack.lake import partition_dir
 
     console = console or Console(stderr=True)
     cfg = DriftConfig(scenario="data-bug", n_users=n_users, n_items=n_items, warm_days=warm_days)
@@ -47,56 +46,15 @@ def run_databug(base: Settings, n_users: int = 600, n_items: int = 400, warm_day
     summary: dict[str, Any] = {"scenario": "data-bug", "bug_starts": bug_day.isoformat()}
     with MiniStack.create(settings, {"RECSTACK_PIPELINE__MAX_ROW_SWING": "0.5"}) as stack:
         with console.status("bootstrap: Redis, MLflow, simulate (bug held back), pipeline, train"):
-            stack.start_infra(settings.redis.port, settings.mlflow.port)
-            scenario_file = report.path / "data-bug-shifted.yaml"
-            _write_shifted(scenario_file, warm_days)
-            _ok(stack.run_cli("simulate", "--days", str(warm_days + 1),
-                              "--scenario", str(scenario_file)), "simulate")
-            held = report.path / "held-back"
-            src = partition_dir(settings.lake_dir, bug_day)
-            shutil.move(str(src), str(held))
-            _ok(stack.run_cli("pipeline"), "pipeline (clean days)")
-            _ok(stack.run_cli("train"), "train (clean days)")
-            champion_before = _champion(settings)
+            held, src, champion_before = _bootstrap(stack, settings, report, warm_days, bug_day)
         # 3. the bugged day, hour by hour, through the monitor's event checks.
-        import pyarrow.parquet as pq
-
-        bugged = pq.read_table(held).to_pandas()
-        retrains: list[str] = []
-        monitor = DriftMonitor(settings, redis=_ListStream(), retrainer=lambda c: retrains.append(c) or 0,
-                               background_retrain=False, reference_loader=lambda: None)
-        rows = []
-        first_alert_h = None
-        for hour, chunk in bugged.sort_values("ts").groupby(bugged["ts"].dt.floor("h")):
-            monitor.redis.load(chunk)
-            result = monitor.check()
-            h = (hour - pd.Timestamp(bug_day, tz="UTC")).total_seconds() / 3600
-            rows.append({"hour": h, **result.values, "alerting": ",".join(result.alerting),
-                         "held": result.held_cause or ""})
-            if result.alerting and first_alert_h is None:
-                first_alert_h = h + 1  # the check runs at the end of the hour
-        summary["drift_detection_delay_sim_days"] = (
-            round(first_alert_h / 24, 3) if first_alert_h is not None else None)
-        summary["caught_by_monitor"] = first_alert_h is not None
-        summary["monitor_alert_signals"] = sorted({a for r in rows for a in r["alerting"].split(",")
-                                                    if a})
-        summary["retrain_hold_file_written"] = monitor.hold_path.exists()
-        summary["monitor_started_retrains"] = len(retrains)
+        rows, caught = _watch_bugged_day(settings, held, bug_day)
+        summary.update(caught)
         # 4. the day lands in the lake: does pipeline validation reject it?
-        shutil.move(str(held), str(src))
-        proc = stack.run_cli("pipeline")
-        summary["caught_by_pipeline_validation"] = proc.returncode != 0
-        summary["pipeline_exit_code"] = proc.returncode
-        summary["pipeline_message"] = (proc.stderr or proc.stdout).strip().splitlines()[-1][-300:] \
-            if (proc.stderr or proc.stdout).strip() else ""
+        pipeline_rc, validation = _land_bugged_day(stack, held, src)
+        summary.update(validation)
         # 5. counterfactual: a retraining that ignores the hold.
-        proc = stack.run_cli("retrain", "--no-pipeline" if proc.returncode else "--pipeline",
-                             "--ignore-hold")
-        champion_after = _champion(settings)
-        summary["counterfactual_retrain_exit_code"] = proc.returncode
-        summary["counterfactual_bugged_model_promoted"] = champion_after != champion_before
-        summary["champion_before"] = champion_before
-        summary["champion_after_counterfactual"] = champion_after
+        summary.update(_counterfactual_retrain(stack, settings, pipeline_rc, champion_before))
     summary["caught_before_champion"] = bool(
         summary["caught_by_pipeline_validation"]
         or (summary["caught_by_monitor"] and summary["drift_detection_delay_sim_days"] < 1.0))
@@ -111,6 +69,91 @@ def run_databug(base: Settings, n_users: int = 600, n_items: int = 400, warm_day
     report.table([{"figure": k, "value": v} for k, v in summary.items()])
     path = report.finish(summary)
     summary["report"] = str(path)
+    return summary
+
+
+def _bootstrap(stack: Any, settings: Settings, report: Any, warm_days: int, bug_day: dt.date
+               ) -> tuple[Path, Path, dict[str, str]]:
+    """Redis and MLflow; ``warm_days`` clean days and the first bugged one simulated, the bugged
+    day's lake partition moved aside; pipeline and training on the clean days. Returns the
+    held-back folder, the partition it belongs in and the champion trained on clean data."""
+    from recstack.lake import partition_dir
+
+    stack.start_infra(settings.redis.port, settings.mlflow.port)
+    scenario_file = report.path / "data-bug-shifted.yaml"
+    _write_shifted(scenario_file, warm_days)
+    _ok(stack.run_cli("simulate", "--days", str(warm_days + 1),
+                      "--scenario", str(scenario_file)), "simulate")
+    held = report.path / "held-back"
+    src = partition_dir(settings.lake_dir, bug_day)
+    shutil.move(str(src), str(held))
+    _ok(stack.run_cli("pipeline"), "pipeline (clean days)")
+    _ok(stack.run_cli("train"), "train (clean days)")
+    champion_before = _champion(settings)
+    return held, src, champion_before
+
+
+def _watch_bugged_day(settings: Settings, held: Path, bug_day: dt.date
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The held-back day's events hour by hour through the drift monitor's event checks (as the
+    stream would deliver them); returns one row per hourly check and the summary's figures on
+    the monitor (detection delay, signals, whether it held retraining)."""
+    import pyarrow.parquet as pq
+
+    from monitoring.monitor import DriftMonitor
+
+    bugged = pq.read_table(held).to_pandas()
+    retrains: list[str] = []
+    monitor = DriftMonitor(settings, redis=_ListStream(),
+                           retrainer=lambda c: retrains.append(c) or 0,
+                           background_retrain=False, reference_loader=lambda: None)
+    rows = []
+    first_alert_h = None
+    for hour, chunk in bugged.sort_values("ts").groupby(bugged["ts"].dt.floor("h")):
+        monitor.redis.load(chunk)
+        result = monitor.check()
+        h = (hour - pd.Timestamp(bug_day, tz="UTC")).total_seconds() / 3600
+        rows.append({"hour": h, **result.values, "alerting": ",".join(result.alerting),
+                     "held": result.held_cause or ""})
+        if result.alerting and first_alert_h is None:
+            first_alert_h = h + 1  # the check runs at the end of the hour
+    summary: dict[str, Any] = {}
+    summary["drift_detection_delay_sim_days"] = (
+        round(first_alert_h / 24, 3) if first_alert_h is not None else None)
+    summary["caught_by_monitor"] = first_alert_h is not None
+    summary["monitor_alert_signals"] = sorted({a for r in rows for a in r["alerting"].split(",")
+                                                if a})
+    summary["retrain_hold_file_written"] = monitor.hold_path.exists()
+    summary["monitor_started_retrains"] = len(retrains)
+    return rows, summary
+
+
+def _land_bugged_day(stack: Any, held: Path, src: Path) -> tuple[int, dict[str, Any]]:
+    """The held-back day back in the lake and ``recstack pipeline`` run on it; returns its exit
+    code and the summary's figures on whether validation rejected the day."""
+    shutil.move(str(held), str(src))
+    proc = stack.run_cli("pipeline")
+    summary: dict[str, Any] = {}
+    summary["caught_by_pipeline_validation"] = proc.returncode != 0
+    summary["pipeline_exit_code"] = proc.returncode
+    summary["pipeline_message"] = (proc.stderr or proc.stdout).strip().splitlines()[-1][-300:] \
+        if (proc.stderr or proc.stdout).strip() else ""
+    return proc.returncode, summary
+
+
+def _counterfactual_retrain(stack: Any, settings: Settings, pipeline_rc: int,
+                            champion_before: dict[str, str]) -> dict[str, Any]:
+    """``recstack retrain --ignore-hold`` (a trainer that ignores the monitor's hold; without the
+    pipeline if it rejected the day): the summary's figures on whether the gate promoted a model
+    trained on the bug."""
+    proc = stack.run_cli("retrain", "--no-pipeline" if pipeline_rc else "--pipeline",
+                         "--ignore-hold")
+    champion_after = _champion(settings)
+    summary: dict[str, Any] = {}
+    summary["counterfactual_retrain_exit_code"] = proc.returncode
+    summary["counterfactual_bugged_model_promoted"] = champion_after != champion_before
+    summary["champion_before"] = champion_before
+    summary["champion_after_counterfactual"] = champion_after
     return summary
 
 

@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,26 +41,16 @@ class DriftConfig:
     # Logging-policy days in the lake before the live run: more than a week, so the champion's
     # feature reference has full 7-day windows, like the live features it is compared with.
     warm_days: int = 8
-    # Live traffic before the monitor watches: the champion is a new policy for users whose
-    # fatigue memory holds the logging policy's items, so its fraction of the oracle starts
-    # high and falls until the memories hold its own lists. Measured with a no-shift control
-    # (a taste shift of strength 0.001): 0.72 -> 0.51 over the first two live days, then flat
-    # at 0.47 +- 0.02. With one burn-in day the "pre-shift" 12 h (0.51) were still on that
-    # slope and the no-drift run "recovered" to only 0.91 of it; two days put the pre-shift
-    # window on the plateau, so the recovery ratio measures the drift, not the warm-up. (The
-    # shift also cost less there: -12..-18% of expected CTR instead of -25% while the lists
-    # were still novel, so the online-CTR alert takes longer; `*_pre_shift_previous_12h_*` in
-    # the summary shows whether the baseline was flat.)
+    # Live days before the monitor watches: the pre-shift window must be past the new policy's
+    # warm-up (see README.md, "Why the defaults are what they are": burn_in_days).
     burn_in_days: int = 2
     live_days: int = 5  # burn-in included
     shift_day: int = 11  # 0-based simulated day the scenario starts (a live day)
     # Retraining weighs recent events more (train.recency_half_life_days): after a shift the
     # candidate model follows the new tastes instead of averaging them with a week of old ones.
     recency_half_life_days: float | None = 1.0
-    # About 3 requests per user and simulated day. At 40 (one a day) a taste shift in a third
-    # of the users moved the online CTR tests by no more than a quiet day did (a no-retrain
-    # run, seed 42: the shifted country's z -3.4 at best in the 24 h after the shift, the
-    # quietest country's -3.6 in the 12 h before it), so detection was luck.
+    # About 3 requests per user and simulated day, so that a segment's shift stands out of the
+    # CTR tests' noise (see README.md, "Why the defaults are what they are": requests_per_hour).
     requests_per_hour: int = 120
     k: int = 10
     retrain: bool = True
@@ -113,17 +103,10 @@ def shifted_scenario(name: str, day: int) -> Any:
 
 def run_drift(base: Settings, cfg: DriftConfig, console: Any = None) -> dict[str, Any]:
     """Runs the experiment; returns the summary (also written into the report folder)."""
-    import redis as redis_lib
     from rich.console import Console
-    from rich.progress import Progress
 
     from experiments.drift.ministack import MiniStack, free_port
-    from experiments.drift.traffic import Arm, play_hour, post_events, warm_memories
     from experiments.report import ReportFolder
-    from monitoring.monitor import DriftMonitor
-    from monitoring.onlinestore import RedisOnlineStore
-    from monitoring.service import api_sampler
-    from simulator.world import World
 
     cfg.check()
     console = console or Console(stderr=True)
@@ -131,124 +114,213 @@ def run_drift(base: Settings, cfg: DriftConfig, console: Any = None) -> dict[str
     settings = _settings(base, cfg, base.root / "experiments" / report.path.name, free_port(),
                          free_port())
     t_start = time.perf_counter()
-    marks: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
-    checks: list[dict[str, Any]] = []
-    with MiniStack.create(settings, {
+    with MiniStack.create(settings, _stack_env(cfg)) as stack:
+        with console.status("bootstrap: Redis, MLflow, simulate, pipeline, train"):
+            live, frozen = _bootstrap(stack, settings, cfg)
+        console.print(f"bootstrap done in {time.perf_counter() - t_start:.0f}s")
+        run, t0, shift_at = _live_days(stack, settings, cfg, live, frozen, console)
+    timeline = pd.DataFrame(run.rows)
+    summary = summarize(timeline, run.marks, shift_at, t0, cfg)
+    summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    from experiments.drift.replay import false_alarms
+
+    with console.status("false alarms: offline replay of a 7-day run without a scenario"):
+        summary.update(false_alarms(settings, cfg))
+    path = _write_report(report, cfg, summary, timeline, run, t0)
+    summary["report"] = str(path)
+    return summary
+
+
+@dataclass
+class _LiveRun:
+    """What every simulated hour of the live days works with and what it records: the private
+    stack, its settings and Redis client, the simulated clock (``sim_now["t"]``: the monitor's
+    clock and the time of the retrainer's marks), and the timeline rows, monitor checks and
+    marks the report is made of."""
+
+    stack: Any
+    settings: Settings
+    cfg: DriftConfig
+    rclient: Any
+    sim_now: dict[str, dt.datetime]
+    marks: list[dict[str, Any]]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _stack_env(cfg: DriftConfig) -> dict[str, str]:
+    """The private stack's environment: quick item and materialization refreshes, loose
+    serving budgets, and the retraining's recency weighting."""
+    return {
         "RECSTACK_SERVING__ITEM_REFRESH_S": "1", "RECSTACK_SERVING__MATERIALIZATION_POLL_S": "1",
         "RECSTACK_SERVING__DEADLINE_MS": "1000", "RECSTACK_SERVING__CANDIDATES_BUDGET_MS": "300",
         "RECSTACK_SERVING__RANKING_BUDGET_MS": "300",
         "RECSTACK_SERVING__USER_FEATURES_BUDGET_MS": "200",
         **({"RECSTACK_TRAIN__RECENCY_HALF_LIFE_DAYS": str(cfg.recency_half_life_days)}
            if cfg.recency_half_life_days else {}),
-    }) as stack:
-        with console.status("bootstrap: Redis, MLflow, simulate, pipeline, train"):
-            stack.start_infra(settings.redis.port, settings.mlflow.port)
-            for verb in (("simulate", "--days", str(cfg.warm_days)), ("pipeline",), ("train",)):
-                proc = stack.run_cli(*verb)
-                if proc.returncode:
-                    raise RuntimeError(f"bootstrap `recstack {' '.join(verb)}` failed: "
-                                       f"{(proc.stderr or proc.stdout)[-500:]}")
-            _alias_frozen(settings)
-            stack.start_sink()
-            live = Arm("live", stack.start_api("api-live", "champion"), post_events=True)
-            frozen = Arm("frozen", stack.start_api("api-frozen", "frozen"), post_events=False)
-        console.print(f"bootstrap done in {time.perf_counter() - t_start:.0f}s")
-        world = World.generate(settings.sim)
-        scenario = shifted_scenario(cfg.scenario, cfg.shift_day)
-        first_live = settings.sim.start_date + dt.timedelta(days=cfg.warm_days)
-        t0 = day_start(first_live)
-        shift_at = day_start(settings.sim.start_date + dt.timedelta(days=cfg.shift_day))
-        marks.append({"kind": "shift", "at": shift_at.isoformat(), "detail": cfg.scenario})
-        rclient = redis_lib.Redis.from_url(settings.redis.url)
-        warm_memories([live, frozen], world, _last_impressions(settings), t0)
-        affected = affected_users(scenario, world, cfg.warm_days + cfg.live_days - 1)
-        sim_now = {"t": t0}
+    }
 
-        def retrainer(cause: str) -> int:
-            marks.append({"kind": "retrain", "at": sim_now["t"].isoformat(), "detail": cause})
-            _drain(rclient)
-            proc = stack.run_cli("retrain")
-            verdict = _last_line(proc, "gate")
-            marks.append({"kind": "retrain_done", "at": sim_now["t"].isoformat(),
+
+def _bootstrap(stack: Any, settings: Settings, cfg: DriftConfig) -> tuple[Any, Any]:
+    """Redis and MLflow, ``warm_days`` of logging-policy traffic, the pipeline and the champion
+    (also aliased ``frozen``), the sink; returns the two arms (live, frozen)."""
+    from experiments.drift.traffic import Arm
+
+    stack.start_infra(settings.redis.port, settings.mlflow.port)
+    for verb in (("simulate", "--days", str(cfg.warm_days)), ("pipeline",), ("train",)):
+        proc = stack.run_cli(*verb)
+        if proc.returncode:
+            raise RuntimeError(f"bootstrap `recstack {' '.join(verb)}` failed: "
+                               f"{(proc.stderr or proc.stdout)[-500:]}")
+    _alias_frozen(settings)
+    stack.start_sink()
+    live = Arm("live", stack.start_api("api-live", "champion"), post_events=True)
+    frozen = Arm("frozen", stack.start_api("api-frozen", "frozen"), post_events=False)
+    return live, frozen
+
+
+def _live_days(stack: Any, settings: Settings, cfg: DriftConfig, live: Any, frozen: Any,
+               console: Any) -> tuple[_LiveRun, dt.datetime, dt.datetime]:
+    """The world and its scenario from the first live day on, the arms' memories warmed with
+    the lake's last impressions, the drift monitor, then every live hour played; returns the
+    run's record, the first live midnight (``t0``) and the moment the shift starts."""
+    import redis as redis_lib
+
+    from experiments.drift.traffic import warm_memories
+    from simulator.world import World
+
+    marks: list[dict[str, Any]] = []
+    world = World.generate(settings.sim)
+    scenario = shifted_scenario(cfg.scenario, cfg.shift_day)
+    first_live = settings.sim.start_date + dt.timedelta(days=cfg.warm_days)
+    t0 = day_start(first_live)
+    shift_at = day_start(settings.sim.start_date + dt.timedelta(days=cfg.shift_day))
+    marks.append({"kind": "shift", "at": shift_at.isoformat(), "detail": cfg.scenario})
+    rclient = redis_lib.Redis.from_url(settings.redis.url)
+    warm_memories([live, frozen], world, _last_impressions(settings), t0)
+    affected = affected_users(scenario, world, cfg.warm_days + cfg.live_days - 1)
+    run = _LiveRun(stack, settings, cfg, rclient, {"t": t0}, marks)
+    monitor = _drift_monitor(run, live)
+    _play_hours(run, monitor, live, frozen, world, scenario, affected, t0, console)
+    return run, t0, shift_at
+
+
+def _drift_monitor(run: _LiveRun, live: Any) -> Any:
+    """The drift monitor on the private stack, sampling the live arm, on the simulated clock; its
+    retrainer runs ``recstack retrain`` synchronously (the simulated clock waits) and marks it."""
+    from monitoring.monitor import DriftMonitor
+    from monitoring.onlinestore import RedisOnlineStore
+    from monitoring.service import api_sampler
+
+    def retrainer(cause: str) -> int:
+        run.marks.append({"kind": "retrain", "at": run.sim_now["t"].isoformat(), "detail": cause})
+        _drain(run.rclient)
+        proc = run.stack.run_cli("retrain")
+        verdict = _last_line(proc, "gate")
+        run.marks.append({"kind": "retrain_done", "at": run.sim_now["t"].isoformat(),
                           "detail": f"exit {proc.returncode}: {verdict}"})
-            return proc.returncode
+        return proc.returncode
 
-        monitor = DriftMonitor(
-            settings, redis=rclient, store=RedisOnlineStore(rclient, settings.feast.project),
-            sample_api=api_sampler(live.url, k=cfg.k), retrainer=retrainer,
-            clock=lambda: sim_now["t"].timestamp(), background_retrain=False)
-        rng = np.random.default_rng([cfg.seed, 9])
-        worlds: dict[int, World] = {}
-        last_model = None
-        hours = 24 * cfg.live_days
-        with Progress(console=console) as progress:
-            task = progress.add_task("simulated hours", total=hours)
-            for hour in range(hours):
-                at = t0 + dt.timedelta(hours=hour)
-                sim_now["t"] = at
-                day_index = cfg.warm_days + hour // 24
-                if day_index not in worlds:
-                    worlds[day_index] = scenario.world_on(world, day_index)
-                arms = [live, frozen]
-                figures, events = play_hour(arms, worlds[day_index], hour, at,
-                                            cfg.requests_per_hour, cfg.k, rng, affected)
-                rows += [f.row() for f in figures]
-                if events:
-                    post_events(live, events)
-                if figures[0].model and figures[0].model != last_model:
-                    if last_model is not None:
-                        marks.append({"kind": "promotion", "at": at.isoformat(),
+    return DriftMonitor(
+        run.settings, redis=run.rclient,
+        store=RedisOnlineStore(run.rclient, run.settings.feast.project),
+        sample_api=api_sampler(live.url, k=run.cfg.k), retrainer=retrainer,
+        clock=lambda: run.sim_now["t"].timestamp(), background_retrain=False)
+
+
+def _play_hours(run: _LiveRun, monitor: Any, live: Any, frozen: Any, world: Any, scenario: Any,
+                affected: np.ndarray, t0: dt.datetime, console: Any) -> None:
+    """Every simulated hour of the live days: both arms serve the same requests, the live arm's
+    events reach the stream, a new champion is marked as a promotion; then the burn-in's
+    pipeline or, after the burn-in, the monitor's check (see ``_watch_hour``)."""
+    from rich.progress import Progress
+
+    from experiments.drift.traffic import play_hour, post_events
+
+    cfg = run.cfg
+    rng = np.random.default_rng([cfg.seed, 9])
+    worlds: dict[int, Any] = {}
+    last_model = None
+    hours = 24 * cfg.live_days
+    with Progress(console=console) as progress:
+        task = progress.add_task("simulated hours", total=hours)
+        for hour in range(hours):
+            at = t0 + dt.timedelta(hours=hour)
+            run.sim_now["t"] = at
+            day_index = cfg.warm_days + hour // 24
+            if day_index not in worlds:
+                worlds[day_index] = scenario.world_on(world, day_index)
+            arms = [live, frozen]
+            figures, events = play_hour(arms, worlds[day_index], hour, at,
+                                        cfg.requests_per_hour, cfg.k, rng, affected)
+            run.rows += [f.row() for f in figures]
+            if events:
+                post_events(live, events)
+            if figures[0].model and figures[0].model != last_model:
+                if last_model is not None:
+                    run.marks.append({"kind": "promotion", "at": at.isoformat(),
                                       "detail": figures[0].model})
-                    last_model = figures[0].model
-                sim_now["t"] = at + dt.timedelta(hours=1)
-                if hour < 24 * cfg.burn_in_days:  # the stack "was already running"
-                    monitor.last_id = "$"  # the monitor starts after the burn-in
-                    if hour % 24 == 23:
-                        _drain(rclient)
-                        stack.run_cli("pipeline")
-                    progress.update(task, advance=1)
-                    continue
-                if monitor.last_id == "$":
-                    monitor.last_id = _last_stream_id(rclient)
-                result = monitor.check()
-                checks.append({"hour": hour, "at": sim_now["t"].isoformat(), **result.values,
-                               "alerting": ",".join(result.alerting),
-                               "retrain": result.retrain_cause or ""})
-                if result.alerting:
-                    retrainable = [a for a in result.alerting if any(
-                        a.startswith(p) for p in settings.monitor.retrain_signals)]
-                    marks.append({"kind": "alert" if retrainable else "feature_alert",
-                                  "at": sim_now["t"].isoformat(),
-                                  "detail": ",".join(result.alerting)})
-                if hour % 24 == 23:  # simulated midnight: the daily feature pipeline
-                    _drain(rclient)
-                    proc = stack.run_cli("pipeline")
-                    if proc.returncode:
-                        marks.append({"kind": "pipeline_failed", "at": sim_now["t"].isoformat(),
-                                      "detail": (proc.stderr or "")[-200:]})
-                progress.update(task, advance=1, description=(
-                    f"day {day_index} h{hour % 24:02d} live {figures[0].row()['fraction_of_oracle']:.2f}"
-                    f" frozen {figures[1].row()['fraction_of_oracle']:.2f}"))
-    timeline = pd.DataFrame(rows)
-    summary = summarize(timeline, marks, shift_at, t0, cfg)
-    summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    from experiments.drift.plots import timeline_figure
-    from experiments.drift.replay import false_alarms
+                last_model = figures[0].model
+            run.sim_now["t"] = at + dt.timedelta(hours=1)
+            if hour < 24 * cfg.burn_in_days:  # the stack "was already running"
+                _burn_in_hour(run, monitor, hour)
+                progress.update(task, advance=1)
+                continue
+            _watch_hour(run, monitor, hour)
+            progress.update(task, advance=1, description=(
+                f"day {day_index} h{hour % 24:02d} "
+                f"live {figures[0].row()['fraction_of_oracle']:.2f}"
+                f" frozen {figures[1].row()['fraction_of_oracle']:.2f}"))
 
-    with console.status("false alarms: offline replay of a 7-day run without a scenario"):
-        summary.update(false_alarms(settings, cfg))
+
+def _burn_in_hour(run: _LiveRun, monitor: Any, hour: int) -> None:
+    """An hour before the monitor watches: it will start at the stream's end; the daily
+    pipeline still runs at simulated midnight."""
+    monitor.last_id = "$"  # the monitor starts after the burn-in
+    if hour % 24 == 23:
+        _drain(run.rclient)
+        run.stack.run_cli("pipeline")
+
+
+def _watch_hour(run: _LiveRun, monitor: Any, hour: int) -> None:
+    """A watched hour: the monitor's check (recorded, its alerts marked; it may retrain), and at
+    simulated midnight the daily feature pipeline (a failure is marked)."""
+    if monitor.last_id == "$":
+        monitor.last_id = _last_stream_id(run.rclient)
+    result = monitor.check()
+    run.checks.append({"hour": hour, "at": run.sim_now["t"].isoformat(), **result.values,
+                       "alerting": ",".join(result.alerting),
+                       "retrain": result.retrain_cause or ""})
+    if result.alerting:
+        retrainable = [a for a in result.alerting if any(
+            a.startswith(p) for p in run.settings.monitor.retrain_signals)]
+        run.marks.append({"kind": "alert" if retrainable else "feature_alert",
+                          "at": run.sim_now["t"].isoformat(),
+                          "detail": ",".join(result.alerting)})
+    if hour % 24 == 23:  # simulated midnight: the daily feature pipeline
+        _drain(run.rclient)
+        proc = run.stack.run_cli("pipeline")
+        if proc.returncode:
+            run.marks.append({"kind": "pipeline_failed", "at": run.sim_now["t"].isoformat(),
+                              "detail": (proc.stderr or "")[-200:]})
+
+
+def _write_report(report: Any, cfg: DriftConfig, summary: dict[str, Any],
+                  timeline: pd.DataFrame, run: _LiveRun, t0: dt.datetime) -> Any:
+    """The timeline, checks and marks as CSV, the timeline plot, the figures and the marks;
+    returns the finished report's path."""
+    from experiments.drift.plots import timeline_figure
+
+    marks = run.marks
     report.csv("timeline", timeline)
-    report.csv("checks", pd.DataFrame(checks))
+    report.csv("checks", pd.DataFrame(run.checks))
     report.csv("marks", pd.DataFrame(marks))
     report.figure("timeline", timeline_figure(timeline, marks, t0, cfg),
                   "Fraction of the oracle's expected clicks per simulated hour (6-hour mean), "
                   "live (drift monitor retrains) vs frozen (retraining disabled).")
     report.text("## Figures\n```json\n" + json.dumps(summary, indent=2, default=str) + "\n```")
     report.table(marks, ["kind", "at", "detail"])
-    path = report.finish(summary, settings_used=asdict(cfg))
-    summary["report"] = str(path)
-    return summary
+    return report.finish(summary, settings_used=asdict(cfg))
 
 
 def affected_users(scenario: Any, world: Any, day_index: int) -> np.ndarray:

@@ -78,57 +78,17 @@ def plan(summary: dict[str, Any], target: CapacityTarget,
     if cpu_ms:
         out["api_cpu_ms_per_request"] = cpu_ms
         out["api_service_rate_from_cpu_rps"] = round(replica_cores * 1000 / cpu_ms, 2)
-    # Check against the measured multi-replica knees.
-    for key, value in summary.items():
-        if key.startswith("max_rps_at_slo_") and value and not key.endswith("_1_replica"):
-            n = int(key.removeprefix("max_rps_at_slo_").split("_")[0])
-            predicted = mmc.max_rate_at_slo(mu, n, slo_s)
-            out[f"mmc_predicted_max_rps_at_slo_{n}_replicas"] = round(predicted, 1)
-            out[f"measured_max_rps_at_slo_{n}_replicas"] = value
-            out[f"measured_over_predicted_{n}_replicas"] = round(value / predicted, 3)
-    # The api tier.
-    try:
-        replicas = mmc.servers_needed(target.qps, mu, p99_s)
-    except ValueError as exc:
-        raise CapacityError(f"the p99 target cannot be met by adding replicas: {exc}") from exc
-    out["api_replicas_needed_mmc_pooled"] = replicas
-    # Pooling (one shared queue) is the model's optimism at large c: it allows ~100% utilization.
-    # A balancer keeps a queue per replica; headroom also absorbs a lost replica. Cap utilization.
-    capped = math.ceil(target.qps / (API_MAX_UTILIZATION * mu))
-    # The pessimistic bound: independent M/M/1 queues, each loaded to its own knee.
-    out["api_replicas_needed_independent_mm1"] = math.ceil(
-        target.qps / mmc.max_rate_at_slo(mu, 1, p99_s)) if mmc.max_rate_at_slo(mu, 1, p99_s) else None
-    replicas = max(replicas, capped)
-    out["api_replicas_needed"] = replicas
-    out["api_utilization_at_target"] = round(target.qps / (replicas * mu), 3)
-    out["api_p99_ms_predicted"] = round(1000 * mmc.response_time_quantile(
-        0.99, target.qps, mu, replicas), 2)
-    eff = summary.get("scaling_efficiency_1_to_2")
-    if eff:
-        shared = math.ceil(target.qps / (float(knee1) * float(eff)))
-        out["api_replicas_needed_at_measured_efficiency"] = shared
-    # The same plan with mu from the api's own CPU per request (a dedicated core per replica).
-    # When other tenants held the measured machine's cores, the fitted mu measures their load
-    # more than the service: the plan then goes by the CPU model (both are reported).
+    out |= _check_against_measured_knees(summary, mu, slo_s)
+    replicas, api_tier = _api_replicas_fitted(summary, target, float(knee1), mu, p99_s)
+    out |= api_tier
     out["api_replicas_needed_fitted_model"] = replicas
     other = summary.get("other_tenants_cpu_cores_at_knees_mean") or 0.0
     out["other_tenants_cpu_cores_during_scale"] = other
     out["plan_model"] = "fitted to the knee"
     if cpu_ms and replica_cores * 1000 / cpu_ms > mu:
-        mu_cpu = replica_cores * 1000 / cpu_ms
-        try:
-            cpu_replicas = max(mmc.servers_needed(target.qps, mu_cpu, p99_s),
-                               math.ceil(target.qps / (API_MAX_UTILIZATION * mu_cpu)))
-        except ValueError:
-            cpu_replicas = None
-        out["api_replicas_needed_cpu_model"] = cpu_replicas
-        if cpu_replicas and other >= OTHER_TENANTS_SATURATED_CORES:
-            replicas, mu = cpu_replicas, mu_cpu
-            out["plan_model"] = "CPU per request (the machine was saturated by other tenants)"
-            out["api_replicas_needed"] = replicas
-            out["api_utilization_at_target"] = round(target.qps / (replicas * mu), 3)
-            out["api_p99_ms_predicted"] = round(1000 * mmc.response_time_quantile(
-                0.99, target.qps, mu, replicas), 2)
+        replicas, cpu_model = _api_replicas_cpu_model(target, p99_s, cpu_ms, replica_cores,
+                                                      other, replicas)
+        out |= cpu_model
     api_cores = replicas * replica_cores  # one uvicorn worker: a core, or its budget
     # The balancer and Redis, sized by their measured CPU per request.
     nginx_ms = summary.get("cpu_ms_per_request_nginx_at_knee_1_replica")
@@ -152,6 +112,75 @@ def plan(summary: dict[str, Any], target: CapacityTarget,
     out |= {"total_cores": total_cores, "total_memory_gib": round(memory_gib, 1),
             "cost_usd_per_hour": round(per_hour, 2), "cost_usd_per_month": round(per_hour * 730)}
     return out
+
+
+def _check_against_measured_knees(summary: dict[str, Any], mu: float, slo_s: float
+                                  ) -> dict[str, Any]:
+    """M/M/c's knee for each measured multi-replica count, against the measured knee."""
+    out: dict[str, Any] = {}
+    for key, value in summary.items():
+        if key.startswith("max_rps_at_slo_") and value and not key.endswith("_1_replica"):
+            n = int(key.removeprefix("max_rps_at_slo_").split("_")[0])
+            predicted = mmc.max_rate_at_slo(mu, n, slo_s)
+            out[f"mmc_predicted_max_rps_at_slo_{n}_replicas"] = round(predicted, 1)
+            out[f"measured_max_rps_at_slo_{n}_replicas"] = value
+            out[f"measured_over_predicted_{n}_replicas"] = round(value / predicted, 3)
+    return out
+
+
+def _api_replicas_fitted(summary: dict[str, Any], target: CapacityTarget, knee1: float,
+                         mu: float, p99_s: float) -> tuple[int, dict[str, Any]]:
+    """The api tier with mu fitted to the knee: the fewest M/M/c replicas meeting the p99 target,
+    at most ``API_MAX_UTILIZATION`` busy; with the independent-M/M/1 and measured-efficiency
+    bounds. Returns the replicas and the figures."""
+    out: dict[str, Any] = {}
+    try:
+        replicas = mmc.servers_needed(target.qps, mu, p99_s)
+    except ValueError as exc:
+        raise CapacityError(f"the p99 target cannot be met by adding replicas: {exc}") from exc
+    out["api_replicas_needed_mmc_pooled"] = replicas
+    # Pooling (one shared queue) is the model's optimism at large c: it allows ~100% utilization.
+    # A balancer keeps a queue per replica; headroom also absorbs a lost replica. Cap utilization.
+    capped = math.ceil(target.qps / (API_MAX_UTILIZATION * mu))
+    # The pessimistic bound: independent M/M/1 queues, each loaded to its own knee.
+    out["api_replicas_needed_independent_mm1"] = math.ceil(
+        target.qps / mmc.max_rate_at_slo(mu, 1, p99_s)) if mmc.max_rate_at_slo(mu, 1, p99_s) else None
+    replicas = max(replicas, capped)
+    out["api_replicas_needed"] = replicas
+    out["api_utilization_at_target"] = round(target.qps / (replicas * mu), 3)
+    out["api_p99_ms_predicted"] = round(1000 * mmc.response_time_quantile(
+        0.99, target.qps, mu, replicas), 2)
+    eff = summary.get("scaling_efficiency_1_to_2")
+    if eff:
+        shared = math.ceil(target.qps / (knee1 * float(eff)))
+        out["api_replicas_needed_at_measured_efficiency"] = shared
+    return replicas, out
+
+
+def _api_replicas_cpu_model(target: CapacityTarget, p99_s: float, cpu_ms: float,
+                            replica_cores: float, other: float, replicas: int
+                            ) -> tuple[int, dict[str, Any]]:
+    """The same plan with mu from the api's own CPU per request (a dedicated core per replica).
+    When other tenants held the measured machine's cores, the fitted mu measures their load
+    more than the service: the plan then goes by the CPU model (both are reported). Returns the
+    plan's replicas (``replicas``, the fitted model's, unless it goes by the CPU model) and the
+    figures."""
+    out: dict[str, Any] = {}
+    mu_cpu = replica_cores * 1000 / cpu_ms
+    try:
+        cpu_replicas = max(mmc.servers_needed(target.qps, mu_cpu, p99_s),
+                           math.ceil(target.qps / (API_MAX_UTILIZATION * mu_cpu)))
+    except ValueError:
+        cpu_replicas = None
+    out["api_replicas_needed_cpu_model"] = cpu_replicas
+    if cpu_replicas and other >= OTHER_TENANTS_SATURATED_CORES:
+        replicas, mu = cpu_replicas, mu_cpu
+        out["plan_model"] = "CPU per request (the machine was saturated by other tenants)"
+        out["api_replicas_needed"] = replicas
+        out["api_utilization_at_target"] = round(target.qps / (replicas * mu), 3)
+        out["api_p99_ms_predicted"] = round(1000 * mmc.response_time_quantile(
+            0.99, target.qps, mu, replicas), 2)
+    return replicas, out
 
 
 def measure_redis_bytes(settings: Settings, sample: int = 300) -> tuple[float, float, bool]:

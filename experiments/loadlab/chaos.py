@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from experiments.loadlab.analysis import (
     window_counts,
 )
 from experiments.loadlab.faults import DESCRIPTIONS, FaultError, KillProgram, make_fault
-from experiments.loadlab.loadgen import run_load, users_for
+from experiments.loadlab.loadgen import LoadRun, run_load, users_for
 from experiments.report import ReportFolder, folders as report_folders
 from recstack.settings import Settings
 
@@ -127,26 +128,7 @@ def run_chaos(settings: Settings, cfg: ChaosConfig, console: Console | None = No
         raise FaultError("no api replica is running; start the stack with `recstack up`")
     fault = make_fault(settings, cfg.fault, replicas)
     measured = scale_summary(settings)
-    peak = peak_rps(measured, replicas)
-    if cfg.fault == "overload":
-        peak = cfg.rps or peak
-        if not peak:
-            raise FaultError("overload needs the peak: run `recstack experiment scale` first or "
-                             "pass --rps PEAK")
-        # Many slow users, not a few fast ones: each user waits for its answer, so the users
-        # bound the requests in flight; overload must be able to push past the shedding limit.
-        cfg.user_rps = min(cfg.user_rps, OVERLOAD_USER_RPS)
-        base_rps, high_rps = 0.5 * peak, 2.0 * peak
-        low, high = users_for(base_rps, cfg.user_rps), users_for(high_rps, cfg.user_rps)
-        stages = [(cfg.pre_s, low), (cfg.pre_s + cfg.fault_s, high),
-                  (cfg.pre_s + cfg.fault_s + cfg.post_s, low)]
-    else:
-        base_rps = cfg.rps or (0.5 * peak if peak else None)
-        if not base_rps:
-            raise FaultError("no offered load: run `recstack experiment scale` first (50% of its "
-                             "knee is used) or pass --rps")
-        stages = None
-    base_rps = users_for(base_rps, cfg.user_rps) * cfg.user_rps  # what the users really offer
+    peak, base_rps, stages = _offered_load(cfg, peak_rps(measured, replicas))
     from recstack.stack import runner
 
     runner.wait_ready(settings, settings.stack.start_timeout_s)  # a clean "before"
@@ -157,38 +139,18 @@ def run_chaos(settings: Settings, cfg: ChaosConfig, console: Console | None = No
     open_ended = stages is None  # a fault that ends when the stack healed: stop after post_s
     if open_ended:
         duration += int(KILL_WAIT_S)
-
-    def during(first: float) -> None:
-        time.sleep(max(0.0, first + cfg.pre_s - time.time()))
-        times.start = time.time()
-        fault.inject()
-        if isinstance(fault, KillProgram):
-            fault.clear()  # returns once supervisord restarted it and it is ready
-        else:
-            time.sleep(max(0.0, times.start + cfg.fault_s - time.time()))
-            fault.clear()
-        times.end = time.time()
-        if open_ended:
-            time.sleep(cfg.post_s)
-
     ports = api_ports(settings, replicas)
     with console.status(f"chaos {cfg.fault}: {base_rps:.0f} RPS offered, up to {duration}s "
                         f"(fault at {cfg.pre_s}s)"):
         run = run_load(
             settings, report.path / "raw", users=users_for(base_rps, cfg.user_rps),
             duration_s=duration, user_rps=cfg.user_rps, stages=stages,
-            processes=cfg.processes, metric_ports=lambda: ports, during=during,
+            processes=cfg.processes, metric_ports=lambda: ports,
+            during=_fault_schedule(fault, cfg, times, open_ended),
             stop_when_done=open_ended,
         )
     times.notes = fault.notes
-    df = run.requests
-    t0 = float(df["start_s"].min())
-    if cfg.fault == "overload":  # the window is the load's own high stage
-        times.start = t0 + cfg.pre_s
-        times.end = t0 + cfg.pre_s + cfg.fault_s
-    tl = timeline(df, t0)
-    tl = tl[tl["t_s"] < tl["t_s"].max()]  # the last second is cut short by the end of the run
-    tl = merge_samples(tl, run.samples, t0)
+    df, t0, tl = _per_second(cfg, run, times)
     window = (times.start - t0, times.end - t0)
     summary = chaos_figures(cfg, df, tl, times, t0, base_rps, peak)
     summary |= {"fault": cfg.fault, "api_replicas": replicas, "slo_p99_ms": cfg.slo_ms,
@@ -206,6 +168,73 @@ def run_chaos(settings: Settings, cfg: ChaosConfig, console: Console | None = No
     console.print(_headline(cfg.fault, summary))
     console.print(f"report: {path / 'report.md'}")
     return path
+
+
+def _offered_load(cfg: ChaosConfig, peak: float | None
+                  ) -> tuple[float | None, float, list[tuple[float, int]] | None]:
+    """The load to offer: for ``overload`` the peak (``--rps`` or the scale report's knee) and
+    stages of 50% / 200% / 50% of it (``cfg.user_rps`` lowered to ``OVERLOAD_USER_RPS``); else
+    a constant ``--rps`` or 50% of the knee. Returns the peak, the base RPS the users really
+    offer, and the stages (None: constant load). Raises ``FaultError`` without a load."""
+    if cfg.fault == "overload":
+        peak = cfg.rps or peak
+        if not peak:
+            raise FaultError("overload needs the peak: run `recstack experiment scale` first or "
+                             "pass --rps PEAK")
+        # Many slow users, not a few fast ones: each user waits for its answer, so the users
+        # bound the requests in flight; overload must be able to push past the shedding limit.
+        cfg.user_rps = min(cfg.user_rps, OVERLOAD_USER_RPS)
+        base_rps, high_rps = 0.5 * peak, 2.0 * peak
+        low, high = users_for(base_rps, cfg.user_rps), users_for(high_rps, cfg.user_rps)
+        stages: list[tuple[float, int]] | None = [
+            (cfg.pre_s, low), (cfg.pre_s + cfg.fault_s, high),
+            (cfg.pre_s + cfg.fault_s + cfg.post_s, low)]
+    else:
+        base_rps = cfg.rps or (0.5 * peak if peak else None)
+        if not base_rps:
+            raise FaultError("no offered load: run `recstack experiment scale` first (50% of its "
+                             "knee is used) or pass --rps")
+        stages = None
+    base_rps = users_for(base_rps, cfg.user_rps) * cfg.user_rps  # what the users really offer
+    return peak, base_rps, stages
+
+
+def _fault_schedule(fault: Any, cfg: ChaosConfig, times: FaultTimes, open_ended: bool
+                    ) -> Callable[[float], None]:
+    """What ``run_load`` runs once the first requests flow (at epoch ``first``): ``pre_s`` later
+    inject the fault, clear it after ``fault_s`` (a killed program: once supervisord restarted
+    it and it is ready), recording both moments in ``times``; open-ended, go on for ``post_s``."""
+
+    def during(first: float) -> None:
+        time.sleep(max(0.0, first + cfg.pre_s - time.time()))
+        times.start = time.time()
+        fault.inject()
+        if isinstance(fault, KillProgram):
+            fault.clear()  # returns once supervisord restarted it and it is ready
+        else:
+            time.sleep(max(0.0, times.start + cfg.fault_s - time.time()))
+            fault.clear()
+        times.end = time.time()
+        if open_ended:
+            time.sleep(cfg.post_s)
+
+    return during
+
+
+def _per_second(cfg: ChaosConfig, run: LoadRun, times: FaultTimes
+                ) -> tuple[pd.DataFrame, float, pd.DataFrame]:
+    """The run's requests, the first request's start (``t0``) and the per-second timeline with
+    the samples merged in (the last, cut-short second dropped); for ``overload`` the fault
+    window is set to the load's own high stage."""
+    df = run.requests
+    t0 = float(df["start_s"].min())
+    if cfg.fault == "overload":  # the window is the load's own high stage
+        times.start = t0 + cfg.pre_s
+        times.end = t0 + cfg.pre_s + cfg.fault_s
+    tl = timeline(df, t0)
+    tl = tl[tl["t_s"] < tl["t_s"].max()]  # the last second is cut short by the end of the run
+    tl = merge_samples(tl, run.samples, t0)
+    return df, t0, tl
 
 
 def merge_samples(tl: pd.DataFrame, samples: pd.DataFrame, t0: float) -> pd.DataFrame:

@@ -76,25 +76,10 @@ def run_load(
     (SIGTERM: it stops its users and writes its files), so ``duration_s`` is only an upper bound.
     Raises ``LoadTestError`` if Locust fails.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("requests-*.csv"), *out_dir.glob("locust_*.csv")]:
-        stale.unlink()
+    _clear_out_dir(out_dir)
     host = host or f"http://{settings.stack.host}:{settings.stack.lb_port}"
-    spawn = max(users, max((u for _, u in stages), default=1) if stages else 1)
-    cmd = locust_command(host, users, spawn, duration_s, out_dir / "locust", LOCUSTFILE)
-    cmd += ["--csv-full-history"]
-    if processes > 1:
-        cmd += ["--processes", str(processes)]
-    env = {
-        **os.environ,
-        "RECSTACK_HOME": str(settings.root),
-        "RECSTACK_SIM__N_USERS": str(settings.sim.n_users),
-        "RECSTACK_LOADTEST_K": str(settings.serving.k_default),
-        "RECSTACK_LOADTEST_USER_RPS": f"{user_rps:.4f}",
-        "RECSTACK_LOADTEST_REQUEST_LOG": str(out_dir / "requests"),
-        "RECSTACK_LOADTEST_CTR_FILE": str(out_dir / "online_ctr.json"),
-        "RECSTACK_LOADTEST_STAGES": ",".join(f"{e:g}:{u}" for e, u in stages) if stages else "",
-    }
+    cmd = _command(host, out_dir, users, duration_s, stages, processes)
+    env = _environment(settings, out_dir, user_rps, stages)
     total_s = max(e for e, _ in stages) if stages else duration_s
     timeout_s = total_s + 60
     log_path = out_dir / "locust.log"
@@ -111,24 +96,9 @@ def run_load(
         try:
             if during is not None:
                 first = _wait_first_request(out_dir, proc, started)
-
-                def _guarded() -> None:
-                    try:
-                        during(first)
-                    except BaseException as exc:  # reported after Locust stops
-                        errors.append(exc)
-
-                worker = threading.Thread(target=_guarded, name="loadlab-during", daemon=True)
+                worker = _during_thread(during, first, errors)
                 worker.start()
-            deadline = time.monotonic() + timeout_s
-            while proc.poll() is None:
-                if time.monotonic() > deadline:
-                    raise subprocess.TimeoutExpired(cmd, timeout_s)
-                if stop_when_done and worker is not None and not worker.is_alive():
-                    proc.terminate()
-                    proc.wait(timeout=60)
-                    break
-                time.sleep(0.2)
+            _wait_for_exit(proc, cmd, timeout_s, worker if stop_when_done else None)
         except subprocess.TimeoutExpired as exc:
             proc.kill()
             proc.wait()
@@ -142,6 +112,79 @@ def run_load(
         raise LoadTestError(f"locust exited with {proc.returncode}:\n{tail}")
     if errors:
         raise errors[0]
+    return _collect(out_dir, log_path, sampler, started, wall)
+
+
+def _clear_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir``; remove a previous run's request logs and Locust CSVs from it (the
+    request logs are read by glob)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out_dir.glob("requests-*.csv"), *out_dir.glob("locust_*.csv")]:
+        stale.unlink()
+
+
+def _command(host: str, out_dir: Path, users: int, duration_s: int,
+             stages: list[tuple[float, int]] | None, processes: int) -> list[str]:
+    """The headless Locust command line: a spawn rate of the largest user count (all users
+    within a second), the full stats history (``_wait_first_request`` reads it), distributed
+    with ``processes`` > 1."""
+    spawn = max(users, max((u for _, u in stages), default=1) if stages else 1)
+    cmd = locust_command(host, users, spawn, duration_s, out_dir / "locust", LOCUSTFILE)
+    cmd += ["--csv-full-history"]
+    if processes > 1:
+        cmd += ["--processes", str(processes)]
+    return cmd
+
+
+def _environment(settings: Settings, out_dir: Path, user_rps: float,
+                 stages: list[tuple[float, int]] | None) -> dict[str, str]:
+    """Locust's environment: the stack's home and world size, and the locustfile's settings
+    (rate per user, stages, where the request log and the online CTR go)."""
+    return {
+        **os.environ,
+        "RECSTACK_HOME": str(settings.root),
+        "RECSTACK_SIM__N_USERS": str(settings.sim.n_users),
+        "RECSTACK_LOADTEST_K": str(settings.serving.k_default),
+        "RECSTACK_LOADTEST_USER_RPS": f"{user_rps:.4f}",
+        "RECSTACK_LOADTEST_REQUEST_LOG": str(out_dir / "requests"),
+        "RECSTACK_LOADTEST_CTR_FILE": str(out_dir / "online_ctr.json"),
+        "RECSTACK_LOADTEST_STAGES": ",".join(f"{e:g}:{u}" for e, u in stages) if stages else "",
+    }
+
+
+def _during_thread(during: Callable[[float], None], first: float,
+                   errors: list[BaseException]) -> threading.Thread:
+    """A daemon thread (not started) running ``during(first)``; what it raises is appended to
+    ``errors`` and reported after Locust stops."""
+
+    def _guarded() -> None:
+        try:
+            during(first)
+        except BaseException as exc:  # reported after Locust stops
+            errors.append(exc)
+
+    return threading.Thread(target=_guarded, name="loadlab-during", daemon=True)
+
+
+def _wait_for_exit(proc: subprocess.Popen, cmd: list[str], timeout_s: float,
+                   stop_after: threading.Thread | None) -> None:
+    """Wait for Locust to exit; once ``stop_after`` (if given) has finished, stop Locust
+    (SIGTERM) instead. Raises ``subprocess.TimeoutExpired`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(cmd, timeout_s)
+        if stop_after is not None and not stop_after.is_alive():
+            proc.terminate()
+            proc.wait(timeout=60)
+            break
+        time.sleep(0.2)
+
+
+def _collect(out_dir: Path, log_path: Path, sampler: Sampler, started: float, wall: float
+             ) -> LoadRun:
+    """What the run left: the request logs of every Locust process, the per-second samples
+    (and from them Locust's CPU seconds), the most frequent failures."""
     requests = read_request_logs(sorted(out_dir.glob("requests-*.csv")))
     if len(requests) == 0:
         raise LoadTestError(f"locust logged no requests; see {log_path}")

@@ -64,8 +64,9 @@ class ScaleConfig:
     start_fraction: float = 0.5
 
 
-# Cores left to nginx, Redis and the load generator when the budget is chosen automatically
-# (measured at the knee on 2 cores: ~0.5; the rest is margin for other tenants).
+# Cores left to nginx, Redis and the load generator when the budget is chosen automatically:
+# what they use at the knee plus a margin for other tenants (see README.md, "Why the defaults
+# are what they are").
 AUTO_RESERVED_CORES = 0.8
 AUTO_MIN_CPUS = 0.2
 
@@ -152,6 +153,18 @@ def step_cpu(run: LoadRun, stats: StepStats, warmup_s: float) -> dict[str, float
     return out
 
 
+@dataclass
+class _Bench:
+    """What every step of the experiment works with: the stack's settings, the knobs, the CPU
+    budget per replica (None: no limit), where the raw Locust runs go, and the console."""
+
+    settings: Settings
+    cfg: ScaleConfig
+    budget: CpuBudget | None
+    raw: Path
+    console: Console
+
+
 def run_scale(settings: Settings, cfg: ScaleConfig, console: Console | None = None) -> Path:
     """Run the experiment on the running native stack; returns the report folder."""
     from recstack.stack import runner
@@ -165,81 +178,22 @@ def run_scale(settings: Settings, cfg: ScaleConfig, console: Console | None = No
     knee_rows: dict[int, dict[str, Any]] = {}
     loads: list[float] = []
     budget = CpuBudget.detect(cfg.replica_cpus) if cfg.replica_cpus > 0 else None
+    bench = _Bench(settings, cfg, budget, raw, console)
     try:
         for n in cfg.replicas:
             with console.status(f"scaling {cfg.service} to {n} replica(s)"):
                 runner.scale(settings, cfg.service, n)
                 runner.wait_ready(settings, settings.stack.start_timeout_s)
-            ports = metric_ports(settings, cfg.service, n)
-            rps = first_step_rps(cfg, n, knees)
-            steps: list[StepStats] = []
-            retries = cfg.confirm_retries
-            i = run_index = 0  # i: offered-load step; run_index: Locust runs (repeats included)
-            while i < cfg.max_steps:
-                rps = users_for(rps, cfg.user_rps) * cfg.user_rps  # what the users really offer
-                label = f"{n} replica(s), step {i + 1}/{cfg.max_steps}: {rps:.0f} RPS offered"
-                replicas = replica_pids(settings, cfg.service)
-                if budget is not None:  # again each step: a restarted replica has a new pid
-                    for name, pids in replicas.items():
-                        budget.limit(name, pids)
-                before = {name: budget.stats(name) for name in replicas} if budget else {}
-                with console.status(f"{label} for {cfg.step_s}s"):
-                    run = run_load(
-                        settings, raw / f"r{n}-s{run_index}", users=users_for(rps, cfg.user_rps),
-                        duration_s=cfg.step_s, user_rps=cfg.user_rps, processes=cfg.processes,
-                        metric_ports=lambda ports=ports: ports,
-                    )
-                run_index += 1
-                stats = step_stats(run.requests, rps, cfg.warmup_s)
-                steps.append(stats)
-                cpu = step_cpu(run, stats, cfg.warmup_s)
-                if budget is not None and before:
-                    deltas = [budget.stats(name) - b for name, b in before.items()]
-                    cpu["throttled_fraction"] = sum(d.throttled_fraction for d in deltas) / len(deltas)
-                reason = breaks_slo(stats, cfg.slo_ms, cfg.max_error_rate)
-                locust_cores = cpu.get("cpu_cores_locust", math.nan)
-                row = {"replicas": n, "step": i, **stats.as_dict(), **cpu,
-                       "users": users_for(rps, cfg.user_rps),
-                       "generator_saturated": bool(locust_cores >= 0.85 * cfg.processes),
-                       "breaks_slo": reason or "", "load_1m": _load1()}
-                rows.append(row)
-                loads.append(row["load_1m"])
-                console.print(
-                    f"{label}: {stats.achieved_rps:6.1f} RPS, p50 {stats.p50_ms:5.1f} ms, "
-                    f"p99 {stats.p99_ms:6.1f} ms, errors {stats.error_rate:.2%}, "
-                    f"{cfg.service} CPU {cpu.get(f'cpu_cores_{cfg.service}', math.nan):.2f} cores, "
-                    f"Locust {locust_cores:.2f} cores, other tenants "
-                    f"{cpu.get('cpu_cores_other', math.nan):.2f} cores"
-                    + (f", quota used up in {cpu['throttled_fraction']:.0%} of periods"
-                       if "throttled_fraction" in cpu else "")
-                    + (f"  [red]{reason}[/red]" if reason else "")
-                )
-                if reason and retries > 0:
-                    # On a shared machine one burst of someone else's work can break a p99 of a
-                    # few hundred samples: a break counts only if the repeated step breaks too.
-                    retries -= 1
-                    row["breaks_slo"] = f"{reason} (repeated to confirm)"
-                    continue
-                if reason:
-                    break
-                rps *= cfg.growth
-                i += 1
-                retries = cfg.confirm_retries
+            steps, count_rows = _steps_until_break(bench, n, first_step_rps(cfg, n, knees))
+            rows += count_rows
+            loads += [row["load_1m"] for row in count_rows]
             knee = find_knee(steps, cfg.slo_ms, cfg.max_error_rate)
             knees[n] = knee.achieved_rps if knee else math.nan
             if knee:
                 knee_rows[n] = next(r for r in rows if r["replicas"] == n
                                     and r["achieved_rps"] == knee.achieved_rps)
     finally:
-        if budget is not None:
-            budget.release()
-        if original and original != (cfg.replicas[-1] if cfg.replicas else original):
-            try:
-                runner.scale(settings, cfg.service, original)
-                runner.wait_ready(settings, settings.stack.start_timeout_s)
-            except Exception:
-                logger.warning("could not scale %s back to %d", cfg.service, original,
-                               exc_info=True)
+        _release_and_scale_back(settings, cfg, budget, original)
     steps_df = pd.DataFrame(rows)
     eff = scaling_efficiency(knees)
     summary = _summary(cfg, knees, eff, knee_rows, loads)
@@ -249,6 +203,96 @@ def run_scale(settings: Settings, cfg: ScaleConfig, console: Console | None = No
                                                  "n_items": settings.sim.n_items})
     console.print(f"report: {path / 'report.md'}")
     return path
+
+
+def _steps_until_break(bench: _Bench, n: int, rps: float
+                       ) -> tuple[list[StepStats], list[dict[str, Any]]]:
+    """With ``n`` replicas running: steps of offered load from ``rps``, growing by ``growth``,
+    until a step breaks the SLO (and its repeat too, ``confirm_retries`` times) or
+    ``max_steps``; returns every run's statistics and row (repeats included)."""
+    cfg = bench.cfg
+    ports = metric_ports(bench.settings, cfg.service, n)
+    steps: list[StepStats] = []
+    rows: list[dict[str, Any]] = []
+    retries = cfg.confirm_retries
+    i = run_index = 0  # i: offered-load step; run_index: Locust runs (repeats included)
+    while i < cfg.max_steps:
+        rps = users_for(rps, cfg.user_rps) * cfg.user_rps  # what the users really offer
+        stats, row, reason = _run_step(bench, n, i, run_index, rps, ports)
+        run_index += 1
+        steps.append(stats)
+        rows.append(row)
+        if reason and retries > 0:
+            # On a shared machine one burst of someone else's work can break a p99 of a
+            # few hundred samples: a break counts only if the repeated step breaks too.
+            retries -= 1
+            row["breaks_slo"] = f"{reason} (repeated to confirm)"
+            continue
+        if reason:
+            break
+        rps *= cfg.growth
+        i += 1
+        retries = cfg.confirm_retries
+    return steps, rows
+
+
+def _run_step(bench: _Bench, n: int, i: int, run_index: int, rps: float, ports: list[int]
+              ) -> tuple[StepStats, dict[str, Any], str | None]:
+    """One Locust run of ``step_s`` at ``rps`` offered (the replicas held to their CPU budget,
+    their throttling counted), printed on the console; returns its statistics, its row of the
+    steps table and why it breaks the SLO (None: it does not)."""
+    settings, cfg, budget, console = bench.settings, bench.cfg, bench.budget, bench.console
+    label = f"{n} replica(s), step {i + 1}/{cfg.max_steps}: {rps:.0f} RPS offered"
+    replicas = replica_pids(settings, cfg.service)
+    if budget is not None:  # again each step: a restarted replica has a new pid
+        for name, pids in replicas.items():
+            budget.limit(name, pids)
+    before = {name: budget.stats(name) for name in replicas} if budget else {}
+    with console.status(f"{label} for {cfg.step_s}s"):
+        run = run_load(
+            settings, bench.raw / f"r{n}-s{run_index}", users=users_for(rps, cfg.user_rps),
+            duration_s=cfg.step_s, user_rps=cfg.user_rps, processes=cfg.processes,
+            metric_ports=lambda ports=ports: ports,
+        )
+    stats = step_stats(run.requests, rps, cfg.warmup_s)
+    cpu = step_cpu(run, stats, cfg.warmup_s)
+    if budget is not None and before:
+        deltas = [budget.stats(name) - b for name, b in before.items()]
+        cpu["throttled_fraction"] = sum(d.throttled_fraction for d in deltas) / len(deltas)
+    reason = breaks_slo(stats, cfg.slo_ms, cfg.max_error_rate)
+    locust_cores = cpu.get("cpu_cores_locust", math.nan)
+    row = {"replicas": n, "step": i, **stats.as_dict(), **cpu,
+           "users": users_for(rps, cfg.user_rps),
+           "generator_saturated": bool(locust_cores >= 0.85 * cfg.processes),
+           "breaks_slo": reason or "", "load_1m": _load1()}
+    console.print(
+        f"{label}: {stats.achieved_rps:6.1f} RPS, p50 {stats.p50_ms:5.1f} ms, "
+        f"p99 {stats.p99_ms:6.1f} ms, errors {stats.error_rate:.2%}, "
+        f"{cfg.service} CPU {cpu.get(f'cpu_cores_{cfg.service}', math.nan):.2f} cores, "
+        f"Locust {locust_cores:.2f} cores, other tenants "
+        f"{cpu.get('cpu_cores_other', math.nan):.2f} cores"
+        + (f", quota used up in {cpu['throttled_fraction']:.0%} of periods"
+           if "throttled_fraction" in cpu else "")
+        + (f"  [red]{reason}[/red]" if reason else "")
+    )
+    return stats, row, reason
+
+
+def _release_and_scale_back(settings: Settings, cfg: ScaleConfig, budget: CpuBudget | None,
+                            original: int) -> None:
+    """Release the CPU budgets and give the service back the replica count it had (a warning,
+    not an error, when that fails: the report is still written)."""
+    from recstack.stack import runner
+
+    if budget is not None:
+        budget.release()
+    if original and original != (cfg.replicas[-1] if cfg.replicas else original):
+        try:
+            runner.scale(settings, cfg.service, original)
+            runner.wait_ready(settings, settings.stack.start_timeout_s)
+        except Exception:
+            logger.warning("could not scale %s back to %d", cfg.service, original,
+                           exc_info=True)
 
 
 def _load1() -> float:
