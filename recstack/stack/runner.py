@@ -18,9 +18,9 @@ from typing import Any
 
 import psutil
 
+import recstack.stack.health as health
+import recstack.stack.pids as pids_mod
 from recstack.settings import Settings
-from recstack.stack import health
-from recstack.stack import pids as pids_mod
 from recstack.stack.paths import StackPaths
 from recstack.stack.render import write_configs, write_monitor_targets
 from recstack.stack.services import (
