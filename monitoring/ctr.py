@@ -11,7 +11,7 @@ from monitoring.trigger import Signal
 from recstack.settings import MonitorSettings
 
 if TYPE_CHECKING:
-    from monitoring.monitor import CheckResult, MonitorMetrics
+    from monitoring.results import CheckResult, MonitorMetrics
 
 
 class CtrCheck:

@@ -11,7 +11,7 @@ from recstack.settings import MonitorSettings
 
 if TYPE_CHECKING:
     from monitoring.ctr import CtrCheck
-    from monitoring.monitor import CheckResult
+    from monitoring.results import CheckResult
 
 # The monitor's log lines keep the logger name they had before this module was split out.
 logger = logging.getLogger("monitoring.monitor")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from recstack.settings import REPO_ROOT
 
 if TYPE_CHECKING:
-    from monitoring.monitor import MonitorMetrics
+    from monitoring.results import MonitorMetrics
 
 # The monitor's log lines keep the logger name they had before this module was split out.
 logger = logging.getLogger("monitoring.monitor")
