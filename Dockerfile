@@ -35,7 +35,7 @@ COPY pipelines/ pipelines/
 COPY training/ training/
 COPY serving/ serving/
 COPY monitoring/ monitoring/
-COPY experiments/ experiments/
+COPY app/ app/
 RUN pip install -c constraints.txt ".[postgres]" && pip check
 
 # ---- runtime: the virtualenv, the files outside the wheel, a non-root user --------------------

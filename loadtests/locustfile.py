@@ -1,6 +1,6 @@
 """Simulated users asking for recommendations through the load balancer, and clicking.
 
-Run by ``recstack.stack.loadtest.run_locust`` (``python -m locust -f loadtests/locustfile.py
+Run by ``app.stack.loadtest.run_locust`` (``python -m locust -f loadtests/locustfile.py
 --headless ...``): Locust is imported (and gevent patches the process) before anything else.
 
 Each request is made on behalf of a user of the simulated world (drawn by activity), saved by

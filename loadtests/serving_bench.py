@@ -7,8 +7,8 @@ imports nothing of the project. Each user sends ``RECSTACK_BENCH_USER_RPS`` requ
 ranked, top ``RECSTACK_LOADTEST_K`` returned. A degraded answer is a success here (the API did
 its job); the benchmark counts degraded answers from the replicas' /metrics.
 
-The three variables have no defaults here: the runner (``recstack.stack.servingbench`` through
-``recstack.stack.loadtest.run_locust``) passes them from the settings, and a run without them
+The three variables have no defaults here: the runner (``app.stack.servingbench`` through
+``app.stack.loadtest.run_locust``) passes them from the settings, and a run without them
 stops at once saying which is missing.
 """
 
@@ -33,7 +33,7 @@ def _passed(name: str) -> str:
     value = os.environ.get(name, "")
     if not value:
         raise RuntimeError(f"{name} is not set: run this locustfile through `recstack bench "
-                           "--suite serving` (recstack.stack.servingbench), which passes it")
+                           "--suite serving` (app.stack.servingbench), which passes it")
     return value
 
 

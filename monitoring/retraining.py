@@ -22,9 +22,9 @@ Retrainer = Callable[[str], int]
 
 
 def retrain_subprocess(timeout_s: float) -> Retrainer:
-    """``python -m recstack.cli retrain`` in a child process; returns its exit code."""
+    """``python -m app.cli retrain`` in a child process; returns its exit code."""
     def run(cause: str) -> int:
-        cmd = [sys.executable, "-m", "recstack.cli", "retrain"]
+        cmd = [sys.executable, "-m", "app.cli", "retrain"]
         logger.warning("retraining (%s): %s", cause, " ".join(cmd))
         try:
             proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,

@@ -171,7 +171,7 @@ def simulate_lake(home: Path, events: int, seed: int = 42) -> dict[str, Any]:
            "RECSTACK_SIM__N_ITEMS": str(max(200, users // 2)), "RECSTACK_SIM__DAYS": str(DAYS),
            "RECSTACK_SIM__SEED": str(seed)}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "recstack.cli", "simulate"], env=env,
+    done = subprocess.run([sys.executable, "-m", "app.cli", "simulate"], env=env,
                           capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(f"recstack simulate failed: {done.stderr.strip()[-500:]}")

@@ -15,7 +15,7 @@ from recstack.logs import configure_logging
 from recstack.settings import get_settings
 
 app = typer.Typer()
-# `recstack lake ...` (joined as a group by recstack/cli.py)
+# `recstack lake ...` (joined as a group by app/cli.py)
 lake_app = typer.Typer(name="lake", help="Inspect the event lake.", no_args_is_help=True)
 console = Console(stderr=True)
 

@@ -1,8 +1,6 @@
-"""recstack: the shared kernel (settings, schemas, lake, clock, logging) and the composition root.
-
-The kernel modules (`settings`, `schemas`, `lake`, `clock`, `logs`, `artifacts`) import no stage
-package. Only the composition root (`recstack.cli`, `recstack.demo`, `recstack.stack`) imports the
-stages' entrypoints.
+"""recstack's kernel: the contracts every stage shares (settings, schemas, the lake layout, the
+simulated clock, logging, Feast's online layout, MLflow's client defaults). It imports no stage
+and nothing of the composition root (``app``); see docs/architecture.md.
 """
 
 __version__ = "0.1.0"

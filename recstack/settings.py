@@ -339,7 +339,7 @@ class LoadSettings(BaseModel):
     spawn_rate: float = 10.0
     duration_s: int = 30
     # Requests per second of each Locust user (open pacing, loadtests/pacing.py): 20 x 5 = 100
-    # RPS, a third of the 2-replica knee on 2 cores (experiments/loadlab/README.md), so the
+    # RPS, a third of the 2-replica knee on 2 cores (app/experiments/loadlab/README.md), so the
     # demo shows latency, not overload. 0: each user sends as fast as it is answered.
     user_rps: float = Field(5.0, ge=0)
     # GETs sent to each replica directly before the measured run.

@@ -2,7 +2,7 @@
 and the histogram arithmetic the stack benchmark uses on ``/metrics``.
 
 The load benchmark itself (Locust at fixed offered loads, in-process vs split mode) drives the
-native stack, so it lives in the composition root: ``recstack.stack.servingbench.run``.
+native stack, so it lives in the composition root: ``app.stack.servingbench.run``.
 """
 
 from __future__ import annotations

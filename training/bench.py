@@ -1,7 +1,7 @@
 """Training benchmarks: time and peak memory of training at 1M and 10M events; ranker inference
 for a 500-row batch, native LightGBM booster vs the MLflow pyfunc wrapper, side by side.
 
-``run(settings, console)`` is the suite (registered in recstack/bench.py as
+``run(settings, console)`` is the suite (registered in app/bench.py as
 ``training.bench:run``); its sizes are ``settings.train.bench_events`` (default 1M and 10M;
 ``RECSTACK_TRAIN__BENCH_EVENTS='[1000000]'`` for 1M only). Each size runs in its own child
 process (``python -m training.bench --events N``) so its peak RSS is its own, not the suite's.

@@ -5,7 +5,7 @@ In:  the lake as the event sink left it; the settings (``TrainerSettings`` for t
 Out: one :class:`training.train.TrainResult` per run (new versions; champion only if the gate
      lets them).
 
-Why the pipeline runs in a subprocess (``python -m recstack.cli pipeline``): training must not
+Why the pipeline runs in a subprocess (``python -m app.cli pipeline``): training must not
 import the pipelines stage (stages hand off through artifacts), a Beam run's memory is
 returned to the OS when its process ends (the trainer lives for days), and a crashed pipeline
 cannot take the trainer down. The composition root may inject another callable instead.
@@ -63,13 +63,13 @@ STOP_GRACE_S = 30.0  # how long a stopped pipeline child may take to exit before
 
 def run_pipeline_subprocess(settings: Settings, timeout_s: float = 1800.0,
                             stop: threading.Event | None = None) -> None:
-    """``python -m recstack.cli pipeline`` (Beam features + feast apply + materialize) in a child
+    """``python -m app.cli pipeline`` (Beam features + feast apply + materialize) in a child
     process with this process's environment; raises RetrainError with its last output lines.
 
     When ``stop`` is set meanwhile, the child gets SIGTERM (what supervisord's ``stopasgroup``
     would send it), is waited for (killed after STOP_GRACE_S) and RetrainAborted is raised.
     """
-    cmd = [sys.executable, "-m", "recstack.cli", "pipeline"]
+    cmd = [sys.executable, "-m", "app.cli", "pipeline"]
     with tempfile.TemporaryFile("w+") as out, subprocess.Popen(
             cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, text=True) as proc:
         deadline = time.monotonic() + timeout_s

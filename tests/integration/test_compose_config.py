@@ -2,7 +2,7 @@
 
 ``docker-compose config`` (Debian's Compose v1.29) validates docker-compose.yml against the Compose
 spec and renders it with the placeholder values of ``.env.example``; the rendered services are
-then checked against what the native stack runs (``recstack.stack.services.SERVICE_COMMANDS``),
+then checked against what the native stack runs (``app.stack.services.SERVICE_COMMANDS``),
 against ``recstack.settings`` (environment names) and against the rules a Docker user relies on:
 health checks, restart policies, limits, named volumes, only the UIs published and only on
 127.0.0.1. The Dockerfile, .dockerignore, nginx, Prometheus and Grafana files are checked too.
@@ -265,7 +265,7 @@ def test_secrets_are_required(tmp_path: Path) -> None:
 def test_services_and_commands_match_the_native_stack(
     services: dict[str, dict[str, Any]], dockerfile: Dockerfile
 ) -> None:
-    from recstack.stack.services import SERVICE_COMMANDS
+    from app.stack.services import SERVICE_COMMANDS
 
     assert set(services) - set(SERVICE_COMMANDS) == set(COMPOSE_ONLY), (
         "a compose service the native stack lacks must be listed in COMPOSE_ONLY with a reason"

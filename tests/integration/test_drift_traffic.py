@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from experiments.drift.traffic import Arm, play_hour, post_events
+from app.experiments.drift.traffic import Arm, play_hour, post_events
 from recstack.schemas import Event
 from recstack.settings import Settings
 from simulator.world import World

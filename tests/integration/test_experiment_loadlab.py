@@ -22,12 +22,12 @@ def stack_settings(native_stack_settings: Callable[..., Settings]) -> Settings:
 
 
 def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
-    from experiments.loadlab.chaos import ChaosConfig, run_chaos
-    from experiments.loadlab.cpubudget import CpuBudget, CpuBudgetError
-    from experiments.loadlab.probes import program_pids
-    from experiments.loadlab.scale import ScaleConfig, run_scale
-    from recstack import stack
-    from recstack.demo import run_demo
+    from app.experiments.loadlab.chaos import ChaosConfig, run_chaos
+    from app.experiments.loadlab.cpubudget import CpuBudget, CpuBudgetError
+    from app.experiments.loadlab.probes import program_pids
+    from app.experiments.loadlab.scale import ScaleConfig, run_scale
+    from app import stack
+    from app.demo import run_demo
 
     s = stack_settings
     console = Console(stderr=True)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from recstack.schemas import Event
 from recstack.settings import Settings
-from recstack.stack.loadtest import run_locust
+from app.stack.loadtest import run_locust
 from simulator.generate import simulate
 from tests.conftest import free_port
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import uvicorn
 
-from experiments.online.run import run_ab
+from app.experiments.online.run import run_ab
 from recstack.schemas import CANDIDATE_SCORE_FEATURE, ITEM_FEATURES, RANKER_FEATURES, Event
 from recstack.settings import Settings, SimSettings
 from serving.app import create_app

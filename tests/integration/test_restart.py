@@ -64,7 +64,7 @@ def _lists(base_url: str) -> dict[int, list[int]]:
 
 def _restart_timed(s: Settings) -> float:
     """``up`` (all default services) then every replica ready; the seconds it took."""
-    from recstack import stack
+    from app import stack
 
     started = time.monotonic()
     stack.up(s)
@@ -73,7 +73,7 @@ def _restart_timed(s: Settings) -> float:
 
 
 def _program_pid(s: Settings, name: str) -> int:
-    from recstack import stack
+    from app import stack
 
     row = next(r for r in stack.status(s) if r.name == name)
     assert row.state == "RUNNING" and row.pid, row
@@ -119,8 +119,8 @@ def _lake_event_ids(s: Settings) -> Counter:
 def test_restart_loss_and_kill_keep_the_same_service_and_every_event(
     stack_settings: Settings, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from recstack import stack
-    from recstack.demo import run_demo
+    from app import stack
+    from app.demo import run_demo
 
     s = stack_settings
     lb = stack.urls(s)["api"]
@@ -138,7 +138,7 @@ def test_restart_loss_and_kill_keep_the_same_service_and_every_event(
         # 2. A lost Redis: the online store is rebuilt from the offline tables before readiness.
         stack.down(s)
         shutil.rmtree(s.root / "redis")
-        with caplog.at_level(logging.INFO, logger="recstack.stack.runner"):
+        with caplog.at_level(logging.INFO, logger="app.stack.runner"):
             seconds = _restart_timed(s)
         print(f"lost Redis: ready after {seconds:.1f}s (re-materialized)")
         rebuilt = [r.getMessage() for r in caplog.records if "re-materializing" in r.getMessage()]

@@ -22,10 +22,10 @@ import psutil
 import pytest
 
 from recstack.settings import Settings
-from recstack.stack import StackError, down, scale, start_service, status, stop_service, up
-from recstack.stack.health import http_status, port_open, redis_ping
-from recstack.stack.loadtest import run_locust
-from recstack.stack.paths import StackPaths
+from app.stack import StackError, down, scale, start_service, status, stop_service, up
+from app.stack.health import http_status, port_open, redis_ping
+from app.stack.loadtest import run_locust
+from app.stack.paths import StackPaths
 from tests.conftest import free_port, need_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]

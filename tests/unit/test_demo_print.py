@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from recstack.demo import DemoResult, print_demo_result
+from app.demo import DemoResult, print_demo_result
 
 
 def test_the_load_figures_are_all_readable_at_80_columns() -> None:

@@ -31,7 +31,7 @@ def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
 
 def _recstack() -> list[str]:
     script = Path(sys.executable).with_name("recstack")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "recstack.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
 
 
 def test_help_prints_no_third_party_warning() -> None:
@@ -46,7 +46,7 @@ def test_help_of_every_verb_imports_no_beam_feast_or_mlflow() -> None:
     done = _python(f"""
         import json, sys
         from typer.main import get_command
-        from recstack.cli import app, main
+        from app.cli import app, main
 
         def paths(cmd, prefix):  # every command and group, as the words that name it
             yield prefix

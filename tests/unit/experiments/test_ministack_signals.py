@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from experiments.drift.ministack import MiniStack
+from app.experiments.drift.ministack import MiniStack
 
 
 def test_sigterm_unwinds_the_stack_and_stops_its_children(tmp_path) -> None:

@@ -8,7 +8,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from experiments.drift.drift import DriftConfig, summarize
+from app.experiments.drift.drift import DriftConfig, summarize
 
 T0 = dt.datetime(2026, 1, 6, tzinfo=dt.UTC)
 
@@ -87,7 +87,7 @@ def test_config_check_keeps_a_watched_pre_shift_day_and_a_recovery_window() -> N
 
 
 def test_affected_users_are_the_shifted_segment_only() -> None:
-    from experiments.drift.drift import affected_users, shifted_scenario
+    from app.experiments.drift.drift import affected_users, shifted_scenario
     from recstack.settings import SimSettings
     from simulator.world import World
 

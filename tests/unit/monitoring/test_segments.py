@@ -109,7 +109,7 @@ def test_a_drop_in_one_country_alerts_retrains_and_is_followed(settings: Setting
 
 def test_no_alarm_without_a_drop_and_the_replay_counts_the_segment_test(
         settings: Settings) -> None:
-    from experiments.drift.replay import replay_alarms
+    from app.experiments.drift.replay import replay_alarms
 
     stream, calls = Stream(), []
     m, now = _monitor(settings, stream, calls)

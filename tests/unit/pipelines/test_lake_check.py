@@ -36,7 +36,7 @@ def _seed(lake_dir: Path) -> None:
 
 def _check(home: Path, *flags: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "RECSTACK_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "recstack.cli", "lake", "check", *flags],
+    return subprocess.run([sys.executable, "-m", "app.cli", "lake", "check", *flags],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
 
 

@@ -105,6 +105,12 @@ def make_resources(**overrides) -> Resources:
     return Resources(**parts)
 
 
+# Budgets no busy machine runs out of, for tests about something other than deadlines (a
+# skipped stage on a loaded machine would change what they check).
+ROOMY = {"k_max": 50, "n_candidates": 100, "deadline_ms": 1000, "max_deadline_ms": 1000,
+         "candidates_budget_ms": 500, "user_features_budget_ms": 500, "ranking_budget_ms": 500}
+
+
 @pytest.fixture
 def serving_settings() -> Settings:
     return Settings(serving={"k_max": 50, "n_candidates": 100})

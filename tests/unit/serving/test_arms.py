@@ -22,6 +22,7 @@ from serving.arms import (
 from serving.candidates import AnnCandidateSource
 from serving.recommender import Recommender
 from tests.unit.serving.conftest import (
+    ROOMY,
     BrokenRanker,
     FakeRanker,
     FakeUserFeatures,
@@ -31,6 +32,12 @@ from tests.unit.serving.conftest import (
 )
 
 SALT = "recstack-ab-1"
+
+
+@pytest.fixture
+def serving_settings() -> Settings:
+    """Overrides conftest's: the arms' list orders are checked, so no stage may be skipped."""
+    return Settings(serving=ROOMY)
 
 
 def test_assignment_is_a_pure_function_of_salt_and_user() -> None:

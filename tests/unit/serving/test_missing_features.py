@@ -16,12 +16,9 @@ from serving.protocols import Candidates
 from serving.recommender import LocalScorer
 from serving.resources import Resources
 from tests.unit.serving.conftest import FakeRanker, FakeUserFeatures, item_table, make_resources
-from tests.unit.serving.conftest import tiny_model
+from tests.unit.serving.conftest import ROOMY, tiny_model
 
 
-# Budgets no busy machine runs out of: these tests are about missing features, not deadlines.
-ROOMY = {"k_max": 50, "n_candidates": 100, "deadline_ms": 1000, "max_deadline_ms": 1000,
-         "candidates_budget_ms": 500, "user_features_budget_ms": 500, "ranking_budget_ms": 500}
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recstack.stack.loadtest import (
+from app.stack.loadtest import (
     LOCUSTFILE,
     RECOMMENDATIONS_ROW,
     LoadTestError,

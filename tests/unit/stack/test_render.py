@@ -13,9 +13,9 @@ import pytest
 from supervisor.options import ServerOptions
 
 from recstack.settings import Settings
-from recstack.stack import SERVICE_COMMANDS, StackConfigError, native_programs
-from recstack.stack.paths import RULES_FILE, StackPaths
-from recstack.stack.render import (
+from app.stack import SERVICE_COMMANDS, StackConfigError, native_programs
+from app.stack.paths import RULES_FILE, StackPaths
+from app.stack.render import (
     render_api_targets,
     render_nginx,
     render_prometheus,
@@ -24,7 +24,7 @@ from recstack.stack.render import (
     write_configs,
     write_monitor_targets,
 )
-from recstack.stack.services import STACK_MARKER_ENV, settings_env
+from app.stack.services import STACK_MARKER_ENV, settings_env
 from tests.conftest import need_binary
 
 COMMANDS = SERVICE_COMMANDS
@@ -311,9 +311,9 @@ def test_monitor_target_follows_the_monitor(stack_settings: Settings) -> None:
 def test_trainer_and_monitor_programs(stack_settings: Settings) -> None:
     programs = {p.name: p for p in native_programs(stack_settings)}
     trainer, monitor = programs["trainer"], programs["monitor"]
-    assert trainer.argv[1:] == ["-m", "recstack.cli", "trainer"]
+    assert trainer.argv[1:] == ["-m", "app.cli", "trainer"]
     assert (trainer.stopsignal, trainer.stopwaitsecs, trainer.port) == ("TERM", 300, None)
-    assert monitor.argv[1:] == ["-m", "recstack.cli", "monitor"]
+    assert monitor.argv[1:] == ["-m", "app.cli", "monitor"]
     assert monitor.port == stack_settings.stack.monitor_port
     assert (monitor.health.kind, monitor.health.path) == ("http", "/metrics")
     assert trainer.env[STACK_MARKER_ENV] == monitor.env[STACK_MARKER_ENV]
@@ -343,7 +343,7 @@ def test_servers_run_outside_the_checkout(stack_settings: Settings) -> None:
 
 
 def test_redis_is_durable_and_its_password_stays_out_of_argv(stack_settings: Settings) -> None:
-    from recstack.stack.render import render_redis
+    from app.stack.render import render_redis
 
     text = render_redis(stack_settings, "pa\"ss")
     lines = set(text.splitlines())
@@ -357,7 +357,7 @@ def test_redis_is_durable_and_its_password_stays_out_of_argv(stack_settings: Set
 def test_a_generated_redis_password_is_kept_0600_and_found_by_later_settings(
     tmp_path: Path,
 ) -> None:
-    from recstack.stack.render import redis_secret
+    from app.stack.render import redis_secret
 
     s = Settings(home=tmp_path / "home", redis={"port": 26379})
     assert s.redis.secret() is None and s.redis.url == "redis://127.0.0.1:26379/0"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from recstack.settings import Settings
-from recstack.stack import StackError, down, scale, status, up, urls
-from recstack.stack.paths import StackPaths
-from recstack.stack.runner import _replicas, default_services, replica_counts_now
+from app.stack import StackError, down, scale, status, up, urls
+from app.stack.paths import StackPaths
+from app.stack.runner import _replicas, default_services, replica_counts_now
 from tests.conftest import free_port
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from recstack.settings import Settings
-from recstack.stack.services import native_programs
-from recstack.stack.servingbench import _degraded, in_mode, summary_table
+from app.stack.services import native_programs
+from app.stack.servingbench import _degraded, in_mode, summary_table
 
 
 def test_the_mode_switch_reaches_the_programs_environment(tmp_path: Path) -> None:

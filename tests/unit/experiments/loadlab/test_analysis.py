@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.loadlab.analysis import (
+from app.experiments.loadlab.analysis import (
     StepStats,
     baseline,
     breaks_slo,

@@ -8,8 +8,8 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from experiments.loadlab import mmc
-from experiments.loadlab.capacity import CapacityError, CapacityTarget, fit_service_rate, plan
+from app.experiments.loadlab import mmc
+from app.experiments.loadlab.capacity import CapacityError, CapacityTarget, fit_service_rate, plan
 
 SUMMARY = {
     "service": "api",
@@ -69,7 +69,7 @@ def test_plan_needs_a_one_replica_knee() -> None:
 
 
 def test_capacity_command_writes_a_report(tmp_path, monkeypatch) -> None:
-    from recstack.cli import app
+    from app.cli import app
     from recstack.settings import get_settings
     from tests.conftest import free_port
 
@@ -95,7 +95,7 @@ def test_capacity_command_writes_a_report(tmp_path, monkeypatch) -> None:
 
 
 def test_capacity_command_without_a_scale_report_fails_clearly(tmp_path, monkeypatch) -> None:
-    from recstack.cli import app
+    from app.cli import app
     from recstack.settings import get_settings
 
     monkeypatch.setenv("RECSTACK_HOME", str(tmp_path / "empty"))

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from experiments.loadlab.analysis import timeline
-from experiments.loadlab.chaos import ChaosConfig, FaultTimes, chaos_figures, verdicts
+from app.experiments.loadlab.analysis import timeline
+from app.experiments.loadlab.chaos import ChaosConfig, FaultTimes, chaos_figures, verdicts
 
 REC = "/recommendations/[user]"
 T0 = 1_700_000_000.0
@@ -45,7 +45,7 @@ def test_verdicts_of_a_missing_figure_are_not_met() -> None:
 
 
 def test_experiment_help_lists_the_lab_commands() -> None:
-    from recstack.cli import app
+    from app.cli import app
 
     result = CliRunner().invoke(app, ["experiment", "--help"])
     assert result.exit_code == 0
@@ -57,7 +57,7 @@ def test_experiment_help_lists_the_lab_commands() -> None:
 def test_chaos_takes_its_load_from_the_newest_unbudgeted_scale_report(tmp_path) -> None:
     import json
 
-    from experiments.loadlab.chaos import peak_rps, scale_summary
+    from app.experiments.loadlab.chaos import peak_rps, scale_summary
     from recstack.settings import Settings
 
     settings = Settings(home=tmp_path)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.loadlab import cpubudget
-from experiments.loadlab.cpubudget import CpuBudget, CpuBudgetError, ThrottleStats
+from app.experiments.loadlab import cpubudget
+from app.experiments.loadlab.cpubudget import CpuBudget, CpuBudgetError, ThrottleStats
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from experiments.loadlab import mmc
+from app.experiments.loadlab import mmc
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from experiments.loadlab import cpubudget, scale
-from experiments.loadlab.cpubudget import CpuBudgetError
-from experiments.loadlab.scale import ScaleConfig, auto_replica_cpus, first_step_rps
+from app.experiments.loadlab import cpubudget, scale
+from app.experiments.loadlab.cpubudget import CpuBudgetError
+from app.experiments.loadlab.scale import ScaleConfig, auto_replica_cpus, first_step_rps
 
 
 class _Probe:
@@ -53,7 +53,7 @@ def test_later_counts_start_at_half_the_linear_expectation() -> None:
 def test_the_cli_reads_auto_or_cores(cgroups_ok: None) -> None:
     import typer
 
-    from experiments.loadlab.cli import _cpus
+    from app.experiments.loadlab.cli import _cpus
 
     assert _cpus("0", [1, 2]) == 0.0
     assert _cpus("0.45", [1, 2]) == 0.45
@@ -65,7 +65,7 @@ def test_the_cli_reads_auto_or_cores(cgroups_ok: None) -> None:
 
 
 def test_the_explanation_follows_the_budget_mode() -> None:
-    from experiments.loadlab.scale import explain_efficiency
+    from app.experiments.loadlab.scale import explain_efficiency
 
     knees, eff = {1: 199.0, 2: 358.0}, {1: 1.0, 2: 358.0 / 398.0}
     rows = {1: {"cpu_cores_api": 0.51, "cpu_cores_locust": 0.21},

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from experiments.online.aa import aa_false_positive_rate
-from experiments.online.analysis import analyse
-from experiments.online.run import run_ab
-from experiments.online.simulate import ExperimentLog, simulate_policies
+from app.experiments.online.aa import aa_false_positive_rate
+from app.experiments.online.analysis import analyse
+from app.experiments.online.run import run_ab
+from app.experiments.online.simulate import ExperimentLog, simulate_policies
 from recstack.settings import Settings, SimSettings
 from serving.arms import assign_many
 from simulator.world import World
@@ -118,7 +118,7 @@ def test_run_ab_writes_the_report_folder(settings: Settings) -> None:
 
 def test_promote_moves_the_champion_through_the_registry(settings, monkeypatch) -> None:
     import training.registry as registry
-    from experiments.online import run as run_module
+    from app.experiments.online import run as run_module
 
     calls = []
     monkeypatch.setattr(registry, "client_for", lambda s: "client")

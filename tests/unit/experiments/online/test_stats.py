@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments.online import stats
+from app.experiments.online import stats
 
 
 def test_one_impression_per_user_reduces_to_the_binomial() -> None:

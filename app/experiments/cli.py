@@ -1,0 +1,28 @@
+"""``recstack experiment ...`` and the experiment-side top-level verbs.
+
+Each area registers its own commands (imports inside the commands keep `--help` fast):
+``loadlab`` (scale, chaos; top-level ``capacity``), ``drift`` (drift, databug), ``online`` (ab).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from app.experiments.drift import cli as drift_cli
+from app.experiments.loadlab import cli as loadlab_cli
+from app.experiments.online import cli as online_cli
+
+app = typer.Typer(
+    name="experiment", no_args_is_help=True,
+    help="Bounded experiments on the running stack; each writes $RECSTACK_HOME/reports/<kind>-*/",
+)
+loadlab_cli.register(app)
+drift_cli.register(app)
+online_cli.register(app)
+
+
+def register_root(root: typer.Typer) -> None:
+    """Top-level verbs that belong to the experiment areas (e.g. ``recstack capacity``)."""
+    loadlab_cli.register_root(root)
+    drift_cli.register_root(root)
+    online_cli.register_root(root)

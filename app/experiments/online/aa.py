@@ -1,0 +1,30 @@
+"""A/A calibration: the same policy in both arms; how often does the A/B test cry wolf?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scipy import stats as sps
+
+from app.experiments.online.analysis import analyse
+from app.experiments.online.simulate import simulate_policies
+from simulator.world import World
+
+
+def aa_false_positive_rate(world: World, ab: Any, runs: int = 20, days: int = 3,
+                           policy: str = "policy:logging", list_size: int = 10,
+                           seed: int = 0) -> dict[str, Any]:
+    """``runs`` seeded A/A experiments (salt and seed differ per run); the share significant at
+    ``ab.alpha`` with its exact (Clopper-Pearson) 95% interval, and the p-values."""
+    arms = [("control", policy, 0.5), ("treatment", policy, 0.5)]
+    p_values, significant, srm_alarms = [], 0, 0
+    for run in range(runs):
+        log = simulate_policies(world, arms, f"aa-{seed}-{run}", days, list_size, seed + run)
+        result = analyse(log, [("control", 0.5), ("treatment", 0.5)], ab)
+        p_values.append(result["test"]["p_value"])
+        significant += bool(result["test"]["significant"])
+        srm_alarms += not result["srm"]["ok"]
+    ci = sps.binomtest(significant, runs).proportion_ci(0.95)
+    return {"runs": runs, "false_positives": significant, "rate": significant / runs,
+            "ci_low": ci.low, "ci_high": ci.high, "alpha": ab.alpha, "srm_alarms": srm_alarms,
+            "p_values": p_values}
