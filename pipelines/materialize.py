@@ -274,7 +274,7 @@ def apply_and_materialize(
     try:
         store.apply(objects)
     except redis.exceptions.ConnectionError as exc:
-        raise MaterializeError(f"Redis at {settings.redis.feast_connection_string}: {exc}") from exc
+        raise MaterializeError(f"Redis at {settings.redis.address}: {exc}") from exc
     applied = time.perf_counter()
 
     # check_table sets first/last on every feature table; Feast's file store includes both ends.
@@ -300,7 +300,7 @@ def apply_and_materialize(
                     modes[view] = "incremental"
     except redis.exceptions.ConnectionError as exc:
         raise MaterializeError(
-            f"cannot write to Redis at {settings.redis.feast_connection_string} "
+            f"cannot write to Redis at {settings.redis.address} "
             f"(is it running? `recstack up --services redis`): {exc}"
         ) from exc
     done = time.perf_counter()

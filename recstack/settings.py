@@ -63,10 +63,15 @@ class RedisSettings(BaseModel):
         return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
+    def address(self) -> str:
+        """host:port, for messages and logs: never the password."""
+        return f"{self.host}:{self.port}"
+
+    @property
     def feast_connection_string(self) -> str:
         secret = self.secret()
         extra = f",password={secret}" if secret else ""
-        return f"{self.host}:{self.port}{extra}"
+        return f"{self.address}{extra}"
 
 
 class MlflowSettings(BaseModel):
