@@ -1,8 +1,11 @@
 """The ``recstack`` command: parse, configure logging, call one typed function per verb.
 
 This is the composition root: it is the only module (with ``app.demo`` and
-``app.stack``) that imports the stages' entrypoints, and it imports them inside the
-commands so ``recstack --help`` stays fast.
+``app.stack``) that imports the stages' entrypoints.
+
+Each verb imports its implementation when it runs (the one place imports sit inside
+functions): ``recstack --help`` imports this module and so loads no Beam, Feast or MLflow
+(the start-up it saves is measured in docs/architecture.md, "Imports").
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def up(
     ] = None,
 ) -> None:
     """Start the native stack (or some of its services) under supervisord."""
-    from app import stack
+    from app.stack import runner as stack
 
     s = _settings()
     names = [n.strip() for n in services.split(",")] if services else None
@@ -92,7 +95,7 @@ def up(
 @app.command()
 def down() -> None:
     """Stop every service of the native stack and supervisord itself."""
-    from app import stack
+    from app.stack import runner as stack
 
     stack.down(_settings())
     console.print("stack stopped")
@@ -111,7 +114,7 @@ def scale(
 ) -> None:
     """Change the number of replicas of a service: `recstack scale api 4` (or `api=4`);
     candidates and ranking are the split-mode stage services. nginx and Prometheus follow."""
-    from app import stack
+    from app.stack import runner as stack
 
     if n is None:
         spec = service
@@ -140,7 +143,7 @@ def bench(
 
 
 def _print_status(s: Settings) -> None:
-    from app import stack
+    from app.stack import runner as stack
 
     table = Table("service", "state", "health", "pid", "port", "uptime (s)",
                   title="recstack native stack")
@@ -154,7 +157,7 @@ def _print_status(s: Settings) -> None:
 
 
 def _print_urls(s: Settings) -> None:
-    from app import stack
+    from app.stack import runner as stack
 
     urls = Table("what", "URL", title="the stack is up (recstack down stops it)")
     for name, url in stack.urls(s).items():

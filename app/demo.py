@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from app.stack import runner as stack
+from app.stack.loadtest import RECOMMENDATIONS_ROW, run_locust, warm_up
+from app.stack.runner import serving_ports
+from pipelines.run import run_all
 from recstack.settings import Settings
+from simulator.cli import simulate_with_progress
+from training.train import train_and_register
 
 if TYPE_CHECKING:
     from app.stack.loadtest import LoadResult
@@ -40,13 +46,6 @@ class DemoResult:
 
 def run_demo(settings: Settings, console: Console | None = None, run_load: bool = True) -> DemoResult:
     """Run every stage once; returns the figures. Raises with a clear message on any failure."""
-    from pipelines import run_all
-    from app import stack
-    from app.stack.loadtest import RECOMMENDATIONS_ROW, run_locust, warm_up
-    from app.stack.runner import serving_ports
-    from simulator.cli import simulate_with_progress
-    from training import train_and_register
-
     console = console or Console(stderr=True)
     result = DemoResult()
 
@@ -90,8 +89,6 @@ def run_demo(settings: Settings, console: Console | None = None, run_load: bool 
 
 def _serve(settings: Settings) -> None:
     """Start (or restart, so they load the new champion) the API replicas, then nginx."""
-    from app import stack
-
     already_running = {
         s.name for s in stack.status(settings) if s.name.startswith("api") and s.state == "RUNNING"
     }

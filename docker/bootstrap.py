@@ -30,12 +30,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from feast.errors import FeastObjectNotFoundException
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from rich.console import Console
 
+from pipelines.run import run_all
+from pipelines.materialize import (
+    FeatureTableError,
+    apply_and_materialize,
+    online_store_gaps,
+    present_view_tables,
+    validate_tables,
+)
+from recstack.featurestore import open_store
 from recstack.lake import list_days, partition_files
 from recstack.logs import configure_logging, quiet_third_party
 from recstack.schemas import ITEM_FEATURE_VIEW, ITEM_FEATURES, ITEM_FEATURES_FILE
 from recstack.settings import Settings, get_settings
+from simulator.cli import simulate_with_progress
+from training.train import train_and_register
+from training.cli import print_train_result
+from training.registry import client_for, model_names
 
 logger = logging.getLogger("recstack.bootstrap")
 console = Console(stderr=True)
@@ -105,8 +121,6 @@ def inspect_stack(settings: Settings) -> StackState:
 
 
 def feature_tables_valid(settings: Settings) -> bool:
-    from pipelines.materialize import FeatureTableError, validate_tables
-
     try:
         validate_tables(settings.features_dir)
     except (FeatureTableError, FileNotFoundError, OSError) as exc:
@@ -119,8 +133,6 @@ def online_store_current(settings: Settings) -> bool:
     """Item features present, and no view behind the offline tables: the check ``recstack up``
     makes natively (``pipelines.materialize.online_store_gaps``), which also sees a Redis
     restored from an older state or a view lost on its own."""
-    from pipelines.materialize import online_store_gaps
-
     if not online_item_features(settings):
         return False
     gaps = online_store_gaps(settings)
@@ -134,10 +146,6 @@ def online_item_features(settings: Settings) -> bool:
 
     Raises when Redis does not answer: unreachable is not empty.
     """
-    from feast.errors import FeastObjectNotFoundException
-
-    from recstack.featurestore import open_store
-
     table = pq.read_table(Path(settings.features_dir) / ITEM_FEATURES_FILE, columns=["item_id"])
     ids = sorted(set(table["item_id"].to_pylist()))[:PROBE_ITEMS]
     store = open_store(settings)
@@ -157,11 +165,6 @@ def champion(settings: Settings) -> dict[str, str] | None:
 
     Any other MLflow failure raises: it is not evidence that there is no champion.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
-
-    from training.registry import client_for, model_names
-
     absent = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
     client = client_for(settings)
     pair: dict[str, str] = {}
@@ -179,15 +182,11 @@ def champion(settings: Settings) -> dict[str, str] | None:
 # ---- filling in ----------------------------------------------------------------------------
 
 def run_simulate(settings: Settings) -> None:
-    from simulator.cli import simulate_with_progress
-
     summary = simulate_with_progress(settings, console=console)
     console.print(f"simulated {summary.n_impressions:,} impressions over {summary.n_days} days")
 
 
 def run_pipeline(settings: Settings) -> None:
-    from pipelines import run_all
-
     result = run_all(settings)
     console.print(f"feature pipeline: run {result.get('run_id')}")
 
@@ -197,8 +196,6 @@ def run_materialize(settings: Settings) -> None:
     registry claiming a materialization the store no longer holds, so the incremental mode
     would write nothing; the rewrite mode clears the stored timestamps (none here) and
     writes each entity's newest row."""
-    from pipelines.materialize import apply_and_materialize, present_view_tables, validate_tables
-
     tables = validate_tables(settings.features_dir)
     views = present_view_tables(settings.features_dir)
     oldest = min(tables[t].first for t in views.values())  # type: ignore[type-var]
@@ -208,9 +205,6 @@ def run_materialize(settings: Settings) -> None:
 
 
 def run_train(settings: Settings) -> None:
-    from training import train_and_register
-    from training.cli import print_train_result
-
     print_train_result(train_and_register(settings), settings, out=console)
 
 

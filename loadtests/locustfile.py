@@ -43,7 +43,11 @@ from locust import FastHttpUser, LoadTestShape, between, events, task
 
 # Imported after locust (gevent patching first); numpy and the world only, no pyarrow.
 try:
-    from simulator.users import SimulatedUser, model_version_of
+    import numpy as np
+
+    from recstack.clock import SimClock
+    from simulator.users import OnlineCtr, SimulatedUser, model_version_of
+    from simulator.world import World
 except ImportError as _exc:  # the project is not installed where Locust runs: GET load only
     SimulatedUser = model_version_of = None  # type: ignore[assignment,misc]
     _IMPORT_ERROR: ImportError | None = _exc
@@ -143,12 +147,6 @@ class _Feedback:
             logger.warning("simulator not importable (%s): users will not click", _IMPORT_ERROR)
             return
         try:
-            import numpy as np
-
-            from recstack.clock import SimClock
-            from simulator.users import OnlineCtr
-            from simulator.world import World
-
             world = World.load(path)
         except (FileNotFoundError, ValueError, OSError, ImportError) as exc:
             logger.warning(

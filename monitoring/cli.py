@@ -1,5 +1,10 @@
 """Monitoring's top-level verbs (``recstack monitor``, ``recstack report``); the composition
-root registers them."""
+root registers them.
+
+Each verb imports its implementation when it runs (the one place imports sit inside
+functions): ``recstack --help`` imports this module and so loads no Beam, Feast or MLflow
+(the start-up it saves is measured in docs/architecture.md, "Imports").
+"""
 
 from __future__ import annotations
 

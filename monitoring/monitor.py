@@ -31,10 +31,12 @@ from monitoring import events as ev
 from monitoring import references as refs
 from monitoring.ctr import CtrCheck
 from monitoring.episodes import EpisodeTracker
+from monitoring.features import online_features, skew
 from monitoring.results import CheckResult, MonitorMetrics
 from monitoring.retraining import Retrainer, RetrainRunner, retrain_subprocess
 from monitoring.stats import psi_against_reference, psi_samples, share_psi
 from monitoring.trigger import AlertState, Cooldown, Signal, cause_of
+from recstack.lake import read_users
 from recstack.schemas import RETRAIN_HOLD_FILE
 from recstack.settings import MonitorSettings, Settings
 
@@ -161,7 +163,6 @@ class DriftChecks:
                                       catalogue, self.cfg.sample_users, self.cfg.sample_items)
         if len(users) + len(items) == 0:
             return
-        from monitoring.features import online_features
 
         values = online_features(self.store, users, items)
         for name, x in values.items():
@@ -221,8 +222,6 @@ class DriftChecks:
             result.signals.append(Signal("skew_mismatch_ratio", ratio, MAX_SKEW))
 
     def skew_check(self, user_ids: list[int], as_of: Any) -> tuple[float, int]:
-        from monitoring.features import skew
-
         ratio, n = skew(self.settings, self.store, user_ids, as_of)
         self.metrics.skew.set(ratio)
         self.metrics.skew_n.set(n)
@@ -421,8 +420,6 @@ class DriftMonitor:
 def user_segments(settings: Settings, column: str) -> dict[int, str]:
     """user id -> the user's ``column`` (country, device) from the lake's user profile; empty
     when the lake has none (then no segment is tested)."""
-    from recstack.lake import read_users
-
     users = read_users(settings.lake_dir)
     if column not in users.column_names or users.num_rows == 0:
         return {}

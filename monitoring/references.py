@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
+from recstack.lake import read_items
 from recstack.schemas import POPULAR_FILE
 from recstack.settings import Settings
 
@@ -40,9 +44,6 @@ def load_champion(settings: Settings, client: Any | None = None,
                   known: ChampionReference | None = None) -> ChampionReference | None:
     """The champion pair and its reference statistics, or None when nothing is registered;
     ``known`` is returned as it is when the champion did not change (no download)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     client = client or MlflowClient(settings.mlflow.uri, settings.mlflow.uri)
     names = {"candidates": settings.mlflow.candidates_model, "ranker": settings.mlflow.ranker_model}
     versions, created = {}, {}
@@ -100,7 +101,6 @@ def popular_items(settings: Settings) -> list[int]:
     path = settings.features_dir / POPULAR_FILE
     if not path.exists():
         return []
-    import pandas as pd
 
     pop = pd.read_parquet(path, columns=["item_id", "rank"]).sort_values("rank", kind="stable")
     return pop["item_id"].astype("int64").drop_duplicates().tolist()
@@ -108,8 +108,6 @@ def popular_items(settings: Settings) -> list[int]:
 
 def catalogue_ids(settings: Settings) -> np.ndarray:
     """Every item id of the lake's catalogue, int64 (empty before the first simulation)."""
-    from recstack.lake import read_items
-
     try:
         return read_items(settings.lake_dir).column("item_id").to_numpy().astype(np.int64)
     except Exception:  # noqa: BLE001 - no catalogue yet: coverage and item PSI are unknown

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import matplotlib
+import matplotlib.pyplot as plt
 
 from monitoring.panels import PANELS, Panel
 from recstack.settings import Settings
@@ -41,10 +43,7 @@ def legend(template: str, labels: dict[str, str]) -> str:
 
 def plot_panel(panel: Panel, series: list[tuple[str, list[tuple[float, float]]]], out: Path
                ) -> Path:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 3.2))
     for name, points in series:

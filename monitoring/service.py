@@ -7,7 +7,12 @@ import signal
 import threading
 from typing import Any
 
+import httpx
+import redis
+from prometheus_client import start_http_server
+
 from monitoring.monitor import DriftMonitor
+from monitoring.onlinestore import RedisOnlineStore
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -15,8 +20,6 @@ logger = logging.getLogger(__name__)
 
 def api_sampler(base_url: str, k: int = 20, timeout_s: float = 2.0):
     """``users -> answers`` through the API (failed calls are skipped, not raised)."""
-    import httpx
-
     client = httpx.Client(base_url=base_url, timeout=timeout_s)
 
     def sample(users: list[int]) -> list[dict[str, Any]]:
@@ -33,10 +36,6 @@ def api_sampler(base_url: str, k: int = 20, timeout_s: float = 2.0):
 
 
 def build_monitor(settings: Settings, api_url: str | None = None) -> DriftMonitor:
-    import redis
-
-    from monitoring.onlinestore import RedisOnlineStore
-
     client = redis.Redis.from_url(settings.redis.url, socket_timeout=5.0)
     url = api_url or f"http://{settings.stack.host}:{settings.stack.lb_port}"
     return DriftMonitor(settings, redis=client,
@@ -48,8 +47,6 @@ def serve(settings: Settings, port: int | None = None, once: bool = False,
           api_url: str | None = None) -> int:
     """Check every ``monitor.interval_s`` and serve /metrics on ``port`` until SIGTERM/SIGINT;
     returns the number of checks."""
-    from prometheus_client import start_http_server
-
     monitor = build_monitor(settings, api_url)
     stop = threading.Event()
     if once:

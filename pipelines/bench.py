@@ -36,6 +36,8 @@ import os
 import random
 import resource
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +47,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import psutil
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import redis
+from feast.infra.online_stores.helpers import _redis_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from rich.console import Console
+
+from pipelines import features
+from pipelines.materialize import apply_and_materialize, present_view_tables
+from pipelines.tables import USER_CATEGORY_FEATURES_FILE
 from recstack.feastlayout import (
     SERIALIZATION_VERSION,
     composite_entity_key,
@@ -55,6 +72,8 @@ from recstack.feastlayout import (
     pack_int64,
     ts_field,
 )
+from recstack.featurestore import open_store
+from recstack.schemas import ITEM_FEATURE_VIEW, ITEM_FEATURES, USER_FEATURE_VIEW, USER_FEATURES
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -133,8 +152,6 @@ class Heartbeat:
             self.step = ""
 
     def _rss(self) -> int:
-        import psutil
-
         me = psutil.Process()
         total = 0
         for proc in [me, *me.children(recursive=True)]:
@@ -143,8 +160,6 @@ class Heartbeat:
         return total
 
     def _loop(self) -> None:
-        import psutil
-
         last = time.monotonic()
         while not self._stop.wait(1.0):
             if not self.step:
@@ -181,8 +196,6 @@ def simulate_lake(home: Path, events: int, seed: int = 42) -> dict[str, Any]:
 
 def time_pipeline(lake: Path, out: Path, mode_args: list[str]) -> dict[str, Any]:
     """One full run of the feature pipeline; wall and CPU seconds, events/s."""
-    from pipelines import features
-
     shutil.rmtree(out, ignore_errors=True)
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
     result = features.run(["--lake", str(lake), "--out", str(out), *mode_args])
@@ -200,8 +213,6 @@ def time_pipeline(lake: Path, out: Path, mode_args: list[str]) -> dict[str, Any]
 
 
 def _start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -222,8 +233,6 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    import signal
-
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -236,11 +245,6 @@ def materialize_and_read(settings: Settings, tables: Path, home: Path,
                          fast_reader: Any = None) -> dict[str, Any]:
     """Materialize ``tables`` into a private Redis; memory per entity; reads both ways
     (``fast_reader``: the serving reader class, default :class:`LayoutReader`)."""
-    import redis
-
-    from pipelines.materialize import apply_and_materialize, present_view_tables
-    from recstack.featurestore import open_store
-
     proc, port = _start_redis(home)
     try:
         s = settings.model_copy(update={
@@ -284,11 +288,6 @@ def materialize_and_read(settings: Settings, tables: Path, home: Path,
 def _memory_per_entity(client: Any, project: str, features_dir: Path) -> dict[str, float]:
     """Median MEMORY USAGE of ~200 user and ~200 item hashes (each holds every view keyed by
     that entity alone), and of a user with its (user, category) rows."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from pipelines.tables import USER_CATEGORY_FEATURES_FILE
-
     out: dict[str, float] = {}
     categories: dict[int, list[int]] = {}
     cat_path = features_dir / USER_CATEGORY_FEATURES_FILE
@@ -346,10 +345,6 @@ class LayoutReader:
 def _feast_key(project: str, join_key: str, value: int) -> bytes:
     """Feast's own Redis key of an int64 entity: the reference the codec is checked against
     at run time, since the benchmark runs against whatever Feast is installed."""
-    from feast.infra.online_stores.helpers import _redis_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
     key = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=value)])
     return _redis_key(project, key, SERIALIZATION_VERSION)
 
@@ -365,12 +360,6 @@ def _same(got: Any, expected: list[Any]) -> bool:
 
 def _reads(store: Any, client: Any, s: Settings, fast_reader: Any = None) -> dict[str, Any]:
     """``get_online_features`` vs the serving fast path for the same entities; equal values."""
-    import numpy as np
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from recstack.schemas import ITEM_FEATURE_VIEW, ITEM_FEATURES, USER_FEATURE_VIEW, USER_FEATURES
-
     def ids(table: str, key: str) -> list[int]:
         return sorted(pc.unique(pq.read_table(s.features_dir / table, columns=[key])[key])
                       .to_pylist())
@@ -455,13 +444,7 @@ def growth(figures: dict[str, Any], small: int, large: int, modes: list[str]) ->
 
 def plot(figures: dict[str, Any], scales: list[int], modes: list[str], path: Path) -> Path | None:
     """Events/s per scale and mode, and materialized rows/s per scale, as a PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a dependency of the project
-        return None
+    matplotlib.use("Agg")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for mode, color in zip(modes, ("tab:blue", "tab:orange")):
         runs = [(e, figures[f"{scale_tag(e)}_pipeline_{mode}"]) for e in scales
@@ -494,8 +477,6 @@ def run(settings: Settings, console: Any | None = None, scales: list[int] | None
     (default: the settings'). ``fast_reader``: the class serving reads features with
     (``serving.onlinestore.RedisFeatureReader``, passed by the composition root), default
     :class:`LayoutReader`, which does the same."""
-    from rich.console import Console
-
     console = console or Console(stderr=True)
     scales = sorted(scales or settings.pipeline.bench_scales)
     modes = list(modes or settings.pipeline.bench_modes)

@@ -1,4 +1,9 @@
-"""``recstack`` verbs of the feature-pipeline stage (joined into the ``recstack`` command)."""
+"""``recstack`` verbs of the feature-pipeline stage (joined into the ``recstack`` command).
+
+Each verb imports its implementation when it runs (the one place imports sit inside
+functions): ``recstack --help`` imports this module and so loads no Beam, Feast or MLflow
+(the start-up it saves is measured in docs/architecture.md, "Imports").
+"""
 
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ def pipeline(
 ) -> None:
     """Incremental Beam feature pipeline (only new lake days), checks, then feast apply +
     materialize_incremental. Extra flags go to the Beam runner (--runner=FlinkRunner, ...)."""
-    from pipelines import run_all
+    from pipelines.run import run_all
 
     s = get_settings()
     configure_logging(s.log_level, s.log_json)
@@ -52,7 +57,7 @@ def backfill(
 ) -> None:
     """Rebuild the feature tables of the snapshot days START..END (inclusive) from the lake,
     then bring the online store up to date. Extra flags go to the Beam runner."""
-    from pipelines import run_all
+    from pipelines.run import run_all
 
     if start > end:
         raise typer.BadParameter(f"START {start:%Y-%m-%d} is after END {end:%Y-%m-%d}")

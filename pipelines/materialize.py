@@ -28,6 +28,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import redis
+from feast import Entity, FeatureService, FeatureView
+from feast.data_source import DataSource
+from feast.infra.online_stores.helpers import _redis_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
 
 from pipelines import partitions
 from pipelines.tables import (
@@ -225,9 +231,6 @@ def load_definitions(repo_path: Path) -> list[Any]:
 
     Each file is executed as a fresh module, so it reads the current environment.
     """
-    from feast import Entity, FeatureService, FeatureView
-    from feast.data_source import DataSource
-
     kinds = (Entity, DataSource, FeatureView, FeatureService)
     objects: list[Any] = []
     for path in sorted(Path(repo_path).glob("*.py")):
@@ -265,8 +268,6 @@ def apply_and_materialize(
     timestamps of the entities concerned are cleared first and the interval is materialized
     again (each entity gets its newest row).
     """
-    import redis
-
     tables = validate_tables(settings.features_dir)
     store = open_store(settings)
     started = time.perf_counter()
@@ -325,10 +326,6 @@ def reset_online_timestamps(store: Any, settings: Settings, view: str, since: dt
     entity) through the online store's own client, so it works for a Redis Cluster too. The
     feature values stay until overwritten: readers never see a hole. Returns the keys touched.
     """
-    from feast.infra.online_stores.helpers import _redis_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
     keys = VIEW_JOIN_KEYS[view]
     path = Path(settings.features_dir) / {**VIEW_TABLES, **V2_VIEW_TABLES}[view]
     table = pq.read_table(path, columns=[*keys, EVENT_TIMESTAMP])
@@ -402,10 +399,6 @@ def _stored_timestamps(
 
     The key is Feast's own, for the store's configured serialization version; the field and
     its decoding are the kernel codec's."""
-    from feast.infra.online_stores.helpers import _redis_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
     pipe = client.pipeline(transaction=False)
     for entity in entities:
         keys = list(entity)

@@ -35,8 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import lakecheck, partitions
+from pipelines import features, lakecheck, partitions
 from pipelines import manifest as manifests
+from pipelines.features import LakeError
+from pipelines.materialize import (
+    FeatureTableError,
+    apply_and_materialize,
+    check_swing,
+    newest_partition_rows,
+    validate_tables,
+)
 from pipelines.tables import FRESH_FILE, PARTITIONED_TABLES
 from recstack.schemas import LABELS_FILE, POPULAR_FILE
 from recstack.settings import Settings
@@ -94,8 +102,6 @@ def plan_run(
     changes every later snapshot whose window contains it). Backfill: exactly ``backfill``.
     """
     if not lake:
-        from pipelines.features import LakeError
-
         raise LakeError("no event partitions in the lake (run `recstack simulate` first)")
     if backfill is not None:
         first, last = backfill
@@ -173,9 +179,6 @@ def run_all(
     end], "seconds": {...}}``. Raises ``FeatureTableError`` when a check fails (nothing committed,
     nothing materialized), ``LakeError`` for a missing or unreadable lake.
     """
-    from pipelines import features
-    from pipelines.materialize import apply_and_materialize
-
     max_row_swing = resolve_max_row_swing(settings, max_row_swing)
     features_dir = settings.features_dir
     _drop_single_file_tables(features_dir)
@@ -226,8 +229,6 @@ def _compute_and_commit(
 ) -> _Computed:
     """Steps 2-4 of the module docstring: the Beam run into staging, its checks, the commit,
     and the manifest's record of the run (saved)."""
-    from pipelines import features
-
     plan, features_dir = lake_plan.plan, settings.features_dir
     assert plan.first is not None and plan.last is not None
     staging = features_dir / STAGING_DIR / run_id
@@ -276,8 +277,6 @@ def _advance_processed(state: manifests.Manifest, plan: RunPlan, lake: dict[dt.d
     """
     assert plan.last is not None
     if plan.mode != "backfill" or plan.last >= max(lake):
-        from pipelines.materialize import newest_partition_rows
-
         state.params = params
         for day in plan.changed:
             state.processed[day.isoformat()] = lake[day]
@@ -319,13 +318,6 @@ def _plan_summary(plan: RunPlan) -> dict[str, Any]:
 def _validate_staged(staging: Path, state: manifests.Manifest, max_row_swing: float | None,
                      run_id: str, features_dir: Path) -> dict[str, float]:
     """The staged tables pass every check, or the staging is set aside and the error raised."""
-    from pipelines.materialize import (
-        FeatureTableError,
-        check_swing,
-        newest_partition_rows,
-        validate_tables,
-    )
-
     try:
         validate_tables(staging)
         _day, rows = newest_partition_rows(staging)

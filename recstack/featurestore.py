@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from feast import FeatureStore
+
 from recstack.settings import Settings
 
 if TYPE_CHECKING:  # feast is heavy: import it only when a store is opened
@@ -18,8 +20,6 @@ if TYPE_CHECKING:  # feast is heavy: import it only when a store is opened
 
 def open_store(settings: Settings) -> "FeatureStore":
     """A FeatureStore over ``settings.feast.repo_path`` (sets the yaml's env variables)."""
-    from feast import FeatureStore
-
     os.environ.update(settings.feast_env())
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     return FeatureStore(repo_path=str(settings.feast.repo_path))

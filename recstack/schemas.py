@@ -11,7 +11,6 @@ import zlib
 from enum import StrEnum
 
 import numpy as np
-
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -65,8 +64,6 @@ def profile_code(value: str | None) -> int:
     """A stable small integer for a profile attribute (country, device): the same in every
     pipeline run and process, whatever other values exist (CRC-32 mod 1000; a collision only
     merges two values). The ranker treats the codes as categories."""
-    import zlib
-
     if value is None or value == "":
         return NO_PROFILE_CODE
     return zlib.crc32(value.strip().lower().encode()) % 1000
@@ -75,8 +72,6 @@ def profile_code(value: str | None) -> int:
 def cross_code(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The category of each (a, b) pair of codes, float32: ``a * 1000 + b`` where both are known
     (>= 0; codes are < 1000), NaN where either is missing or NO_PROFILE_CODE."""
-    import numpy as np
-
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     with np.errstate(invalid="ignore"):

@@ -14,6 +14,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import faiss
+import mlflow
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -30,11 +32,14 @@ from serving.middleware import (
     ConcurrencyLimitMiddleware,
     RequestMetricsMiddleware,
 )
+from serving.onlinestore import sync_redis_client
+from serving.remote import http_client
 from serving.resources import Maintainer, Resources, Role, budgets_of
 from serving.responses import json_response
 from serving.routes import events, health, recommendations, stages
 from serving.routes import experiment as experiment_routes
 from serving.validation import readable_errors
+from serving.variants import VariantLoader
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +199,6 @@ async def _arm_loader(
     """Loads the experiment's non-champion arms in the background (nothing to do without).
     Arms read features through the maintainer's ``readers_for(source, ranker)`` when it has
     one (each ranker its own feature set), else through the replica's readers."""
-    from serving.variants import VariantLoader
-
     if exp is None:
         yield
         return
@@ -219,9 +222,6 @@ async def _live_resources(
 ) -> AsyncIterator[tuple[Resources, Maintainer]]:
     """Real resources: async Redis for events and PING, sync Redis for the feature reads (they
     run in the request threads), a background model/feature loader (yielded with them)."""
-    import faiss
-    import mlflow
-
     # MLflow's HTTP client retries a refused connection for minutes by default; the maintainer
     # has its own back-off, so fail fast and keep /readyz's last_error current.
     apply_http_defaults(settings.mlflow)
@@ -237,8 +237,6 @@ async def _live_resources(
     async def ping() -> bool:
         return bool(await client.ping())  # type: ignore[misc]  # redis stubs: sync|async
 
-    from serving.onlinestore import sync_redis_client
-
     features_client = sync_redis_client(
         settings.redis.url, timeout, max_connections=tuning.max_in_flight + 4
     )
@@ -249,8 +247,6 @@ async def _live_resources(
     )
     remote = None
     if role == "api" and tuning.mode == "split":
-        from serving.remote import http_client
-
         if not (tuning.candidates_url and tuning.ranking_url):
             raise RuntimeError("split mode needs RECSTACK_SERVING__CANDIDATES_URL and "
                                "RECSTACK_SERVING__RANKING_URL")

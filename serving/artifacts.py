@@ -13,7 +13,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
+import lightgbm
+import mlflow.artifacts
 import numpy as np
+import yaml
+from mlflow import MlflowClient
 
 from recstack.schemas import CANDIDATE_ARTIFACTS, OPTIONAL_CANDIDATE_ARTIFACTS
 from recstack.settings import Settings
@@ -44,8 +49,6 @@ def find_candidate_dir(root: Path) -> Path:
 
 def load_candidate_model(directory: Path, version: str = "unknown") -> CandidateModel:
     """Read and cross-check the CANDIDATE_ARTIFACTS files in ``directory``."""
-    import faiss
-
     directory = Path(directory)
     missing = [f for k, f in CANDIDATE_ARTIFACTS.items()
                if k not in OPTIONAL_CANDIDATE_ARTIFACTS and not (directory / f).is_file()]
@@ -100,8 +103,6 @@ def load_candidate_model(directory: Path, version: str = "unknown") -> Candidate
 def ranker_metadata(directory: Path) -> dict:
     """The ``metadata`` mapping of the MLmodel file in ``directory`` ({} when absent: a model
     logged before training recorded its feature service, i.e. ranker_v1)."""
-    import yaml
-
     path = Path(directory) / "MLmodel"
     if not path.is_file():
         return {}
@@ -114,8 +115,6 @@ def ranker_metadata(directory: Path) -> dict:
 def load_ranker(root: Path, version: str = "unknown") -> BoosterRanker:
     """The single ``*.lgb`` booster under ``root`` with its recorded feature service and
     feature names (MLmodel metadata), checked by :class:`BoosterRanker`."""
-    import lightgbm
-
     files = sorted(Path(root).rglob("*.lgb"))
     if len(files) != 1:
         raise ArtifactError(f"expected one *.lgb file under {root}, found {len(files)}")
@@ -143,8 +142,6 @@ def alias_pair(settings: Settings, alias: str, client=None) -> dict[str, str]:
     ranker version's ``candidates_version`` tag, else from the candidates version of the same
     run; only a ranker with neither (registered by hand) falls back to the candidates alias.
     """
-    from mlflow import MlflowClient
-
     m = settings.mlflow
     client = client or MlflowClient(tracking_uri=m.uri, registry_uri=m.uri)
     ranker = client.get_model_version_by_alias(m.ranker_model, alias)
@@ -167,9 +164,6 @@ def load_models(settings: Settings, versions: dict[str, str] | None = None) -> L
     The alias is resolved once, to a pair from one training run (:func:`champion_versions`), so
     a promotion between the two downloads cannot pair a new candidates model with an old ranker.
     """
-    import mlflow.artifacts
-    from mlflow import MlflowClient
-
     m = settings.mlflow
     versions = versions or champion_versions(settings)
     client = MlflowClient(tracking_uri=m.uri, registry_uri=m.uri)

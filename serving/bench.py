@@ -11,9 +11,13 @@ import time
 from collections.abc import Iterable
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
+from recstack.featurestore import open_store
 from recstack.schemas import USER_FEATURE_VIEW, USER_FEATURES
 from recstack.settings import Settings
+from serving.features import USER_KEY, FeastUserFeatures
+from serving.onlinestore import RedisFeatureReader, sync_redis_client
 
 Buckets = dict[tuple[str, ...], dict[float, float]]
 
@@ -24,10 +28,6 @@ def feature_read_bench(settings: Settings, n: int = 2000, seed: int = 0) -> dict
     Needs the settings' Redis with materialized features. Also checks both return the same
     values (``user_features_mismatches`` counts users where they differ).
     """
-    from recstack.featurestore import open_store
-    from serving.features import USER_KEY, FeastUserFeatures
-    from serving.onlinestore import RedisFeatureReader, sync_redis_client
-
     store = open_store(settings)
     client = sync_redis_client(settings.redis.url, 0.5)
     fast = RedisFeatureReader(client, settings.feast.project, USER_FEATURE_VIEW, USER_FEATURES,
@@ -61,8 +61,6 @@ def feature_read_bench(settings: Settings, n: int = 2000, seed: int = 0) -> dict
 
 def histogram_buckets(text: str, name: str, label: str) -> Buckets:
     """Cumulative bucket counts of histogram ``name`` from a /metrics text, keyed by ``label``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     out: Buckets = {}
     for family in text_string_to_metric_families(text):
         if family.name != name:
@@ -108,8 +106,6 @@ def quantile_upper_bound(buckets: dict[float, float], q: float) -> float | None:
 
 def counter_values(text: str, name: str, label: str) -> dict[str, float]:
     """A labelled counter's values (``name`` without ``_total``) from a /metrics text."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name == name:

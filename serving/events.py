@@ -13,7 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as redis_asyncio
 from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from recstack.clock import stack_clock
 from recstack.schemas import EVENTS_STREAM, Event, event_problems
@@ -66,10 +69,6 @@ def stream_client(url: str, timeout_s: float) -> Any:
     """An async redis client for the stream that fails fast: short timeouts and no retry
     back-off (redis-py's default waits seconds); a failed write is a 503 the client retries,
     which is what Retry-After is for."""
-    import redis.asyncio as redis_asyncio
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
     return redis_asyncio.from_url(
         url, socket_timeout=timeout_s, socket_connect_timeout=max(timeout_s, 0.2),
         retry=Retry(NoBackoff(), 0),

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from recstack.feastlayout import (
     composite_key_prefixes,
@@ -95,10 +98,6 @@ class RedisFeatureReader:
 
 def sync_redis_client(url: str, timeout_s: float, max_connections: int = 64) -> Any:
     """A sync redis-py client that fails fast: short timeouts, no retries, bounded pool."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
     pool = redis.BlockingConnectionPool.from_url(
         url, socket_timeout=timeout_s, socket_connect_timeout=max(timeout_s, 0.2),
         max_connections=max_connections, timeout=timeout_s,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
 import numpy as np
 
 from serving.errors import StageUnavailable
@@ -43,8 +44,6 @@ def decode_candidates(body: bytes, n_ann: int, cold_start: bool, n_fresh: int = 
 
 def http_client(base_url: str, pool: int) -> Any:
     """A keep-alive pool to one service; no proxies from the environment, no retries."""
-    import httpx
-
     return httpx.Client(
         base_url=base_url, trust_env=False,
         limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool,
@@ -54,8 +53,6 @@ def http_client(base_url: str, pool: int) -> Any:
 
 
 def _call(client: Any, method: str, url: str, timeout_s: float | None, **kwargs: Any) -> Any:
-    import httpx
-
     try:
         resp = client.request(method, url, timeout=timeout_s, **kwargs)
     except httpx.TimeoutException as exc:

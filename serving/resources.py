@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from recstack import featurestore
 from recstack.schemas import (
     FEATURE_VIEW_FEATURES,
     ITEM_FEATURE_VIEW,
@@ -27,6 +28,7 @@ from recstack.schemas import (
     USER_FEATURE_VIEW_V2,
 )
 from recstack.settings import ServingSettings, Settings
+from serving import artifacts
 from serving.breaker import CircuitBreaker
 from serving.candidates import AnnCandidateSource
 from serving.features import ITEM_KEY, USER_KEY, ItemFeatureTable
@@ -40,6 +42,7 @@ from serving.protocols import (
     UserFeatureReader,
 )
 from serving.recommender import Budgets, Recommender, Scorer
+from serving.remote import HttpCandidateSource, HttpScorer
 
 logger = logging.getLogger(__name__)
 
@@ -252,10 +255,9 @@ class MaterializationWatch:
         file_stamp = registry_file_stamp(self.registry_path)
         if file_stamp is not None and file_stamp == self.registry_stamp:
             return False
-        from recstack.featurestore import open_store
 
         if self.store is None:
-            self.store = open_store(self.settings)
+            self.store = featurestore.open_store(self.settings)
         stamp = materialization_stamp(self.store, ITEM_FEATURE_VIEW)
         self._pending = (file_stamp, stamp)
         if stamp == self.item_stamp:
@@ -367,14 +369,12 @@ class Maintainer:
 
     def _new_models(self) -> Any:
         """The champion's models if the alias check is due and the alias moved, else None."""
-        from serving.artifacts import champion_versions, load_models
-
         loaded = None
         now = time.monotonic()
         if now - self.models_checked_at >= self.settings.serving.item_refresh_s:
-            versions = champion_versions(self.settings)
+            versions = artifacts.champion_versions(self.settings)
             if versions != self.versions:
-                loaded = load_models(self.settings, versions)
+                loaded = artifacts.load_models(self.settings, versions)
             # Only now: a failed load is retried at the next step (with back-off), not after
             # item_refresh_s (a replica stayed unready for a minute after one MLflow hiccup).
             self.models_checked_at = now
@@ -387,8 +387,6 @@ class Maintainer:
         self._freeze_heap()  # before the swap: the first time, the replica is not ready yet
         r.popular = loaded.candidates.popular
         if self.remote is not None:
-            from serving.remote import HttpCandidateSource, HttpScorer
-
             r.candidates = HttpCandidateSource(self.remote[0], r.popular)
             r.scorer = HttpScorer(self.remote[1])
         else:

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,11 +32,13 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import redis
 from pydantic import ValidationError
 
 from recstack import lake
+from recstack.logs import configure_logging, quiet_third_party
 from recstack.schemas import EVENT_SCHEMA, Event
-from recstack.settings import Settings
+from recstack.settings import Settings, get_settings
 from serving.events import EVENTS_STREAM, EventRules
 
 logger = logging.getLogger(__name__)
@@ -108,8 +111,6 @@ class LakeSink:
 
     def ensure_group(self) -> None:
         """Create the consumer group (from the stream's start) unless it exists."""
-        import redis
-
         try:
             self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -236,8 +237,6 @@ class LakeSink:
 
     def run(self) -> SinkStats:
         """Loop until ``stop()`` (SIGTERM/SIGINT); Redis errors are retried with back-off."""
-        import redis
-
         backoff = 0.2
         group_ready = False
         while not self._stop:
@@ -258,8 +257,6 @@ def sink_for(settings: Settings, consumer: str | None = None, **kwargs: Any) -> 
     """A ``LakeSink`` on the settings' Redis and lake; the consumer name defaults to
     ``sink.consumer`` (``RECSTACK_SINK__CONSUMER``) or the host name (stable across restarts of
     one program)."""
-    import redis
-
     client = redis.Redis.from_url(
         settings.redis.url, socket_timeout=5.0, socket_connect_timeout=2.0
     )
@@ -278,8 +275,6 @@ def is_alive(settings: Settings, consumer: str | None = None, max_idle_ms: int =
     means it is stuck or gone. What ``python -m serving.sink --check`` (the container's health
     check) answers with its exit code.
     """
-    import redis
-
     sink = sink_for(settings, consumer)
     try:
         consumers = sink.client.xinfo_consumers(sink.stream, GROUP)
@@ -296,11 +291,6 @@ def is_alive(settings: Settings, consumer: str | None = None, max_idle_ms: int =
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m serving.sink`` (``--check``: exit 0 iff the sink is alive)."""
-    import sys
-
-    from recstack.logs import configure_logging, quiet_third_party
-    from recstack.settings import get_settings
-
     quiet_third_party()
     settings = get_settings()
     if "--check" in (sys.argv[1:] if argv is None else argv):

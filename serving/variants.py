@@ -14,9 +14,11 @@ import logging
 import time
 from typing import Any
 
+from mlflow import MlflowClient
+
 from recstack.settings import Settings
+from serving import artifacts
 from serving.arms import Arm, Experiment
-from serving.artifacts import alias_pair
 from serving.candidates import AnnCandidateSource
 from serving.recommender import Recommender
 from serving.resources import Resources
@@ -36,7 +38,7 @@ def resolve_versions(client: Any, settings: Settings, spec: str) -> dict[str, st
         if not found:
             raise LookupError(f"no {m.candidates_model} version from the run of ranker v{spec}")
         return {"candidates": str(found[0].version), "ranker": str(ranker.version)}
-    return alias_pair(settings, spec, client)  # one alias read: never a half-moved pair
+    return artifacts.alias_pair(settings, spec, client)  # one alias read: never a half-moved pair
 
 
 def compose(arm_parts: tuple[Any, Any], resources: Resources,
@@ -99,12 +101,9 @@ class VariantLoader:
         now = time.monotonic()
         if now - self.checked_at >= self.settings.ab.poll_s:
             if client is None:
-                from mlflow import MlflowClient
-
                 uri = self.settings.mlflow.uri
                 client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            if load is None:
-                from serving.artifacts import load_models as load
+            load = load or artifacts.load_models
             for arm in self.arms():
                 versions = resolve_versions(client, self.settings, arm.models)
                 if versions != arm.versions or arm.name not in self.parts:

@@ -23,6 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from recstack.settings import Settings
+from simulator.generate import simulate
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ def _run_child(n_events: int, home: Path) -> dict[str, Any]:
 
 def measure(n_events: int, home: Path) -> dict[str, Any]:
     """Simulate about ``n_events`` events into ``home``; the figures, this process's peak RSS."""
-    from simulator.generate import simulate
-
     sim = world_size(n_events)
     settings = Settings(home=home, sim=sim)
     # Peak RSS of the interpreter with numpy/pyarrow loaded: what the run adds is the rest.

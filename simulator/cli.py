@@ -1,4 +1,9 @@
-"""``recstack`` verbs of the simulator stage (joined into the ``recstack`` command)."""
+"""``recstack`` verbs of the simulator stage (joined into the ``recstack`` command).
+
+Each verb imports its implementation when it runs (the one place imports sit inside
+functions): ``recstack --help`` imports this module and so loads no Beam, Feast or MLflow
+(the start-up it saves is measured in docs/architecture.md, "Imports").
+"""
 
 from __future__ import annotations
 

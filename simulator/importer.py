@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from recstack import lake
 from recstack.schemas import EVENT_SCHEMA, ITEM_SCHEMA, EventType
@@ -234,8 +235,6 @@ def _position_index(roles: dict[str, str]) -> dict[str, int]:
 
 
 def _parquet_rows(source: Path, roles: dict[str, str]) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as exc:

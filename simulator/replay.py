@@ -20,10 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import numpy as np
 
-from simulator.users import SimulatedUser
 from simulator.streams import STREAM_REPLAY
+from simulator.users import SimulatedUser
 from simulator.world import World
 
 logger = logging.getLogger(__name__)
@@ -163,8 +164,6 @@ def compare_to_oracle(
 
 def http_sink(base_url: str, timeout_s: float = 10.0) -> Sink:
     """A sink that posts each batch to ``{base_url}/events`` (raises unless the API says 202)."""
-    import httpx
-
     client = httpx.Client(base_url=base_url, timeout=timeout_s)
 
     def post(events: list[dict[str, Any]]) -> None:

@@ -34,6 +34,7 @@ from typing import Annotated, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recstack.clock import day_start
@@ -256,8 +257,6 @@ def scenario_path(name_or_path: str | Path) -> Path:
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
     """Read and validate a scenario (bundled name or YAML path); ScenarioError says what is wrong."""
-    import yaml
-
     path = scenario_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())

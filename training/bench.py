@@ -25,8 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow.lightgbm
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from rich.console import Console
 
 from recstack.schemas import (
     CANDIDATE_SCORE_FEATURE,
@@ -35,6 +38,8 @@ from recstack.schemas import (
     RANKER_V2_USER_FEATURES,
 )
 from recstack.settings import REPO_ROOT, Settings
+from training.candidates import build_index, fit_candidate_model
+from training.ranker import train_ranker
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +79,6 @@ def ranker_rows(n_rows: int, seed: int = 0) -> pd.DataFrame:
 def train_at_size(n_events: int, dim: int, rounds: int, negatives_per_positive: int) -> dict:
     """Fit the candidate model and the ranker as ``train.py`` does, at ``n_events``; returns
     seconds per step and this process's peak RSS (call it in a fresh process)."""
-    from training.candidates import build_index, fit_candidate_model
-    from training.ranker import train_ranker
-
     t0 = time.perf_counter()
     events = synthetic_events(n_events)
     t_data = time.perf_counter() - t0
@@ -107,11 +109,6 @@ def train_at_size(n_events: int, dim: int, rounds: int, negatives_per_positive: 
 def inference_side_by_side(rounds: int, repeats: int = REPEATS) -> dict[str, float]:
     """500-row batches through the native booster and through ``mlflow.pyfunc`` (loaded from a
     locally saved lightgbm model), interleaved so both see the same machine noise."""
-    import mlflow.lightgbm
-    import mlflow.pyfunc
-
-    from training.ranker import train_ranker
-
     booster = train_ranker(ranker_rows(20_000), rounds=rounds, names=BENCH_FEATURES)
     x = ranker_rows(BATCH_ROWS, seed=1)[BENCH_FEATURES].to_numpy(np.float32)
     with tempfile.TemporaryDirectory(prefix="recstack-bench-") as tmp:
@@ -150,8 +147,6 @@ def inference_side_by_side(rounds: int, repeats: int = REPEATS) -> dict[str, flo
 def run(settings: Settings, console: Any | None = None) -> dict[str, Any]:
     """The suite: {"train_at_<n>_events": {...}, inference figures}; sizes that do not finish
     within ``settings.train.bench_timeout_s`` are reported as such, not waited for."""
-    from rich.console import Console
-
     console = console or Console(stderr=True)
     t = settings.train
     timeout_s = t.bench_timeout_s

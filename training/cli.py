@@ -2,6 +2,10 @@
 
 ``train`` (one training run + the gate), ``retrain`` (pipeline -> train -> gate, now),
 ``trainer`` (retrain every N simulated days until SIGTERM) and ``models list|rollback|promote``.
+
+Each verb imports its implementation when it runs (the one place imports sit inside
+functions): ``recstack --help`` imports this module and so loads no Beam, Feast or MLflow
+(the start-up it saves is measured in docs/architecture.md, "Imports").
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def print_train_result(result: TrainResult, s: Settings, out: Console | None = N
 @app.command()
 def train() -> None:
     """Train candidates + ANN index and the ranker, evaluate, register; the gate picks champion."""
-    from training import train_and_register
+    from training.train import train_and_register
 
     s = _settings()
     with console.status("training candidates + ranker, evaluating, logging to MLflow"):

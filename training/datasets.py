@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from recstack.featurestore import open_store
+from recstack.lake import read_items
 from recstack.schemas import (
     DEAD_LETTER_DIR,
     ITEM_FEATURE_VIEW,
@@ -189,8 +191,6 @@ def fetch_features(
 
 def item_categories(settings: Settings) -> pd.Series:
     """The catalogue's category per item_id (int64), from the lake's items table."""
-    from recstack.lake import read_items
-
     items = read_items(settings.lake_dir).to_pandas()
     if items.empty:
         return pd.Series(dtype="int64", name="category")
@@ -250,8 +250,6 @@ def build_ranker_dataset(
     sampled = pd.concat([train, valid], ignore_index=True)
     sampled["_row"] = np.arange(len(sampled), dtype=np.int64)
     if store is None:
-        from recstack.featurestore import open_store
-
         store = open_store(settings)
     entity_df = sampled[["user_id", "item_id", "category", "event_timestamp", "_row"]]
     joined = fetch_features(store, entity_df, settings.feast.feature_service)

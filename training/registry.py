@@ -10,6 +10,7 @@ Layout that serving relies on (verified by tests/integration/test_training_mlflo
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import subprocess
 import tempfile
@@ -17,15 +18,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import mlflow
+import mlflow.artifacts
 import numpy as np
 import pandas as pd
+import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 
 from recstack.schemas import CANDIDATE_ARTIFACTS
 from recstack.settings import REPO_ROOT, Settings, get_settings
+from training.candidates import load_artifacts, search
+from training.validate import candidate_problems, ranker_problems
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +77,11 @@ class CandidatesModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        from training.candidates import load_artifacts
-
         meta_path = Path(context.artifacts["meta"])
         self.model, self.index, self.popular, self.meta = load_artifacts(meta_path.parent)
         self.known = set(self.model.user_ids.tolist())
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
-        from training.candidates import search
-
         users = model_input["user_id"].to_numpy(dtype=np.int64)
         k = int((params or {}).get("k", DEFAULT_K))
         ids, scores = search(self.model, self.index, users, k)
@@ -179,8 +181,6 @@ def is_transient(exc: BaseException) -> bool:
     """Is ``exc`` a registry or network hiccup (retry later) rather than a verdict on the
     artifact? MLflow's REST client raises a 5xx/429 status as such, and a connection failure
     or timeout as an INTERNAL_ERROR (500) MlflowException; also plain connection errors."""
-    import requests
-
     if isinstance(exc, MlflowException):
         status = exc.get_http_status_code()
         return status >= 500 or status == 429
@@ -202,8 +202,6 @@ def download_version(client: MlflowClient, settings: Settings, name: str, versio
                      dst: Path) -> Path:
     """Download model version files into ``dst`` (resolving the URI ourselves: MLflow 3.17
     resolves ``models:/`` with the process-global registry URI, see serving/artifacts.py)."""
-    import mlflow.artifacts
-
     source = client.get_model_version_download_uri(name, version)
     dst.mkdir(parents=True, exist_ok=True)
     return Path(mlflow.artifacts.download_artifacts(
@@ -218,8 +216,6 @@ def pair_problems(
 
     A download that fails is a problem too: an alias must never point at what cannot load.
     """
-    from training.validate import candidate_problems, ranker_problems
-
     names = model_names(settings)
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="recstack-validate-") as tmp:
@@ -240,10 +236,6 @@ def pair_problems(
 
 def load_champion_ranker(client: MlflowClient, settings: Settings, version: str) -> Any:
     """The champion's native booster, downloaded and checked (raises ValueError if broken)."""
-    import lightgbm as lgb
-
-    from training.validate import ranker_problems
-
     with tempfile.TemporaryDirectory(prefix="recstack-champion-") as tmp:
         root = download_version(client, settings, settings.mlflow.ranker_model, version,
                                 Path(tmp))
@@ -280,8 +272,6 @@ def promote_pair(
 ) -> None:
     """Point the serving alias at both versions (ranker last: serving resolves both at once,
     see serving/artifacts.py) and record when, how and why on each version."""
-    import datetime as dt
-
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     names = model_names(settings)
     alias = settings.mlflow.serving_alias
@@ -341,8 +331,6 @@ def rollback(client: MlflowClient, settings: Settings) -> dict[str, str]:
     once (tag ``champion_since``) and still loads. The current champion is tagged
     ``rolled_back_at``; no version is deleted, so the history stays readable.
     """
-    import datetime as dt
-
     current = champion_pair(client, settings)
     if current is None:
         raise LookupError("no champion to roll back from")

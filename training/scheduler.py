@@ -28,6 +28,7 @@ from typing import Any
 from recstack.clock import SimClock, day_start
 from recstack.schemas import RETRAIN_HOLD_FILE
 from recstack.settings import REPO_ROOT, Settings, TrainerSettings
+from training.train import TrainingAborted, train_and_register
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +135,6 @@ def retrain_once(
         raise RetrainAborted("stop requested after the pipeline; nothing registered")
     logger.info("retrain: training and gate")
     if train is None:
-        from training.train import TrainingAborted, train_and_register
-
         try:
             return train_and_register(settings, stop=stop)
         except TrainingAborted as exc:

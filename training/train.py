@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+import mlflow
 import numpy as np
 import pandas as pd
 
 from recstack.clock import day_start
+from recstack.featurestore import open_store
 from recstack.lake import read_events, read_items
 from recstack.schemas import (
     CANDIDATE_SCORE_FEATURE,
@@ -35,6 +38,7 @@ from recstack.schemas import (
 )
 from recstack.settings import GateSettings, Settings
 from training import evaluate as ev
+from training import registry
 from training.candidates import (
     CandidateModel,
     fit_candidate_model,
@@ -44,6 +48,7 @@ from training.candidates import (
 from training.datasets import (
     TrainingDataError,
     build_ranker_dataset,
+    features_as_of,
     item_categories,
     time_split,
 )
@@ -187,9 +192,6 @@ def build_holdout(
     names: list[str],
 ) -> Holdout:
     """The holdout day and what was known before it (features as of its midnight)."""
-    from training.datasets import features_as_of
-    from training.sources import fresh_items
-
     start = day_start(holdout_day)
     train_events = events[events["day"] < holdout_day]
     day_events = events[events["day"] == holdout_day]
@@ -258,10 +260,7 @@ def train_and_register(settings: Settings, store: Any | None = None,
     gate = gate or settings.gate
     with clock("setup_s"):
         _check_mlflow(settings.mlflow.uri)  # before minutes of work, not after
-        from training import registry
     if store is None:
-        from recstack.featurestore import open_store
-
         store = open_store(settings)
 
     data = prepare_ranker_data(settings, store, clock, stop)
@@ -274,7 +273,6 @@ def train_and_register(settings: Settings, store: Any | None = None,
         served = fit_candidate_model(data.events, data.item_ids, dim, seed,  # all days, for serving
                                      settings.train.recency_half_life_days)
     _check_stop(stop, "the evaluation")  # the last point: then it logs, registers, gates
-    import mlflow
 
     with clock("mlflow_setup_s"):
         sha = registry.git_sha(settings=settings)
@@ -409,8 +407,6 @@ def run_params(settings: Settings, gate: GateSettings, data: RankerData, sha: st
 def log_run(settings: Settings, gate: GateSettings, data: RankerData,
             judged: ChallengerEvaluation, sha: str) -> None:
     """Tags, params, metrics and the evaluation artifacts of the active MLflow run."""
-    import mlflow
-
     service = settings.feast.feature_service
     evaluation = judged.evaluation
     mlflow.set_tags({"git_sha": sha, "feature_service": service, **data.window})
@@ -429,8 +425,6 @@ def log_run(settings: Settings, gate: GateSettings, data: RankerData,
 def log_models(settings: Settings, artifact_dir: Path, served: CandidateModel, booster: Any,
                data: RankerData) -> dict[str, str]:
     """Log and register both models in the active run; returns {kind: new version}."""
-    from training import registry
-
     cand_info = registry.log_candidates(
         artifact_dir, settings.mlflow.candidates_model,
         pd.DataFrame({"user_id": served.user_ids[:3].astype("int64")}),
@@ -446,8 +440,6 @@ def log_models(settings: Settings, artifact_dir: Path, served: CandidateModel, b
 def mark_challengers(settings: Settings, client: Any, versions: dict[str, str],
                      data: RankerData, metrics: dict[str, float], sha: str, run_id: str) -> None:
     """Pair the new versions and alias both ``challenger``, tagged with the run's provenance."""
-    from training import registry
-
     tags = {"git_sha": sha, "feature_service": settings.feast.feature_service,
             "run_id": run_id, **data.window,
             **{k: f"{v:.5f}" for k, v in metrics.items()
@@ -463,10 +455,6 @@ def mark_challengers(settings: Settings, client: Any, versions: dict[str, str],
 def record_verdict(settings: Settings, client: Any, versions: dict[str, str],
                    verdict: Verdict) -> None:
     """The gate's decision on the run and both versions; the pair promoted if it passed."""
-    import mlflow
-
-    from training import registry
-
     names = registry.model_names(settings)
     mlflow.set_tags({"gate_decision": verdict.decision, "gate_reason": verdict.reason})
     for kind in registry.KINDS:
@@ -496,8 +484,6 @@ def run_gate(
     A registry error while looking up or loading the champion that is transient (5xx,
     connection refused or reset, timeout) aborts the gate: the champion stays.
     """
-    from training import registry
-
     x = holdout[booster.feature_name()].to_numpy(np.float32)
     probe = x[: min(len(x), 200)]
     problems = registry.pair_problems(client, settings, versions, probe,
@@ -567,7 +553,7 @@ def _check_stop(stop: threading.Event | None, after: str) -> None:
 
 def _has_tabulate() -> bool:
     try:
-        import tabulate  # noqa: F401
+        import tabulate  # noqa: F401 - optional: pandas' to_markdown needs it
     except ImportError:
         return False
     return True
@@ -577,7 +563,6 @@ def _check_mlflow(uri: str) -> None:
     """Fail in a second with a clear message, instead of MLflow's minutes of retries."""
     if not uri.startswith(("http://", "https://")):
         return
-    import httpx
 
     try:
         httpx.get(f"{uri.rstrip('/')}/health", timeout=3.0).raise_for_status()

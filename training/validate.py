@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
+import yaml
 
 from recstack.schemas import (
     CANDIDATE_ARTIFACTS,
@@ -23,6 +25,7 @@ from recstack.schemas import (
     OPTIONAL_CANDIDATE_ARTIFACTS,
     SOURCE_FEATURES,
 )
+from training.candidates import load_artifacts, load_optional_artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +45,6 @@ def candidate_problems(root: Path) -> list[str]:
     if missing:
         return [f"candidate files missing: {missing}"]
     try:
-        from training.candidates import load_artifacts
-
         model, index, popular, meta = load_artifacts(directory)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a reason to reject, not to crash
         return [f"candidate artifact unreadable: {type(exc).__name__}: {exc}"]
@@ -68,8 +69,6 @@ def candidate_problems(root: Path) -> list[str]:
     if not isinstance(popular, list):
         problems.append("popular list is not a list")
     try:
-        from training.candidates import load_optional_artifacts
-
         fresh, categories = load_optional_artifacts(directory)
     except Exception as exc:  # noqa: BLE001 - present but unreadable is a problem
         return [*problems, f"optional candidate file unreadable: {type(exc).__name__}: {exc}"]
@@ -86,8 +85,6 @@ def ranker_problems(
     """What is wrong with the ranker artifact under ``root``: one readable ``*.lgb`` booster
     whose features serving can build (and, when the MLmodel metadata lists them, exactly
     those in that order) that, given ``rows``, reproduces ``expected`` scores."""
-    import lightgbm as lgb
-
     files = sorted(Path(root).rglob("*.lgb"))
     if len(files) != 1:
         return [f"expected one *.lgb file in the ranker artifact, found {len(files)}"]
@@ -112,8 +109,6 @@ def ranker_problems(
 
 def ranker_metadata(directory: Path) -> dict:
     """The ``metadata`` of the MLmodel file in ``directory`` ({} when absent or unreadable)."""
-    import yaml
-
     path = Path(directory) / "MLmodel"
     try:
         return dict((yaml.safe_load(path.read_text()) or {}).get("metadata") or {})

@@ -1,7 +1,11 @@
 """``recstack experiment ...`` and the experiment-side top-level verbs.
 
-Each area registers its own commands (imports inside the commands keep `--help` fast):
+Each area registers its own commands:
 ``loadlab`` (scale, chaos; top-level ``capacity``), ``drift`` (drift, databug), ``online`` (ab).
+
+Each verb imports its implementation when it runs (the one place imports sit inside
+functions): ``recstack --help`` imports this module and so loads no Beam, Feast or MLflow
+(the start-up it saves is measured in docs/architecture.md, "Imports").
 """
 
 from __future__ import annotations

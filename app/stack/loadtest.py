@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from recstack.settings import REPO_ROOT, Settings
 
 logger = logging.getLogger(__name__)
@@ -128,8 +130,6 @@ def warm_up(ports: dict[str, int], n_users: int, requests_per_replica: int = 100
     """GET ``requests_per_replica`` lists from each replica directly (not through the balancer),
     one at a time, so a measured run does not start on cold code paths, caches and connection
     pools. Returns the requests that answered 200."""
-    import httpx
-
     ok = 0
     for port in ports.values():
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0, trust_env=False) as c:

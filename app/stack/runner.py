@@ -20,7 +20,6 @@ import psutil
 
 import app.stack.health as health
 import app.stack.pids as pids_mod
-from recstack.settings import Settings
 from app.stack.paths import StackPaths
 from app.stack.render import write_configs, write_monitor_targets
 from app.stack.services import (
@@ -38,6 +37,8 @@ from app.stack.services import (
     stage_ports,
 )
 from app.stack.supervisor import ProcessInfo, StackError, Supervisor
+from pipelines.materialize import online_store_gaps, rematerialize
+from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -325,8 +326,6 @@ def ensure_online_store(settings: Settings, sup: Supervisor | None = None) -> li
 
     Needs Redis running; a stack never materialized (no Feast registry yet) has nothing to do.
     """
-    from pipelines.materialize import online_store_gaps, rematerialize
-
     if sup is not None and sup.info("redis").state != "RUNNING":
         return []
     try:

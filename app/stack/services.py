@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
+from app.stack import paths as stack_paths
 from recstack.settings import REPO_ROOT, Settings
 
 if TYPE_CHECKING:  # paths imports this module
@@ -383,8 +384,6 @@ def native_programs(
     starts them only in split mode). Raises ``StackConfigError`` if two services would share a
     port or a binary is missing.
     """
-    from app.stack import paths as stack_paths  # local: paths imports this module
-
     counts = replica_counts(settings, replicas)
     p = stack_paths.StackPaths.of(settings)
     marker = {STACK_MARKER_ENV: str(settings.run_dir)}

@@ -19,12 +19,21 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.console import Console
 
-from recstack.settings import REPO_ROOT, Settings
 from app.stack import runner
 from app.stack.loadtest import RECOMMENDATIONS_ROW, LoadResult, run_locust
 from app.stack.services import STAGE_SERVICES, service_ports
+from recstack.settings import REPO_ROOT, Settings
+from serving.bench import (
+    counter_values,
+    delta,
+    feature_read_bench,
+    histogram_buckets,
+    merge,
+    quantile_upper_bound,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +75,6 @@ def _targets(settings: Settings) -> dict[str, list[int]]:
 
 def _cpu_seconds(settings: Settings) -> dict[str, float]:
     """CPU seconds (user + system) each serving service's replicas have used so far."""
-    import psutil
-
     out: dict[str, float] = {}
     for row in runner.status(settings):
         if row.service in ("api", *STAGE_SERVICES) and row.pid and row.state == "RUNNING":
@@ -80,8 +87,6 @@ def _cpu_seconds(settings: Settings) -> dict[str, float]:
 
 
 def _snapshot(settings: Settings) -> dict[str, dict[str, Any]]:
-    from serving.bench import counter_values, histogram_buckets, merge
-
     cpu = _cpu_seconds(settings)
     out = {}
     for service, ports in _targets(settings).items():
@@ -103,8 +108,6 @@ def _snapshot(settings: Settings) -> dict[str, dict[str, Any]]:
 
 def _stage_p99s(before: dict, after: dict) -> dict[str, float]:
     """p99 of each stage (the histogram bucket edge it falls under, ms), per service."""
-    from serving.bench import delta, quantile_upper_bound
-
     out = {}
     for service in after:
         for (stage,), buckets in delta(after[service]["stages"], before[service]["stages"]).items():
@@ -201,8 +204,6 @@ def run(settings: Settings, console: Console | None = None) -> dict[str, object]
     """Figures of the serving suite: p50/p95/p99/RPS/errors per mode and offered load, per-stage
     p99 (bucket upper bounds, ms), degraded answers by reason, Locust's CPU, and the
     feature-read ratio. ``_summary`` is the side-by-side table (Markdown)."""
-    from serving.bench import feature_read_bench
-
     console = console or Console()
     out_dir = settings.bench_dir / "serving"
     figures: dict[str, object] = {}

@@ -61,7 +61,7 @@ def stack_settings(native_stack_settings: Callable[..., Settings]) -> Settings:
 
 
 def test_demo_end_to_end_then_down_leaves_nothing(stack_settings: Settings) -> None:
-    from app import stack
+    from app.stack import runner as stack
     from app.demo import run_demo
 
     s = stack_settings

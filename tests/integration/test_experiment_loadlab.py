@@ -26,7 +26,7 @@ def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
     from app.experiments.loadlab.cpubudget import CpuBudget, CpuBudgetError
     from app.experiments.loadlab.probes import program_pids
     from app.experiments.loadlab.scale import ScaleConfig, run_scale
-    from app import stack
+    from app.stack import runner as stack
     from app.demo import run_demo
 
     s = stack_settings

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipelines import run_all
+from pipelines.run import run_all
 from recstack.featurestore import open_store
 from recstack.schemas import USER_FEATURES
 from tests.conftest import free_port, need_binary, stop_process, wait_for_port

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import run_all
+from pipelines.run import run_all
 from pipelines.manifest import MANIFEST_FILE
 from pipelines.materialize import FeatureTableError
 from recstack.featurestore import open_store

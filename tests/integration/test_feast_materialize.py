@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from pipelines import run_all
+from pipelines.run import run_all
 from pipelines.materialize import FeatureTableError, apply_and_materialize
 from recstack.clock import day_start
 from recstack.featurestore import open_store

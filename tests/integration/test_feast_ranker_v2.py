@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipelines import run_all
+from pipelines.run import run_all
 from recstack import lake
 from recstack.clock import day_start
 from recstack.featurestore import open_store

@@ -63,10 +63,10 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> d
 def test_promotion_under_load_drops_no_request(
     settings: Settings, redis_server: int, mlflow_server: str, tmp_path
 ) -> None:
-    from pipelines import run_all
+    from pipelines.run import run_all
     from recstack.settings import GateSettings
     from simulator.generate import simulate
-    from training import train_and_register
+    from training.train import train_and_register
 
     tag = uuid.uuid4().hex[:8]
     s = settings.model_copy(update={

@@ -64,7 +64,7 @@ def _lists(base_url: str) -> dict[int, list[int]]:
 
 def _restart_timed(s: Settings) -> float:
     """``up`` (all default services) then every replica ready; the seconds it took."""
-    from app import stack
+    from app.stack import runner as stack
 
     started = time.monotonic()
     stack.up(s)
@@ -73,7 +73,7 @@ def _restart_timed(s: Settings) -> float:
 
 
 def _program_pid(s: Settings, name: str) -> int:
-    from app import stack
+    from app.stack import runner as stack
 
     row = next(r for r in stack.status(s) if r.name == name)
     assert row.state == "RUNNING" and row.pid, row
@@ -119,7 +119,7 @@ def _lake_event_ids(s: Settings) -> Counter:
 def test_restart_loss_and_kill_keep_the_same_service_and_every_event(
     stack_settings: Settings, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from app import stack
+    from app.stack import runner as stack
     from app.demo import run_demo
 
     s = stack_settings

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines import run_all
+from pipelines.run import run_all
 from pipelines.materialize import present_view_tables
 from recstack.featurestore import open_store
 from recstack.schemas import (

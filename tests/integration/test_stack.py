@@ -22,7 +22,8 @@ import psutil
 import pytest
 
 from recstack.settings import Settings
-from app.stack import StackError, down, scale, start_service, status, stop_service, up
+from app.stack.runner import down, scale, start_service, status, stop_service, up
+from app.stack.supervisor import StackError
 from app.stack.health import http_status, port_open, redis_ping
 from app.stack.loadtest import run_locust
 from app.stack.paths import StackPaths

@@ -12,7 +12,8 @@ from mlflow import MlflowClient
 
 from recstack.settings import GateSettings, Settings
 from tests.unit.training.synthetic import write_world
-from training import registry, train_and_register
+from training import registry
+from training.train import train_and_register
 
 pytestmark = [pytest.mark.integration, pytest.mark.mlflow]
 

@@ -25,7 +25,7 @@ from recstack.schemas import (
 )
 from recstack.settings import GateSettings, Settings
 from tests.unit.training.synthetic import write_world
-from training import train_and_register
+from training.train import train_and_register
 
 pytestmark = [pytest.mark.integration, pytest.mark.mlflow]
 

@@ -112,6 +112,14 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def write_tree(root: Path, files: dict[str, str]) -> dict[str, Path]:
+    """Writes ``files`` (relative path -> text) under ``root``; returns its project modules."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return project_modules(root)
+
+
 def test_every_import_points_down() -> None:
     modules = project_modules()
     assert {"recstack.settings", "serving.app", "app.cli", "app.experiments.cli"} <= set(modules)
@@ -123,14 +131,11 @@ def test_no_circle_between_files() -> None:
 
 
 def test_the_checks_see_a_wrong_arrow_and_a_circle(tmp_path: Path) -> None:
-    for name, text in {
+    modules = write_tree(tmp_path, {
         "recstack/settings.py": "from serving.app import create_app\n",
         "serving/a.py": "from serving import b\nimport training.train\n",
         "serving/b.py": "import serving.a\n",
-    }.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    modules = project_modules(tmp_path)
+    })
     arrows = wrong_arrows(modules)
     assert any(a.startswith("recstack.settings (kernel) imports serving.app") for a in arrows)
     assert any(a.startswith("serving.a (serving) imports training.train") for a in arrows)

@@ -22,20 +22,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+from mlflow.tracking import MlflowClient
+from rich.console import Console
 
+from app.experiments.drift.drift import DriftConfig, _settings
+from app.experiments.drift.ministack import MiniStack, free_port
+from app.experiments.drift.replay import false_alarms
+from app.experiments.report import ReportFolder
+from monitoring.monitor import MAX_NULL_MODEL_VERSION, MAX_REQUESTS_WITHOUT_TOP, DriftMonitor
+from recstack.lake import partition_dir
 from recstack.settings import Settings
+from simulator.scenarios import scenario_path
 
 
 def run_databug(base: Settings, n_users: int = 600, n_items: int = 400, warm_days: int = 3,
                 console: Any = None) -> dict[str, Any]:
-    from rich.console import Console
-
-    from app.experiments.drift.drift import DriftConfig, _settings
-    from app.experiments.drift.ministack import MiniStack, free_port
-    from app.experiments.drift.replay import false_alarms
-    from app.experiments.report import ReportFolder
-
     console = console or Console(stderr=True)
     cfg = DriftConfig(scenario="data-bug", n_users=n_users, n_items=n_items, warm_days=warm_days)
     report = ReportFolder.create(base, "databug", "Data-bug experiment: upstream event bug")
@@ -77,8 +83,6 @@ def _bootstrap(stack: Any, settings: Settings, report: Any, warm_days: int, bug_
     """Redis and MLflow; ``warm_days`` clean days and the first bugged one simulated, the bugged
     day's lake partition moved aside; pipeline and training on the clean days. Returns the
     held-back folder, the partition it belongs in and the champion trained on clean data."""
-    from recstack.lake import partition_dir
-
     stack.start_infra(settings.redis.port, settings.mlflow.port)
     scenario_file = report.path / "data-bug-shifted.yaml"
     _write_shifted(scenario_file, warm_days)
@@ -98,10 +102,6 @@ def _watch_bugged_day(settings: Settings, held: Path, bug_day: dt.date
     """The held-back day's events hour by hour through the drift monitor's event checks (as the
     stream would deliver them); returns one row per hourly check and the summary's figures on
     the monitor (detection delay, signals, whether it held retraining)."""
-    import pyarrow.parquet as pq
-
-    from monitoring.monitor import DriftMonitor
-
     bugged = pq.read_table(held).to_pandas()
     retrains: list[str] = []
     monitor = DriftMonitor(settings, redis=_ListStream(),
@@ -180,10 +180,6 @@ class _ListStream:
 
 
 def _write_shifted(path: Any, day: int) -> None:
-    import yaml
-
-    from simulator.scenarios import scenario_path
-
     spec = yaml.safe_load(scenario_path("data-bug").read_text())
     for d in spec["drifts"]:
         d["day"] = day
@@ -196,20 +192,13 @@ def _ok(proc: Any, what: str) -> None:
 
 
 def _champion(settings: Settings) -> dict[str, str]:
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(settings.mlflow.uri, settings.mlflow.uri)
     return {n: str(client.get_model_version_by_alias(n, settings.mlflow.serving_alias).version)
             for n in (settings.mlflow.candidates_model, settings.mlflow.ranker_model)}
 
 
 def _figure(checks: pd.DataFrame) -> Any:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from monitoring.monitor import MAX_NULL_MODEL_VERSION, MAX_REQUESTS_WITHOUT_TOP
 
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for col, thr, label in (("null_model_version", MAX_NULL_MODEL_VERSION,

@@ -24,9 +24,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import redis as redis_lib
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.progress import Progress
 
+from app.experiments.drift.ministack import MiniStack, free_port
+from app.experiments.drift.plots import timeline_figure
+from app.experiments.drift.replay import false_alarms
+from app.experiments.drift.traffic import Arm, play_hour, post_events, warm_memories
+from app.experiments.report import ReportFolder
+from monitoring.events import EVENTS_STREAM
+from monitoring.monitor import DriftMonitor
+from monitoring.onlinestore import RedisOnlineStore
+from monitoring.service import api_sampler
 from recstack.clock import day_start
+from recstack.lake import read_events
 from recstack.settings import Settings
+from simulator.scenarios import load_scenario
+from simulator.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +109,6 @@ def _settings(base: Settings, cfg: DriftConfig, home: Any, redis_port: int, mlfl
 
 
 def shifted_scenario(name: str, day: int) -> Any:
-    from simulator.scenarios import load_scenario
-
     sc = load_scenario(name)
     first = sc.first_day
     return sc.model_copy(update={"drifts": [d.model_copy(update={"day": d.day - first + day})
@@ -103,11 +117,6 @@ def shifted_scenario(name: str, day: int) -> Any:
 
 def run_drift(base: Settings, cfg: DriftConfig, console: Any = None) -> dict[str, Any]:
     """Runs the experiment; returns the summary (also written into the report folder)."""
-    from rich.console import Console
-
-    from app.experiments.drift.ministack import MiniStack, free_port
-    from app.experiments.report import ReportFolder
-
     cfg.check()
     console = console or Console(stderr=True)
     report = ReportFolder.create(base, "drift", f"Drift experiment: {cfg.scenario}")
@@ -122,7 +131,6 @@ def run_drift(base: Settings, cfg: DriftConfig, console: Any = None) -> dict[str
     timeline = pd.DataFrame(run.rows)
     summary = summarize(timeline, run.marks, shift_at, t0, cfg)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    from app.experiments.drift.replay import false_alarms
 
     with console.status("false alarms: offline replay of a 7-day run without a scenario"):
         summary.update(false_alarms(settings, cfg))
@@ -164,8 +172,6 @@ def _stack_env(cfg: DriftConfig) -> dict[str, str]:
 def _bootstrap(stack: Any, settings: Settings, cfg: DriftConfig) -> tuple[Any, Any]:
     """Redis and MLflow, ``warm_days`` of logging-policy traffic, the pipeline and the champion
     (also aliased ``frozen``), the sink; returns the two arms (live, frozen)."""
-    from app.experiments.drift.traffic import Arm
-
     stack.start_infra(settings.redis.port, settings.mlflow.port)
     for verb in (("simulate", "--days", str(cfg.warm_days)), ("pipeline",), ("train",)):
         proc = stack.run_cli(*verb)
@@ -184,11 +190,6 @@ def _live_days(stack: Any, settings: Settings, cfg: DriftConfig, live: Any, froz
     """The world and its scenario from the first live day on, the arms' memories warmed with
     the lake's last impressions, the drift monitor, then every live hour played; returns the
     run's record, the first live midnight (``t0``) and the moment the shift starts."""
-    import redis as redis_lib
-
-    from app.experiments.drift.traffic import warm_memories
-    from simulator.world import World
-
     marks: list[dict[str, Any]] = []
     world = World.generate(settings.sim)
     scenario = shifted_scenario(cfg.scenario, cfg.shift_day)
@@ -208,10 +209,6 @@ def _live_days(stack: Any, settings: Settings, cfg: DriftConfig, live: Any, froz
 def _drift_monitor(run: _LiveRun, live: Any) -> Any:
     """The drift monitor on the private stack, sampling the live arm, on the simulated clock; its
     retrainer runs ``recstack retrain`` synchronously (the simulated clock waits) and marks it."""
-    from monitoring.monitor import DriftMonitor
-    from monitoring.onlinestore import RedisOnlineStore
-    from monitoring.service import api_sampler
-
     def retrainer(cause: str) -> int:
         run.marks.append({"kind": "retrain", "at": run.sim_now["t"].isoformat(), "detail": cause})
         _drain(run.rclient)
@@ -233,10 +230,6 @@ def _play_hours(run: _LiveRun, monitor: Any, live: Any, frozen: Any, world: Any,
     """Every simulated hour of the live days: both arms serve the same requests, the live arm's
     events reach the stream, a new champion is marked as a promotion; then the burn-in's
     pipeline or, after the burn-in, the monitor's check (see ``_watch_hour``)."""
-    from rich.progress import Progress
-
-    from app.experiments.drift.traffic import play_hour, post_events
-
     cfg = run.cfg
     rng = np.random.default_rng([cfg.seed, 9])
     worlds: dict[int, Any] = {}
@@ -309,8 +302,6 @@ def _write_report(report: Any, cfg: DriftConfig, summary: dict[str, Any],
                   timeline: pd.DataFrame, run: _LiveRun, t0: dt.datetime) -> Any:
     """The timeline, checks and marks as CSV, the timeline plot, the figures and the marks;
     returns the finished report's path."""
-    from app.experiments.drift.plots import timeline_figure
-
     marks = run.marks
     report.csv("timeline", timeline)
     report.csv("checks", pd.DataFrame(run.checks))
@@ -332,8 +323,6 @@ def affected_users(scenario: Any, world: Any, day_index: int) -> np.ndarray:
 
 def _last_impressions(settings: Settings, memory: int = 20) -> dict[int, list[int]]:
     """Each user's last ``memory`` impressions in the lake, oldest first."""
-    from recstack.lake import read_events
-
     ev = read_events(settings.lake_dir).to_pandas()
     ev = ev[ev["event_type"] == "impression"].sort_values("ts")
     tail = ev.groupby("user_id").tail(memory)
@@ -341,8 +330,6 @@ def _last_impressions(settings: Settings, memory: int = 20) -> dict[int, list[in
 
 
 def _alias_frozen(settings: Settings) -> None:
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(settings.mlflow.uri, settings.mlflow.uri)
     for name in (settings.mlflow.candidates_model, settings.mlflow.ranker_model):
         mv = client.get_model_version_by_alias(name, settings.mlflow.serving_alias)
@@ -351,8 +338,6 @@ def _alias_frozen(settings: Settings) -> None:
 
 def _drain(client: Any, timeout_s: float = 60.0) -> None:
     """Wait until the sink has written and acknowledged everything in the stream."""
-    from monitoring.events import EVENTS_STREAM
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -367,8 +352,6 @@ def _drain(client: Any, timeout_s: float = 60.0) -> None:
 
 def _last_stream_id(client: Any) -> str:
     """The id of the newest stream entry now (the monitor reads what comes after it)."""
-    from monitoring.events import EVENTS_STREAM
-
     entries = client.xrevrange(EVENTS_STREAM, count=1)
     if not entries:
         return "0-0"

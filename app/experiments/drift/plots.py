@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import pandas as pd
 
 COLORS = {"shift": "black", "alert": "tab:red", "retrain": "tab:orange",
@@ -13,10 +15,7 @@ COLORS = {"shift": "black", "alert": "tab:red", "retrain": "tab:orange",
 
 def timeline_figure(timeline: pd.DataFrame, marks: list[dict[str, Any]], t0: dt.datetime,
                     cfg: Any) -> Any:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1.3]})

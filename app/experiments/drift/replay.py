@@ -13,17 +13,18 @@ from typing import Any
 
 import pandas as pd
 
+from monitoring.events import CtrTracker, EventBatch, SegmentCtr, drop_signal_value
+from monitoring.monitor import MAX_NULL_MODEL_VERSION, MAX_REQUESTS_WITHOUT_TOP, user_segments
+from monitoring.trigger import AlertState, Signal
+from recstack.lake import read_events
 from recstack.settings import Settings
+from simulator.generate import simulate
 
 
 def replay_alarms(events: pd.DataFrame, settings: Settings,
                   segments: dict[int, str] | None = None) -> dict[str, Any]:
     """Feed ``events`` (lake rows) to the detectors one simulated hour at a time;
     ``segments`` (user id -> segment) adds the per-segment CTR test, as the monitor has it."""
-    from monitoring.events import CtrTracker, EventBatch, SegmentCtr, drop_signal_value
-    from monitoring.monitor import MAX_NULL_MODEL_VERSION, MAX_REQUESTS_WITHOUT_TOP
-    from monitoring.trigger import AlertState, Signal
-
     cfg = settings.monitor
     ctr = CtrTracker(cfg.ctr_baseline_impressions, cfg.ctr_window_impressions)
     by_segment = SegmentCtr(cfg.ctr_segment_window_impressions,
@@ -72,10 +73,6 @@ def replay_alarms(events: pd.DataFrame, settings: Settings,
 
 def false_alarms(base: Settings, cfg: Any, days: int = 7) -> dict[str, Any]:
     """Simulate ``days`` days without a scenario into a scratch home and replay them."""
-    from monitoring.monitor import user_segments
-    from recstack.lake import read_events
-    from simulator.generate import simulate
-
     with tempfile.TemporaryDirectory(prefix="recstack-replay-") as tmp:
         s = base.model_copy(update={"home": Path(tmp), "sim": base.sim.model_copy(update={
             "n_users": cfg.n_users, "n_items": cfg.n_items, "n_categories": cfg.n_categories,

@@ -15,9 +15,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import redis
 from rich.console import Console
 
 from app.experiments.loadlab import mmc
+from app.experiments.loadlab.plots import _plt
 from app.experiments.report import ReportFolder, latest
 from recstack.settings import Settings
 
@@ -187,8 +189,6 @@ def measure_redis_bytes(settings: Settings, sample: int = 300) -> tuple[float, f
     """Mean ``MEMORY USAGE`` bytes of a Feast user entity hash and item entity hash in the
     stack's Redis; the defaults (and False) when it does not answer or holds none."""
     try:
-        import redis
-
         password = settings.redis.secret()
         client = redis.Redis(host=settings.redis.host, port=settings.redis.port,
                              password=password, socket_timeout=2)
@@ -294,8 +294,6 @@ def run_capacity(settings: Settings, target: CapacityTarget, console: Console | 
 
 
 def _check_figure(summary: dict[str, Any], figures: dict[str, Any]) -> Any:
-    from app.experiments.loadlab.plots import _plt
-
     plt = _plt()
     mu = figures["api_service_rate_per_replica_rps"]
     slo_s = figures["measured_slo_p99_ms"] / 1000

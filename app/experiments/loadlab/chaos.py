@@ -38,7 +38,12 @@ from app.experiments.loadlab.analysis import (
 )
 from app.experiments.loadlab.faults import DESCRIPTIONS, FaultError, KillProgram, make_fault
 from app.experiments.loadlab.loadgen import LoadRun, run_load, users_for
-from app.experiments.report import ReportFolder, folders as report_folders
+from app.experiments.loadlab.probes import program_pids
+from app.experiments.report import ReportFolder
+from app.experiments.report import folders as report_folders
+from app.stack import runner
+from app.stack.services import api_ports
+from recstack.machine import load_average
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -113,15 +118,11 @@ def peak_rps(summary: dict[str, Any] | None, replicas: int) -> float | None:
 
 
 def _api_count(settings: Settings) -> int:
-    from app.experiments.loadlab.probes import program_pids
-
     return sum(1 for name in program_pids(settings) if name.startswith("api-"))
 
 
 def run_chaos(settings: Settings, cfg: ChaosConfig, console: Console | None = None) -> Path:
     """Run the experiment on the running native stack; returns the report folder."""
-    from app.stack.services import api_ports
-
     console = console or Console(stderr=True)
     replicas = _api_count(settings)
     if replicas == 0:
@@ -129,7 +130,6 @@ def run_chaos(settings: Settings, cfg: ChaosConfig, console: Console | None = No
     fault = make_fault(settings, cfg.fault, replicas)
     measured = scale_summary(settings)
     peak, base_rps, stages = _offered_load(cfg, peak_rps(measured, replicas))
-    from app.stack import runner
 
     runner.wait_ready(settings, settings.stack.start_timeout_s)  # a clean "before"
     fault.prepare()
@@ -393,7 +393,5 @@ def _r(x: Any, nd: int = 3) -> Any:
 
 
 def _load1() -> float | None:
-    from recstack.machine import load_average
-
     load = load_average()
     return round(load[0], 2) if load else None

@@ -1,6 +1,8 @@
 """Commands of the load-testing lab: ``recstack experiment scale|chaos`` and ``recstack capacity``.
 
-Imports of the experiments happen inside the commands, so ``recstack --help`` stays fast.
+Each verb imports its implementation when it runs (the one place imports sit inside
+functions): ``recstack --help`` imports this module and so loads no Beam, Feast or MLflow
+(the start-up it saves is measured in docs/architecture.md, "Imports").
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def scale(
     from app.experiments.loadlab.scale import ScaleConfig, run_scale
     from recstack.logs import configure_logging
     from recstack.settings import get_settings
-    from app.stack import StackError
+    from app.stack.supervisor import StackError
     from app.stack.loadtest import LoadTestError
 
     counts = _ints(replicas)
@@ -106,7 +108,7 @@ def chaos(
     from app.experiments.loadlab.faults import FAULTS, FaultError
     from recstack.logs import configure_logging
     from recstack.settings import get_settings
-    from app.stack import StackError
+    from app.stack.supervisor import StackError
     from app.stack.loadtest import LoadTestError
 
     if fault not in FAULTS:

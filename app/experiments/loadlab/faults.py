@@ -14,6 +14,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import redis
+
+from app.experiments.loadlab.probes import program_pids
+from app.stack import health, runner
+from app.stack.services import api_ports, stage_ports
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,8 +45,6 @@ class FaultError(RuntimeError):
 
 
 def _wait_ready_port(port: int, timeout_s: float) -> bool:
-    from app.stack import health
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         code, _ = health.http_status(port, "/readyz")
@@ -78,14 +81,10 @@ class KillProgram(Fault):
     timeout_s: float = 85.0
 
     def prepare(self) -> None:
-        from app.experiments.loadlab.probes import program_pids
-
         if self.program not in program_pids(self.settings):
             raise FaultError(f"{self.program} is not running; start it first")
 
     def inject(self) -> None:
-        from app.experiments.loadlab.probes import program_pids
-
         pid = program_pids(self.settings).get(self.program)
         if pid is None:
             raise FaultError(f"{self.program} is not running")
@@ -116,14 +115,10 @@ class StopService(Fault):
             self.notes.append("Redis SAVE before the fault: the restarted server reloads the snapshot")
 
     def inject(self) -> None:
-        from app.stack import runner
-
         runner.stop_service(self.settings, self.service)
         self.notes.append(f"stopped {self.service}")
 
     def clear(self) -> None:
-        from app.stack import runner
-
         runner.start_service(self.settings, self.service)
         self.notes.append(f"started {self.service}")
 
@@ -165,7 +160,6 @@ class SlowRedis(Fault):
 
 
 def _redis(settings: Settings):  # noqa: ANN202 - redis.Redis, imported lazily
-    import redis
 
     password = settings.redis.secret()
     return redis.Redis(host=settings.redis.host, port=settings.redis.port, password=password,
@@ -174,8 +168,6 @@ def _redis(settings: Settings):  # noqa: ANN202 - redis.Redis, imported lazily
 
 def make_fault(settings: Settings, name: str, replicas: int) -> Fault:
     """The ``Fault`` for ``name`` on this stack; raises ``FaultError`` if it cannot apply."""
-    from app.stack.services import api_ports, stage_ports
-
     if name == "kill-replica":
         if replicas < 2:
             raise FaultError("kill-replica needs at least 2 api replicas (`recstack scale api=2`)")

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
+from app.stack.supervisor import Supervisor
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -63,8 +65,6 @@ def tree_cpu_s(pid: int) -> float:
 
 def program_pids(settings: Settings) -> dict[str, int]:
     """Running supervised programs and their pids, as supervisord reports them."""
-    from app.stack.supervisor import Supervisor
-
     sup = Supervisor(settings)
     try:
         return {i.name: i.pid for i in sup.processes() if i.pid and i.state == "RUNNING"}
@@ -84,8 +84,6 @@ def scrape(port: int, timeout_s: float = 0.8) -> str:
 def metric_values(text: str, name: str, label: str | None = None) -> dict[str, float]:
     """Samples of metric ``name`` (counters may end in ``_total``) summed by ``label``'s value
     ("" when ``label`` is None)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     out: dict[str, float] = {}
     if not text:
         return out

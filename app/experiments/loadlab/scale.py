@@ -32,9 +32,13 @@ from app.experiments.loadlab.analysis import (
     scaling_efficiency,
     step_stats,
 )
-from app.experiments.loadlab.cpubudget import CpuBudget
+from app.experiments.loadlab.cpubudget import CpuBudget, CpuBudgetError
 from app.experiments.loadlab.loadgen import LoadRun, run_load, users_for
+from app.experiments.loadlab.probes import program_pids, tree_pids
 from app.experiments.report import ReportFolder
+from app.stack import runner
+from app.stack.services import api_ports, stage_ports
+from recstack.machine import load_average
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -75,8 +79,6 @@ def auto_replica_cpus(cores: int, replicas: list[int]) -> float:
     """A CPU budget per replica such that the largest count still leaves ``AUTO_RESERVED_CORES``
     to the rest of the stack, rounded down to 0.05 cores; 0 (no limit) when that would be below
     ``AUTO_MIN_CPUS`` or no cgroup quota can be set here."""
-    from app.experiments.loadlab.cpubudget import CpuBudget, CpuBudgetError
-
     per = math.floor(20 * (cores - AUTO_RESERVED_CORES) / max(replicas)) / 20
     if per < AUTO_MIN_CPUS:
         return 0.0
@@ -104,8 +106,6 @@ def _replica_word(n: int) -> str:
 
 def _replica_programs(settings: Settings, service: str) -> dict[str, int]:
     """The running replicas of ``service``: supervised program name -> pid."""
-    from app.experiments.loadlab.probes import program_pids
-
     return {name: pid for name, pid in program_pids(settings).items()
             if name.split("-", 1)[0] == service}
 
@@ -116,8 +116,6 @@ def _running_count(settings: Settings, service: str) -> int:
 
 def metric_ports(settings: Settings, service: str, replicas: int) -> list[int]:
     """Where the replicas of ``service`` answer /metrics."""
-    from app.stack.services import api_ports, stage_ports
-
     if service == "api":
         return api_ports(settings, replicas)
     return stage_ports(settings, service, replicas)
@@ -125,8 +123,6 @@ def metric_ports(settings: Settings, service: str, replicas: int) -> list[int]:
 
 def replica_pids(settings: Settings, service: str) -> dict[str, list[int]]:
     """The running replicas of ``service``: program name -> its pid and its children's."""
-    from app.experiments.loadlab.probes import tree_pids
-
     return {name: tree_pids(pid) for name, pid in _replica_programs(settings, service).items()}
 
 
@@ -167,8 +163,6 @@ class _Bench:
 
 def run_scale(settings: Settings, cfg: ScaleConfig, console: Console | None = None) -> Path:
     """Run the experiment on the running native stack; returns the report folder."""
-    from app.stack import runner
-
     console = console or Console(stderr=True)
     report = ReportFolder.create(settings, "scale", title=f"Scaling experiment: {cfg.service}")
     raw = report.path / "raw"
@@ -282,8 +276,6 @@ def _release_and_scale_back(settings: Settings, cfg: ScaleConfig, budget: CpuBud
                             original: int) -> None:
     """Release the CPU budgets and give the service back the replica count it had (a warning,
     not an error, when that fails: the report is still written)."""
-    from app.stack import runner
-
     if budget is not None:
         budget.release()
     if original and original != (cfg.replicas[-1] if cfg.replicas else original):
@@ -296,8 +288,6 @@ def _release_and_scale_back(settings: Settings, cfg: ScaleConfig, budget: CpuBud
 
 
 def _load1() -> float:
-    from recstack.machine import load_average
-
     load = load_average()
     return load[0] if load else math.nan
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from app.experiments.report import ReportFolder
 from recstack.settings import Settings
 
 
 def plot_ctr(series: pd.DataFrame, arms: list[str], alpha: float = 0.05) -> Any:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm, colour in zip(arms, ("tab:blue", "tab:orange"), strict=False):
@@ -32,10 +32,7 @@ def plot_ctr(series: pd.DataFrame, arms: list[str], alpha: float = 0.05) -> Any:
 
 
 def plot_lift(series: pd.DataFrame, alpha: float = 0.05) -> Any:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(series["day"], 100 * series["lift"], marker="o", color="tab:green", label="lift")
@@ -51,8 +48,6 @@ def plot_lift(series: pd.DataFrame, alpha: float = 0.05) -> Any:
 
 
 def _integer_days(ax: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -60,8 +55,6 @@ def write_report(settings: Settings, result: dict[str, Any], series: pd.DataFram
                  params: dict[str, Any]) -> Path:
     """``$RECSTACK_HOME/reports/ab-<stamp>/``: report.md, summary.json, ctr.png, lift.png,
     daily.csv; returns the folder."""
-    import matplotlib.pyplot as plt
-
     arms = list(result["arms"])
     control, treatment = arms
     folder = ReportFolder.create(settings, "ab", f"A/B test: {params['treatment']} vs "

@@ -17,13 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
 
 from app.experiments.online.analysis import analyse, daily_series
+from app.experiments.online.driver import drive_api
+from app.experiments.online.report import write_report
 from app.experiments.online.simulate import ExperimentLog, is_policy, simulate_policies
+from app.experiments.online.tracking import log_experiment
 from recstack.mlflowenv import apply_http_defaults
 from recstack.settings import Settings
+from serving.app import create_app
+from serving.variants import resolve_versions
+from simulator.generate import world_dir
 from simulator.world import World
+from training import registry
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +51,6 @@ class AbOutcome:
 def load_world(settings: Settings) -> World:
     """The world the lake was simulated from (models were trained on it), else a new one from
     ``settings.sim``."""
-    from simulator.generate import world_dir
-
     path = world_dir(settings)
     if path.exists():
         return World.load(path)
@@ -102,13 +110,10 @@ def run_ab(
     if promote and result["decision"] == "promote" and not is_policy(challenger):
         promoted = _promote(settings, log)
         result["promotion"] = promoted
-    from app.experiments.online.report import write_report
 
     folder = write_report(settings, result, series, params)
     run_id = None
     if log_mlflow:
-        from app.experiments.online.tracking import log_experiment
-
         try:
             run_id = log_experiment(settings, result, params, folder)
         except Exception as exc:  # the report stays; say why MLflow has no run
@@ -120,8 +125,6 @@ def run_ab(
 def _promote(settings: Settings, log: ExperimentLog) -> dict[str, str]:
     """Moves ``champion`` to the treatment's ranker (and its paired candidates) through the
     registry; the previous champion stays tagged for ``recstack models rollback``."""
-    from training.registry import client_for, promote_version
-
     served = log.versions.get(TREATMENT, [])
     rankers = {part.split("=", 1)[1] for v in served for part in v.split(",")
                if part.startswith("ranker=")}
@@ -129,7 +132,7 @@ def _promote(settings: Settings, log: ExperimentLog) -> dict[str, str]:
         raise RuntimeError(f"the treatment served ranker versions {sorted(rankers)}; "
                            "promote by hand with `recstack models promote V`")
     version = rankers.pop()
-    pair = promote_version(client_for(settings), settings, version)
+    pair = registry.promote_version(registry.client_for(settings), settings, version)
     logger.info("promoted to champion: %s", pair)
     return pair
 
@@ -137,8 +140,6 @@ def _promote(settings: Settings, log: ExperimentLog) -> dict[str, str]:
 def _through_api(settings: Settings, control: str, challenger: str, weights: dict[str, float],
                  salt: str, days: int, seed: int, users: Any, url: str | None,
                  post_events: bool, progress: Any, world: World, client: Any) -> ExperimentLog:
-    from app.experiments.online.driver import drive_api
-
     kwargs = dict(world=world, days=days, salt=salt, weights=weights,
                   list_size=settings.sim.list_size, seed=seed, users=users,
                   post_events=post_events, on_request=progress,
@@ -147,14 +148,9 @@ def _through_api(settings: Settings, control: str, challenger: str, weights: dic
         _check_experiment(client, control, challenger, weights, salt)
         return drive_api(client, **kwargs)
     if url is not None:
-        import httpx
-
         with httpx.Client(base_url=url, timeout=10.0) as http:
             _check_experiment(http, control, challenger, weights, salt)
             return drive_api(http, **kwargs)
-    from fastapi.testclient import TestClient
-
-    from serving.app import create_app
 
     _check_registry(settings, (control, challenger))
     ab = settings.ab.model_copy(update={
@@ -170,9 +166,6 @@ def _check_registry(settings: Settings, specs: tuple[str, ...]) -> None:
     """Fail fast (not after the readiness timeout) when MLflow is down or an arm names a
     version or alias that does not exist."""
     apply_http_defaults(settings.mlflow)
-    from mlflow import MlflowClient
-
-    from serving.variants import resolve_versions
 
     uri = settings.mlflow.uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

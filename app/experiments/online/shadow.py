@@ -11,8 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from fastapi.testclient import TestClient
 
+from app.experiments.online.driver import drive_api
+from app.experiments.online.run import wait_ready
+from app.experiments.report import ReportFolder
 from recstack.settings import Settings
+from serving.app import create_app
 from simulator.world import World
 
 
@@ -28,12 +33,6 @@ def shadow_cost(settings: Settings, challenger: str, world: World, days: int = 1
                 max_users: int | None = None, seed: int = 0,
                 progress: Any = None) -> dict[str, Any]:
     """Served latency without and with the shadow, and the shadow's own figures."""
-    from fastapi.testclient import TestClient
-
-    from app.experiments.online.driver import drive_api
-    from app.experiments.online.run import wait_ready
-    from serving.app import create_app
-
     users = None if max_users is None else np.arange(min(max_users, world.n_users))
     out: dict[str, Any] = {"challenger": challenger, "days": days}
     for mode in ("off", "shadow"):
@@ -64,8 +63,6 @@ def shadow_cost(settings: Settings, challenger: str, world: World, days: int = 1
 
 def write_shadow_report(settings: Settings, out: dict[str, Any]) -> Any:
     """``$RECSTACK_HOME/reports/shadow-<stamp>/`` with the comparison table and summary.json."""
-    from app.experiments.report import ReportFolder
-
     folder = ReportFolder.create(settings, "shadow", f"Shadow cost of {out['challenger']}")
     folder.text(
         "The same simulated sessions through an in-process API twice: without an experiment, "

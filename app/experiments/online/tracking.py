@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import mlflow
+
 from recstack.mlflowenv import apply_http_defaults
 from recstack.settings import Settings
 
@@ -16,7 +18,6 @@ def log_experiment(settings: Settings, result: dict[str, Any], params: dict[str,
                    folder: Path) -> str:
     """One run in MLflow experiment ``<mlflow.experiment>-online``; returns its run id."""
     apply_http_defaults(settings.mlflow)
-    import mlflow
 
     mlflow.set_tracking_uri(settings.mlflow.uri)
     mlflow.set_experiment(f"{settings.mlflow.experiment}-online")

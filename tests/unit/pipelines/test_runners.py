@@ -104,7 +104,7 @@ def test_max_row_swing_setting_reads_the_environment(monkeypatch) -> None:
 
 
 def test_cli_passes_runner_flags_and_the_swing_flag_and_reports_dead_letters(monkeypatch):
-    import pipelines
+    import pipelines.run
     from pipelines.cli import app
 
     calls = []
@@ -115,7 +115,7 @@ def test_cli_passes_runner_flags_and_the_swing_flag_and_reports_dead_letters(mon
             "rows": 3, "by_reason": {"late": 2, "negative_user_id": 1}, "by_step": {},
             "path": "/f/dead_letter/features/run=r1"}}
 
-    monkeypatch.setattr(pipelines, "run_all", fake_run_all)
+    monkeypatch.setattr(pipelines.run, "run_all", fake_run_all)
     done = CliRunner().invoke(app, ["pipeline", "--max-row-swing", "0.2", *FLINK])
     assert done.exit_code == 0, done.output
     assert calls[-1] == (FLINK, 0.2)

@@ -10,7 +10,8 @@ import pytest
 from recstack import lake
 from recstack.schemas import EVENT_SCHEMA, ITEM_SCHEMA
 from recstack.settings import Settings
-from simulator import World, simulate
+from simulator.generate import simulate
+from simulator.world import World
 
 
 def _with(settings: Settings, home, **sim) -> Settings:

@@ -13,7 +13,7 @@ import pytest
 from supervisor.options import ServerOptions
 
 from recstack.settings import Settings
-from app.stack import SERVICE_COMMANDS, StackConfigError, native_programs
+from app.stack.services import SERVICE_COMMANDS, StackConfigError, native_programs
 from app.stack.paths import RULES_FILE, StackPaths
 from app.stack.render import (
     render_api_targets,

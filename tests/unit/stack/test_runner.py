@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from recstack.settings import Settings
-from app.stack import StackError, down, scale, status, up, urls
+from app.stack.runner import down, scale, status, up, urls
+from app.stack.supervisor import StackError
 from app.stack.paths import StackPaths
 from app.stack.runner import _replicas, default_services, replica_counts_now
 from tests.conftest import free_port
