@@ -45,6 +45,7 @@ from pipelines.materialize import (
     newest_partition_rows,
     validate_tables,
 )
+from pipelines.seen import load_seen_history
 from pipelines.tables import FRESH_FILE, PARTITIONED_TABLES
 from recstack.schemas import LABELS_FILE, POPULAR_FILE
 from recstack.settings import Settings
@@ -176,7 +177,8 @@ def run_all(
     "path"}, "run_id": str, "counters": {...}, "dead_letter": {"rows": n,
     "by_reason": {reason: n}, "by_step": {step: n}, "path": dir}, "swing": {...}, "tables":
     {file: rows}, "materialized": {view: rows}, "modes": {view: how}, "interval": [start,
-    end], "seconds": {...}}``. Raises ``FeatureTableError`` when a check fails (nothing committed,
+    end], "seconds": {...}}`` and, with a seen policy on (``settings.seen``), ``"seen": {"users",
+    "items", "seconds"}`` (the users' seen history written from the lake). Raises ``FeatureTableError`` when a check fails (nothing committed,
     nothing materialized), ``LakeError`` for a missing or unreadable lake.
     """
     max_row_swing = resolve_max_row_swing(settings, max_row_swing)
@@ -210,6 +212,8 @@ def run_all(
 
     materialized = apply_and_materialize(settings, rewritten_from=rewritten_from)
     out.update(_record_materialized(features_dir, state, materialized, seconds))
+    if settings.seen.policy != "none":
+        out["seen"] = load_seen_history(settings)
     return out
 
 

@@ -203,6 +203,26 @@ class ServingSettings(BaseModel):
     inject_ranking_delay_ms: float = Field(0.0, ge=0)
 
 
+SeenPolicy = Literal["none", "clicked", "shown"]
+
+
+class SeenSettings(BaseModel):
+    """Which items a user's lists leave out because the user has seen them.
+
+    ``none`` (the default) leaves every item in: the simulated world's users click again what
+    they liked, less often when it was shown recently (its fatigue model), so repeats are part
+    of that world. ``clicked`` leaves out what the user clicked (a rated movie), ``shown`` what
+    was shown to the user within ``window_days``. The history is a Redis sorted set per user,
+    written by ``POST /events`` and by ``recstack pipeline`` from the lake, newest
+    ``max_per_user`` items kept (recstack/history.py); candidates are over-fetched by as many
+    items as the history holds, so ``k`` remain after the filter.
+    """
+
+    policy: SeenPolicy = "none"
+    window_days: float = Field(30.0, gt=0)
+    max_per_user: int = Field(500, ge=1, le=10_000)
+
+
 class EventSettings(BaseModel):
     """What ``POST /events`` and the lake sink accept, and how big the event stream may grow.
 
@@ -398,6 +418,7 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     serving: ServingSettings = ServingSettings()
     events: EventSettings = EventSettings()
+    seen: SeenSettings = SeenSettings()
     sink: SinkSettings = SinkSettings()
     gate: GateSettings = GateSettings()
     trainer: TrainerSettings = TrainerSettings()

@@ -241,7 +241,8 @@ async def _live_resources(
         settings.redis.url, timeout, max_connections=tuning.max_in_flight + 4
     )
     live = Resources(
-        events=RedisStreamSink(client, max_entries=settings.events.max_stream_entries),
+        events=RedisStreamSink(client, max_entries=settings.events.max_stream_entries,
+                               seen=settings.seen),
         ping=ping, role=role,
         n_candidates=settings.serving.n_candidates, budgets=budgets_of(settings, tuning),
     )

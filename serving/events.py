@@ -19,8 +19,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from recstack.clock import stack_clock
+from recstack.history import newest_per_user, queue_add, recorded_types
 from recstack.schemas import EVENTS_STREAM, Event, event_problems
-from recstack.settings import Settings
+from recstack.settings import SeenSettings, Settings
 from serving.errors import StreamBacklogFull, StreamUnavailable
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def stream_client(url: str, timeout_s: float) -> Any:
 
 
 class RedisStreamSink:
-    """``EventSink`` over a ``redis.asyncio.Redis``: one pipelined XADD per event.
+    """``EventSink`` over a ``redis.asyncio.Redis``: one pipelined XADD per event, and in the
+    same round trip the users' seen history when ``seen.policy`` keeps one.
 
     No trimming here (accepted events are never dropped before the lake sink reads them; the
     lake sink trims what it acknowledged), but a bound: a batch that would take the stream past
@@ -85,10 +87,12 @@ class RedisStreamSink:
     """
 
     def __init__(self, client: Any, stream: str = EVENTS_STREAM,
-                 max_entries: int | None = None) -> None:
+                 max_entries: int | None = None, seen: SeenSettings | None = None) -> None:
         self.client = client
         self.stream = stream
         self.max_entries = max_entries
+        self.seen = seen or SeenSettings()
+        self.recorded = recorded_types(self.seen)
 
     async def _check_backlog(self, n: int) -> None:
         if self.max_entries is None:
@@ -105,10 +109,20 @@ class RedisStreamSink:
             async with self.client.pipeline(transaction=False) as pipe:
                 for event in events:
                     pipe.xadd(self.stream, event_fields(event))
-                ids = await pipe.execute()
+                self._queue_history(pipe, events)
+                ids = (await pipe.execute())[: len(events)]
         except StreamBacklogFull:
             raise
         except Exception as exc:  # redis errors, timeouts, refused connections
             logger.warning("event stream write failed: %s: %s", type(exc).__name__, exc)
             raise StreamUnavailable("the event stream is unavailable; nothing was stored") from exc
         return len(ids)
+
+    def _queue_history(self, pipe: Any, events: Sequence[Event]) -> None:
+        """The seen history the policy keeps, in the same round trip as the stream entries."""
+        if not self.recorded:
+            return
+        rows = ((e.user_id, e.item_id, e.ts.timestamp()) for e in events
+                if e.event_type in self.recorded)
+        for user, items in newest_per_user(rows).items():
+            queue_add(pipe, self.seen, user, items)

@@ -20,7 +20,7 @@ STAGE_BUCKETS = (
 # 30 and 50 ms are the p99 targets; 100 ms is the default request deadline.
 REQUEST_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 CANDIDATE_COUNT_BUCKETS = (0, 1, 20, 50, 100, 250, 500, 1000)
-STAGES = ("candidates", "user_features", "item_features", "ranking", "serialize")
+STAGES = ("seen", "candidates", "user_features", "item_features", "ranking", "serialize")
 BREAKER_STATES = ("closed", "half_open", "open")
 
 

@@ -82,18 +82,24 @@ class RedisFeatureReader:
         return out
 
     def _guarded(self, call: Any) -> Any:
-        breaker = self.breaker
-        if breaker is not None and not breaker.allow():
-            raise FeatureUnavailable(f"{self.view}: circuit open")
-        try:
-            result = call()
-        except Exception as exc:  # timeouts, refused connections, protocol errors
-            if breaker is not None:
-                breaker.record(ok=False)
-            raise FeatureUnavailable(f"{self.view}: {type(exc).__name__}: {exc}") from exc
+        return guarded(self.breaker, self.view, call)
+
+
+def guarded(breaker: CircuitBreaker | None, what: str, call: Any) -> Any:
+    """``call()`` through ``breaker``: while it is open no call is made; any failure (timeouts,
+    refused connections, protocol errors) counts against it and raises ``FeatureUnavailable``
+    naming ``what``."""
+    if breaker is not None and not breaker.allow():
+        raise FeatureUnavailable(f"{what}: circuit open")
+    try:
+        result = call()
+    except Exception as exc:
         if breaker is not None:
-            breaker.record(ok=True)
-        return result
+            breaker.record(ok=False)
+        raise FeatureUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+    if breaker is not None:
+        breaker.record(ok=True)
+    return result
 
 
 def sync_redis_client(url: str, timeout_s: float, max_connections: int = 64) -> Any:

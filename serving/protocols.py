@@ -38,6 +38,15 @@ class Candidates:
             return SOURCE_ANN
         return SOURCE_FRESH if position < self.n_ann + self.n_fresh else SOURCE_POPULAR
 
+    def without(self, items: np.ndarray, n: int) -> Candidates:
+        """These candidates except ``items``, at most ``n`` of them, in order, sources kept."""
+        if len(items) == 0 and len(self) <= n:
+            return self
+        kept = np.flatnonzero(~np.isin(self.item_ids, items))[:n]
+        n_ann = int(np.count_nonzero(kept < self.n_ann))
+        n_fresh = int(np.count_nonzero(kept < self.n_ann + self.n_fresh)) - n_ann
+        return Candidates(self.item_ids[kept], self.scores[kept], n_ann, self.cold_start, n_fresh)
+
     def sources(self) -> np.ndarray:
         """The source of every position (object array of SOURCE_* strings)."""
         out = np.full(len(self), SOURCE_POPULAR, dtype=object)
@@ -52,6 +61,13 @@ class CandidateSource(Protocol):
     version: str
 
     def candidates(self, user_id: int, n: int) -> Candidates: ...
+
+
+class SeenReader(Protocol):
+    """The items one user has seen, by the stack's seen policy (``settings.seen``), as int64
+    ids; raises when the store does not answer."""
+
+    def seen(self, user_id: int) -> np.ndarray: ...
 
 
 class UserFeatureReader(Protocol):

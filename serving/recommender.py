@@ -7,7 +7,13 @@ finishes after its budget or the deadline, is skipped and its reason goes to ``d
   ``candidates_late``);
 - user features unavailable/late -> ranked with NaN user features (``user_features_*``);
 - ranker unavailable/late -> candidate order (``ranker_unavailable`` / ``ranker_late``);
-- no time left before a stage -> that stage is not started (``deadline_exceeded``).
+- no time left before a stage -> that stage is not started (``deadline_exceeded``);
+- the user's seen history unavailable (a seen policy is on, ``settings.seen``) -> served
+  without leaving seen items out (``seen_unavailable``).
+
+With a seen reader, the items the user has seen are left out of every list (candidates,
+cold start and the popular fallback alike); stage 1 is asked for as many more candidates as
+the history holds, so the ranker still gets ``n_candidates``.
 
 Features the store answered without (a flushed or lost Redis, not a new user: a new user is the
 cold-start path and never reaches ranking) are named too: ``user_features_missing`` (a user the
@@ -47,10 +53,13 @@ from serving.protocols import (
     CandidateSource,
     ItemFeatureSource,
     Ranker,
+    SeenReader,
     UserFeatureReader,
 )
 
 logger = logging.getLogger(__name__)
+
+_NOTHING = np.empty(0, dtype=np.int64)
 
 CANDIDATES_UNAVAILABLE = "candidates_unavailable"
 CANDIDATES_LATE = "candidates_late"
@@ -65,11 +74,12 @@ ITEM_FEATURES_PARTIAL = "item_features_partial"
 RANKER_NO_FEATURES = "ranker_no_features"
 RANKER_CONSTANT_SCORES = "ranker_constant_scores"
 DEADLINE_EXCEEDED = "deadline_exceeded"
+SEEN_UNAVAILABLE = "seen_unavailable"
 REASONS = (
     CANDIDATES_UNAVAILABLE, CANDIDATES_LATE, RANKER_UNAVAILABLE, RANKER_LATE,
     USER_FEATURES_UNAVAILABLE, USER_FEATURES_LATE, ITEM_FEATURES_UNAVAILABLE, DEADLINE_EXCEEDED,
     USER_FEATURES_MISSING, ITEM_FEATURES_MISSING, ITEM_FEATURES_PARTIAL, RANKER_NO_FEATURES,
-    RANKER_CONSTANT_SCORES,
+    RANKER_CONSTANT_SCORES, SEEN_UNAVAILABLE,
 )
 # Under this share of a request's candidates with item values the answer says
 # ``item_features_partial`` (new items wait for the next materialization; most should not).
@@ -367,8 +377,10 @@ class Recommender:
         budgets: Budgets | None = None,
         popular: np.ndarray | None = None,
         scorer: Scorer | None = None,
+        seen: SeenReader | None = None,
     ) -> None:
         self.candidate_source = candidates
+        self.seen = seen
         self.n_candidates = n_candidates
         self.budgets = budgets or Budgets(deadline_s=deadline_s)
         self.deadline_s = self.budgets.deadline_s
@@ -396,10 +408,14 @@ class Recommender:
         timings: dict[str, float] = {}
         degraded: list[str] = []
 
-        cands = self._candidates(user_id, min(b.candidates_s, end - start), timings, degraded)
+        seen = self._seen_items(user_id, timings, degraded)
+        n = self.n_candidates
+        cands = self._candidates(user_id, min(b.candidates_s, end - start), timings, degraded,
+                                 n + len(seen))
         if cands is None:
-            cands = _popular_candidates(self.popular, self.n_candidates)
+            cands = _popular_candidates(self.popular, n + len(seen)).without(seen, n)
             return Recommendation(_in_order(cands, k), degraded, False, timings, len(cands))
+        cands = cands.without(seen, n)
         if cands.cold_start or len(cands) == 0:
             return Recommendation(_in_order(cands, k), degraded, cands.cold_start, timings,
                                   len(cands))
@@ -427,8 +443,24 @@ class Recommender:
         items = [RankedItem(int(ids[i]), float(scores[i]), cands.source(i)) for i in top.tolist()]
         return Recommendation(items, degraded, False, timings, len(cands))
 
+    def _seen_items(self, user_id: int, timings: dict[str, float],
+                    degraded: list[str]) -> np.ndarray:
+        """The items to leave out (none without a reader, or when it fails: said so)."""
+        if self.seen is None:
+            return _NOTHING
+        t = time.perf_counter()
+        try:
+            return self.seen.seen(user_id)
+        except Exception as exc:  # the store did not answer: serve, unfiltered, and say so
+            logger.debug("seen history unavailable: %s", exc)
+            degraded.append(SEEN_UNAVAILABLE)
+            return _NOTHING
+        finally:
+            timings["seen"] = time.perf_counter() - t
+
     def _candidates(
-        self, user_id: int, budget: float, timings: dict[str, float], degraded: list[str]
+        self, user_id: int, budget: float, timings: dict[str, float], degraded: list[str],
+        n: int,
     ) -> Candidates | None:
         """Stage 1, or None (reason recorded) when it failed or came back late."""
         if budget <= 0:
@@ -438,10 +470,10 @@ class Recommender:
         try:
             if getattr(self.candidate_source, "remote", False):
                 cands = self.candidate_source.candidates(  # type: ignore[call-arg]
-                    user_id, self.n_candidates, timeout_s=budget
+                    user_id, n, timeout_s=budget
                 )
             else:
-                cands = self.candidate_source.candidates(user_id, self.n_candidates)
+                cands = self.candidate_source.candidates(user_id, n)
         except Exception as exc:
             logger.debug("candidates unavailable: %s", exc)
             timings["candidates"] = time.perf_counter() - t

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from recstack import featurestore
+from recstack.clock import stack_clock
 from recstack.schemas import (
     FEATURE_VIEW_FEATURES,
     ITEM_FEATURE_VIEW,
@@ -39,10 +40,12 @@ from serving.protocols import (
     EventSink,
     ItemFeatureSource,
     Ranker,
+    SeenReader,
     UserFeatureReader,
 )
 from serving.recommender import Budgets, Recommender, Scorer
 from serving.remote import HttpCandidateSource, HttpScorer
+from serving.seen import RedisSeenReader
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class Resources:
     budgets: Budgets | None = None
     popular: np.ndarray | None = None  # fallback list when candidates fail (default: the model's)
     scorer: Scorer | None = None  # split mode: the ranking service's client
+    seen: SeenReader | None = None  # the seen policy's reader (None: policy "none")
     role: Role = "api"
     recommender: Recommender | None = field(default=None, init=False)
     last_error: str | None = field(default=None, init=False)
@@ -94,7 +98,7 @@ class Resources:
         self.recommender = Recommender(
             self.candidates, self.ranker, self.user_features, self.item_features,
             n_candidates=self.n_candidates, deadline_s=self.deadline_s,
-            budgets=self.budgets, popular=self.popular, scorer=self.scorer,
+            budgets=self.budgets, popular=self.popular, scorer=self.scorer, seen=self.seen,
         )
 
     def missing(self, to_recommend: bool = False) -> list[str]:
@@ -313,6 +317,9 @@ class Maintainer:
             on_change=metrics.breaker_changed,
         )
         metrics.breaker_state.labels(dependency="redis").set(0)
+        if settings.seen.policy != "none" and redis_client is not None:
+            resources.seen = RedisSeenReader(redis_client, settings.seen, stack_clock(settings),
+                                             self.breaker)
 
     async def run(self) -> None:
         backoff = 0.5

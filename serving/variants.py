@@ -50,7 +50,7 @@ def compose(arm_parts: tuple[Any, Any], resources: Resources,
     return Recommender(
         candidates, ranker, user_features, item_features,
         n_candidates=resources.n_candidates, budgets=resources.budgets,
-        popular=getattr(candidates, "popular", None),
+        popular=getattr(candidates, "popular", None), seen=resources.seen,
     )
 
 

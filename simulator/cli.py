@@ -101,7 +101,7 @@ def scenarios() -> None:
 def import_file(
     file: Annotated[Path, typer.Argument(help="interactions file: CSV, TSV or Parquet")],
     format: Annotated[
-        str, typer.Option("--format", help="auto (by suffix), csv, tsv, parquet or movielens (u.data)")
+        str, typer.Option("--format", help="auto (a MovieLens u.data by its first line, else by suffix), csv, tsv, parquet or movielens")
     ] = "auto",
     user_col: Annotated[str, typer.Option(help="user column (name, or 0-based index with --no-header)")] = "user_id",
     item_col: Annotated[str, typer.Option(help="item column")] = "item_id",

@@ -23,10 +23,11 @@ import csv
 import datetime as dt
 import json
 import logging
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,15 +81,40 @@ MOVIELENS = ImportOptions(
 )
 
 
+# u.data's rows: user, item, rating, timestamp; tab-separated integers, no header.
+_MOVIELENS_ROW = re.compile(r"\d+\t\d+\t\d+(\.\d+)?\t\d+")
+
+
 def resolve_options(path: Path, options: ImportOptions) -> ImportOptions:
-    """Apply the movielens preset and guess csv/tsv/parquet from the suffix for ``auto``."""
-    if options.format == "movielens":
-        return MOVIELENS
+    """Apply the movielens preset (a MovieLens ``u.data`` is recognised by its first line for
+    ``auto``) and guess csv/tsv/parquet from the suffix otherwise."""
+    if options.format == "movielens" or (options.format == "auto" and looks_like_movielens(path)):
+        return with_preset(MOVIELENS, options)
     if options.format != "auto":
         return options
     suffix = path.suffix.lower()
     fmt = "parquet" if suffix in (".parquet", ".pq") else "tsv" if suffix in (".tsv", ".tab") else "csv"
     return replace(options, format=fmt)
+
+
+def with_preset(preset: ImportOptions, options: ImportOptions) -> ImportOptions:
+    """``preset``, except where ``options`` differs from the defaults: what the user gave wins
+    (``--format movielens --click-threshold 5`` keeps the 5)."""
+    default = ImportOptions()
+    given = {f.name: getattr(options, f.name) for f in fields(ImportOptions)
+             if f.name != "format" and getattr(options, f.name) != getattr(default, f.name)}
+    return replace(preset, **given)
+
+
+def looks_like_movielens(path: Path) -> bool:
+    """The first non-blank line is four tab-separated integers (the rating may be a decimal)."""
+    if path.suffix.lower() in (".parquet", ".pq") or not path.is_file():
+        return False
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                return _MOVIELENS_ROW.fullmatch(line.strip()) is not None
+    return False
 
 
 @dataclass
@@ -201,7 +227,8 @@ def _rows(source: Path, opts: ImportOptions) -> Iterator[tuple[int, str, dict[st
             header = next(reader, None)
             if header is None:
                 raise ImportFailed(f"{source}: empty file")
-            index = _header_index(source, [h.strip() for h in header], roles)
+            index = _header_index(source, [h.strip() for h in header], roles,
+                                  looks_like_movielens(source))
         else:
             index = _position_index(roles)
         width = max(index.values()) + 1
@@ -215,12 +242,15 @@ def _rows(source: Path, opts: ImportOptions) -> Iterator[tuple[int, str, dict[st
             yield reader.line_num, raw, {role: values[i].strip() for role, i in index.items()}
 
 
-def _header_index(source: Path, header: list[str], roles: dict[str, str]) -> dict[str, int]:
+def _header_index(source: Path, header: list[str], roles: dict[str, str],
+                  movielens_like: bool = False) -> dict[str, int]:
     missing = [f"{col!r} ({role})" for role, col in roles.items() if col not in header]
     if missing:
+        hint = ("; the file looks like a MovieLens u.data (user, item, rating, timestamp, "
+                "tab-separated, no header): use --format movielens" if movielens_like else "")
         raise ImportFailed(
             f"{source}: no column {', '.join(missing)} in the header {header}; map columns with "
-            "--user-col/--item-col/--ts-col/--rating-col"
+            f"--user-col/--item-col/--ts-col/--rating-col{hint}"
         )
     return {role: header.index(col) for role, col in roles.items()}
 

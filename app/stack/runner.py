@@ -38,6 +38,7 @@ from app.stack.services import (
 )
 from app.stack.supervisor import ProcessInfo, StackError, Supervisor
 from pipelines.materialize import online_store_gaps, rematerialize
+from pipelines.seen import load_seen_history
 from recstack.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -344,6 +345,9 @@ def ensure_online_store(settings: Settings, sup: Supervisor | None = None) -> li
         logger.info("re-materializing %d/%d: %s", i + 1, n, view)
 
     rematerialize(settings, list(gaps), progress=progress)
+    if settings.seen.policy != "none":  # the users' seen history went with the lost Redis
+        seen = load_seen_history(settings)
+        logger.info("seen history of %d users rebuilt from the lake", seen["users"])
     logger.info("online store rebuilt from the offline tables in %.1fs",
                 time.monotonic() - started)
     return list(gaps)

@@ -136,3 +136,29 @@ def test_an_unusable_file_leaves_the_lake_alone(settings: Settings, tmp_path: Pa
     assert lake.read_events(settings.lake_dir).equals(before)
     with pytest.raises(ImportFailed, match="no such file"):
         import_interactions(settings, tmp_path / "missing.csv")
+
+
+def test_a_movielens_file_is_recognised_without_the_format_flag(settings: Settings,
+                                                               tmp_path: Path) -> None:
+    source = tmp_path / "u.data"
+    rows = _movielens(source, n=50)
+    summary = import_interactions(settings, source, ImportOptions())
+    assert (summary.rows_read, summary.rows_imported, summary.rows_bad) == (50, 50, 0)
+    assert summary.clicks == int((rows.rating >= 4).sum())
+
+
+def test_the_movielens_preset_keeps_the_options_the_user_gave(settings: Settings,
+                                                             tmp_path: Path) -> None:
+    source = tmp_path / "u.data"
+    rows = _movielens(source, n=80)
+    summary = import_interactions(settings, source,
+                                  ImportOptions(format="movielens", click_threshold=5.0))
+    assert summary.clicks == int((rows.rating >= 5).sum()) < int((rows.rating >= 4).sum())
+
+
+def test_a_header_error_on_a_movielens_like_file_names_the_format(settings: Settings,
+                                                                 tmp_path: Path) -> None:
+    source = tmp_path / "ratings.csv"
+    _movielens(source, n=10)  # tab-separated integers, but a .csv name and format=csv
+    with pytest.raises(ImportFailed, match="--format movielens"):
+        import_interactions(settings, source, ImportOptions(format="csv"))
