@@ -1,6 +1,6 @@
 """``recstack`` verbs of the training stage (joined into the ``recstack`` command).
 
-``train`` (one training run + the gate), ``retrain`` (pipeline -> train -> gate, now),
+``train`` (one training run + the gate), ``evaluate`` (the offline protocol), ``retrain`` (pipeline -> train -> gate, now),
 ``trainer`` (retrain every N simulated days until SIGTERM) and ``models list|rollback|promote``.
 
 Each verb imports its implementation when it runs (the one place imports sit inside
@@ -10,6 +10,7 @@ functions): ``recstack --help`` imports this module and so loads no Beam, Feast 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Annotated
 
@@ -47,6 +48,41 @@ def print_train_result(result: TrainResult, s: Settings, out: Console | None = N
         f"as @challenger (run {result.run_id}); {verdict} @{s.mlflow.serving_alias}: "
         f"{result.gate_reason}"
     )
+
+
+@app.command()
+def evaluate(
+    test_fraction: Annotated[float, typer.Option(
+        min=0.01, max=0.9, help="the last share of clicks (by time) that is the test part")] = 0.1,
+    at: Annotated[dt.datetime | None, typer.Option(
+        formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+        help="the split time T instead (UTC); train is before it")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        help="a model to evaluate (repeatable): popularity, item_knn, als, candidates "
+             "[default: all]")] = None,
+) -> None:
+    """The offline protocol on the lake: a temporal split, each model ranking the full
+    catalogue with the user's seen items left out, NDCG@10, Recall@10/50, HR@10, MRR@50 and
+    coverage@10 (training/offline.py). Writes $RECSTACK_HOME/reports/evaluate-<time>/."""
+    from training.offline import MODELS, evaluate_lake
+
+    s = _settings()
+    chosen = tuple(model or MODELS)
+    unknown = sorted(set(chosen) - set(MODELS))
+    if unknown:
+        raise typer.BadParameter(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
+    when = at.replace(tzinfo=dt.UTC) if at is not None else None
+    with console.status("offline evaluation") as status:
+        try:
+            report, folder = evaluate_lake(
+                s, test_fraction=test_fraction, at=when, models=chosen,
+                progress=lambda name: status.update(f"offline evaluation: fitting {name}"))
+        except (ValueError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+    Console().print(report.table_md(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"split at {report.split_at}: {report.n_users:,} users, "
+                  f"{report.n_targets:,} targets, {report.n_items:,} items; report in {folder}")
 
 
 @app.command()

@@ -48,7 +48,8 @@ def dcg(gains: np.ndarray) -> float:
 def ndcg_at_k(
     labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, k: int = 10
 ) -> float:
-    """Mean NDCG@k over groups (requests) that have at least one positive; NaN if none.
+    """Mean NDCG@k over groups (requests) of two or more rows with at least one positive; NaN
+    if none (a request of one item has nothing to rank: it would score a perfect 1).
 
     Within a group, rows are ranked by descending score; ties keep input order (stable sort), so
     a constant scorer gets the logging policy's order.
@@ -58,7 +59,7 @@ def ndcg_at_k(
     values = []
     for _, grp in df.groupby("g", sort=False):
         y = grp["y"].to_numpy()
-        if y.sum() <= 0:
+        if y.sum() <= 0 or len(y) < 2:
             continue
         order = np.argsort(-grp["s"].to_numpy(), kind="stable")
         ideal = dcg(np.sort(y)[::-1][:k])

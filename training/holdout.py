@@ -284,7 +284,9 @@ def table_markdown(m: dict[str, float], holdout: Holdout, n_rows: int) -> str:
          f"{_f(g('holdout_ctr'), 4)}; mean predicted {_f(g('ranker_mean_predicted_ctr'), 4)}); "
          "every model was fit on earlier days only."),
         ("AUC / log loss / NDCG@10 / ECE: per impression of the logged lists (NDCG per request "
-         "with a click). Recall@K: the day's clicks retrieved in a user's top K. Coverage: share "
+         "with a click and two or more items; — when no request has two, as in imported "
+         "ratings, for which `recstack evaluate` is the protocol). Recall@K: the day's clicks "
+         "retrieved in a user's top K. Coverage: share "
          "of the catalogue in any top-20 list. Pop. bias: mean popularity percentile of listed "
          "items (0.5 = median item, 1 = the head)."),
         f"Merged candidates (K=500) by source: {shares}; ranker top-20 by source: {top_shares}.",

@@ -93,3 +93,13 @@ def test_coverage_and_popularity_bias_hand_checked() -> None:
     pct = ev.popularity_percentiles({10: 5, 11: 3}, np.array([10, 11, 12, 13]))
     assert pct == pytest.approx({10: 1.0, 11: 0.75, 12: 0.375, 13: 0.375})
     assert ev.popularity_bias(lists, pct) == pytest.approx((1.0 + 0.75 + 0.75 + 0.375) / 4)
+
+
+def test_ndcg_skips_requests_of_one_item() -> None:
+    # One item per request (imported ratings) has nothing to rank: NaN, not a perfect 1.0.
+    assert math.isnan(ev.ndcg_at_k(np.array([1, 1, 0]), np.array([0.1, 0.2, 0.3]),
+                                   np.array(["a", "b", "c"]), k=10))
+    # ...and such requests do not count beside real lists.
+    labels, scores = np.array([1, 0, 1, 0]), np.array([0.5, 0.1, 0.2, 0.9])
+    assert ev.ndcg_at_k(labels, scores, np.array(["a", "b", "b", "b"]), k=10) == pytest.approx(
+        1 / math.log2(3))
