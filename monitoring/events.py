@@ -8,6 +8,7 @@ The stream is the one serving's ``POST /events`` appends to; the monitor reads i
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -229,7 +230,7 @@ class SegmentCtr:
     def signals(self) -> dict[str, tuple[float, float]]:
         """segment -> (ratio, z) of the segments whose windows are full."""
         out = {seg: t.signal() for seg, t in sorted(self.trackers.items())}
-        return {seg: rz for seg, rz in out.items() if rz[0] == rz[0]}
+        return {seg: rz for seg, rz in out.items() if not math.isnan(rz[0])}
 
     def worst(self) -> tuple[str | None, float, float]:
         """(segment, ratio, z) with the lowest z, or (None, nan, nan) when none is full."""

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from recstack.settings import Settings
+from tests.conftest import REQUIRE_SERVICES
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.mlflow, pytest.mark.slow]
 
@@ -22,12 +23,12 @@ def stack_settings(native_stack_settings: Callable[..., Settings]) -> Settings:
 
 
 def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
+    from app.demo import run_demo
     from app.experiments.loadlab.chaos import ChaosConfig, run_chaos
     from app.experiments.loadlab.cpubudget import CpuBudget, CpuBudgetError
     from app.experiments.loadlab.probes import program_pids
     from app.experiments.loadlab.scale import ScaleConfig, run_scale
     from app.stack import runner as stack
-    from app.demo import run_demo
 
     s = stack_settings
     console = Console(stderr=True)
@@ -40,6 +41,8 @@ def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
             CpuBudget.detect(0.5).release()
             cpus = 0.5
         except CpuBudgetError:
+            if REQUIRE_SERVICES:  # a budget-less scale run would not test the budget
+                raise
             cpus = 0.0
         cfg = ScaleConfig(replicas=[1], step_s=6, warmup_s=1.0, start_rps=8, growth=1.5,
                           max_steps=2, slo_ms=5000, replica_cpus=cpus)
@@ -62,7 +65,8 @@ def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
         assert {"api-0", "api-1"} <= set(program_pids(s))
         if cpus:
             assert summary["replica_cpu_budget_cores"] == cpus
-            assert 0 <= summary["quota_throttled_period_fraction_at_knee_1_replica"] <= 1
+            throttled = summary["quota_throttled_period_fraction_at_knee_1_replica"]
+            assert throttled is not None and 0 <= throttled <= 1
             for pid in program_pids(s).values():  # released: nobody is left in the budget
                 assert "/recstack/" not in Path(f"/proc/{pid}/cgroup").read_text()
 
@@ -77,7 +81,10 @@ def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
         assert summary["fault"] == "kill-replica"
         assert summary["kill_replica_fault_window_s"] > 0
         assert summary["kill_replica_requests_during_fault"] > 0
-        assert 0 <= summary["kill_replica_failed_request_fraction"] <= 1
+        # nginx retries a GET the killed replica dropped on the other one: none is lost.
+        print("kill-replica:", {k: v for k, v in summary.items() if k.startswith("kill_replica")})
+        assert summary["kill_replica_failed_request_fraction"] == 0
+        assert summary["kill_replica_failed_request_fraction_whole_run"] == 0
         for key in ("kill_replica_recover_s", "kill_replica_first_degraded_s",
                     "kill_replica_http_5xx_count", "load_average_1m"):
             assert key in summary

@@ -11,7 +11,7 @@ from app.experiments.online.simulate import simulate_policies
 from simulator.world import World
 
 
-def aa_false_positive_rate(world: World, ab: Any, runs: int = 20, days: int = 3,
+def aa_false_positive_rate(world: World, ab: Any, runs: int = 200, days: int = 3,
                            policy: str = "policy:logging", list_size: int = 10,
                            seed: int = 0) -> dict[str, Any]:
     """``runs`` seeded A/A experiments (salt and seed differ per run); the share significant at

@@ -106,7 +106,7 @@ def ab(
 
 
 def aa(
-    runs: Annotated[int, typer.Option(min=2, max=1000, help="seeded A/A experiments")] = 20,
+    runs: Annotated[int, typer.Option(min=2, max=5000, help="seeded A/A experiments")] = 200,
     sim_days: Annotated[int, typer.Option(min=1, max=30)] = 3,
     policy: Annotated[str, typer.Option(help="the policy in both arms")] = "policy:logging",
 ) -> None:

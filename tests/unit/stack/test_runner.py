@@ -74,10 +74,9 @@ def test_trainer_and_monitor_start_only_on_request(idle: Settings) -> None:
     split = idle.model_copy(deep=True)
     split.serving.mode = "split"
     assert {"candidates", "ranking"} <= set(default_services(split))
-    if "autostart" in type(idle.stack).model_fields:  # the setting, once the kernel has it
-        asked = idle.model_copy(deep=True)
-        asked.stack.autostart = ["monitor"]
-        assert "monitor" in default_services(asked) and "trainer" not in default_services(asked)
+    asked = idle.model_copy(deep=True)
+    asked.stack.autostart = ["monitor"]
+    assert "monitor" in default_services(asked) and "trainer" not in default_services(asked)
 
 
 def test_urls_point_at_the_balancer_prometheus_and_mlflow(idle: Settings) -> None:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.stats as sps
 
 from app.experiments.online.aa import aa_false_positive_rate
 from app.experiments.online.analysis import analyse
@@ -46,14 +47,18 @@ def test_users_are_assigned_as_the_api_assigns_them(world: World) -> None:
     assert (users["arm"].to_numpy() == expected).all()
 
 
-def test_aa_false_positive_rate_is_at_most_alpha_over_20_seeded_runs(world, ab) -> None:
-    out = aa_false_positive_rate(world, ab, runs=20, days=2)
-    print(f"A/A false-positive rate: {out['false_positives']}/20 = {out['rate']:.2f}")
-    # A calibrated test makes 1 false positive in 20 on average; 4 or more has probability
-    # 1.6% under alpha = 0.05. (Over 100 such runs the delta-method test rejected 4%, a naive
-    # impression-level two-proportion test 8%: impressions of one user are not independent.)
-    assert out["false_positives"] <= 3
-    assert out["srm_alarms"] == 0
+def test_aa_false_positive_rate_is_at_most_alpha_over_200_seeded_runs(world, ab) -> None:
+    out = aa_false_positive_rate(world, ab, runs=200, days=2)
+    print(f"A/A false-positive rate: {out['false_positives']}/200 = {out['rate']:.3f} "
+          f"(95% CI {out['ci_low']:.3f}..{out['ci_high']:.3f})")
+    # Bounded by the exact interval, not a count: a test whose true rate is alpha keeps alpha
+    # inside (or above) the interval; a miscalibrated one (the naive impression-level test
+    # rejected 8% of 100 runs) pushes the interval's low end above alpha.
+    assert out["ci_low"] <= ab.alpha
+    assert out["ci_high"] < 0.12  # and the run is long enough to tell 5% from 12%
+    # The SRM check (alpha 0.001) may alarm by chance too, at its own rate.
+    srm = sps.binomtest(out["srm_alarms"], 200).proportion_ci(0.95)
+    assert srm.low <= 0.001
     # The p-values of a calibrated test spread over [0, 1], not pile up near 0.
     assert np.median(out["p_values"]) > 0.2
 
@@ -109,7 +114,7 @@ def test_run_ab_writes_the_report_folder(settings: Settings) -> None:
     names = {p.name for p in out.folder.iterdir()}
     assert {"report.md", "summary.json", "ctr.png", "lift.png", "daily.csv"} <= names
     summary = json.loads((out.folder / "summary.json").read_text())
-    assert summary["decision"] in {"promote", "keep", "inconclusive"}
+    assert summary["decision"] == "promote"  # the oracle beats the logging policy
     assert set(summary["arms"]) == {"control", "treatment"}
     assert [d["day"] for d in summary["daily"]] == [1, 2]
     assert summary["test"]["name"].startswith("fixed-horizon")
