@@ -13,8 +13,9 @@ def recommendation_problem(body: Any, k: int) -> str | None:
     """Why a ``GET /recommendations/{user}?k=K`` body is wrong, or None if it is right.
 
     Right means: a JSON object with a string ``request_id`` and an ``items`` list of exactly ``k``
-    objects with distinct integer ``item_id`` s. A degraded answer is still right (``degraded``
-    says why; the experiments count the reasons).
+    objects with distinct integer ``item_id`` s. A degraded answer is well-formed, so it is right
+    here (``degraded`` says why); it is not goodput: the load lab's steps count it apart and a
+    step with more than 1% degraded answers is past the knee (app/experiments/loadlab/analysis.py).
     """
     if not isinstance(body, dict):
         return "body is not a JSON object"

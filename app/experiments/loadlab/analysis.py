@@ -55,6 +55,12 @@ class StepStats:
     p95_ms: float
     p99_ms: float
     duration_s: float
+    # Answered but degraded (a stage skipped or failed): not goodput. The reasons as
+    # "reason:share;..." (shares of the step's requests), flat for steps.csv.
+    degraded: int = 0
+    degraded_rate: float = 0.0
+    good_rps: float = 0.0
+    degraded_reasons: str = ""
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -73,6 +79,10 @@ def step_stats(df: pd.DataFrame, offered_rps: float, warmup_s: float = 0.0) -> S
     duration = max(t1 - t0, 1e-9)
     failures = int((rec["ok"] == 0).sum())
     lat = rec["response_ms"].to_numpy(dtype=float)
+    answered = rec["ok"] != 0
+    degraded = answered & rec["degraded"].astype(str).ne("")
+    reasons = pd.Series([r for d in rec["degraded"][degraded] for r in str(d).split(";") if r])
+    shares = (reasons.value_counts() / len(rec)).sort_index()
     return StepStats(
         offered_rps=offered_rps,
         achieved_rps=len(rec) / duration,
@@ -82,19 +92,27 @@ def step_stats(df: pd.DataFrame, offered_rps: float, warmup_s: float = 0.0) -> S
         error_rate=failures / len(rec),
         p50_ms=_pct(lat, 50), p95_ms=_pct(lat, 95), p99_ms=_pct(lat, 99),
         duration_s=duration,
+        degraded=int(degraded.sum()), degraded_rate=float(degraded.mean()),
+        good_rps=int((answered & ~degraded).sum()) / duration,
+        degraded_reasons=";".join(f"{r}:{v:.4g}" for r, v in shares.items()),
     )
 
 
 def breaks_slo(step: StepStats, slo_ms: float, max_error_rate: float = 0.01,
-               min_delivered: float = 0.9) -> str | None:
-    """Why a step is past the knee (p99 over the SLO, errors, or the offered load not delivered),
-    or None when it is within the SLO."""
+               min_delivered: float = 0.9, max_degraded_rate: float | None = None) -> str | None:
+    """Why a step is past the knee (p99 over the SLO, errors, degraded answers - a stage skipped
+    is not goodput - or the offered load not delivered), or None when it is within the SLO.
+    ``max_degraded_rate`` defaults to ``max_error_rate``."""
     if step.requests == 0:
         return "no requests completed"
     if not step.p99_ms <= slo_ms:
         return f"p99 {step.p99_ms:.0f} ms > SLO {slo_ms:.0f} ms"
     if step.error_rate > max_error_rate:
         return f"error rate {step.error_rate:.1%} > {max_error_rate:.1%}"
+    max_degraded = max_error_rate if max_degraded_rate is None else max_degraded_rate
+    if step.degraded_rate > max_degraded:
+        return (f"degraded {step.degraded_rate:.1%} > {max_degraded:.1%} "
+                f"({step.degraded_reasons})")
     if step.achieved_rps < min_delivered * step.offered_rps:
         return (f"delivered {step.achieved_rps:.0f} of {step.offered_rps:.0f} RPS offered "
                 f"(< {min_delivered:.0%})")

@@ -262,6 +262,7 @@ def _run_step(bench: _Bench, n: int, i: int, run_index: int, rps: float, ports: 
     console.print(
         f"{label}: {stats.achieved_rps:6.1f} RPS, p50 {stats.p50_ms:5.1f} ms, "
         f"p99 {stats.p99_ms:6.1f} ms, errors {stats.error_rate:.2%}, "
+        f"degraded {stats.degraded_rate:.2%}, "
         f"{cfg.service} CPU {cpu.get(f'cpu_cores_{cfg.service}', math.nan):.2f} cores, "
         f"Locust {locust_cores:.2f} cores, other tenants "
         f"{cpu.get('cpu_cores_other', math.nan):.2f} cores"

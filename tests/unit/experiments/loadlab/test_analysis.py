@@ -60,6 +60,20 @@ def test_step_stats_counts_failures() -> None:
     assert s.failures == 10 and s.error_rate == pytest.approx(0.1)
 
 
+def test_step_stats_count_degraded_answers_out_of_goodput() -> None:
+    # 100 answers at 10/s: 20 skipped the ranker, 5 of those also had no user features.
+    rows = [(T0 + i / 10, REC, 10.0, 1, 200,
+             "ranker_late;user_features_unavailable" if i < 5 else "ranker_late" if i < 20
+             else "") for i in range(100)]
+    s = step_stats(_log(rows), offered_rps=10)
+    assert s.failures == 0 and s.degraded == 20
+    assert s.degraded_rate == pytest.approx(0.2)
+    assert s.good_rps == pytest.approx(80 / s.duration_s)
+    assert s.degraded_reasons == "ranker_late:0.2;user_features_unavailable:0.05"
+    # A step that answers fast by skipping the ranker is past the knee, not at it.
+    assert "degraded 20.0% > 1.0%" in breaks_slo(s, slo_ms=100)
+
+
 def test_knee_is_the_fastest_step_within_the_slo() -> None:
     steps = [_step(40, 40, 20), _step(54, 54, 35), _step(73, 72, 80), _step(98, 90, 240)]
     knee = find_knee(steps, slo_ms=100)
