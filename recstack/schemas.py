@@ -108,7 +108,12 @@ class Event(BaseModel):
     @classmethod
     def _utc(cls, ts: dt.datetime) -> dt.datetime:
         """A naive time is UTC (the lake's zone); an aware one is converted to it."""
-        return ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts.astimezone(dt.UTC)
+        if ts.tzinfo is None:
+            return ts.replace(tzinfo=dt.UTC)
+        try:
+            return ts.astimezone(dt.UTC)
+        except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00: before year 1 in UTC
+            raise ValueError(f"{ts.isoformat()} is outside the calendar in UTC") from exc
 
 
 def ts_problem(ts: dt.datetime, now: dt.datetime, lateness: dt.timedelta,

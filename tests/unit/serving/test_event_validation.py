@@ -59,6 +59,17 @@ def test_implausible_timestamps_are_422_naming_index_and_field(client_for, ts) -
         "/metrics").text
 
 
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_times_that_leave_the_calendar_in_utc_are_422_not_500(client_for, ts) -> None:
+    # Found by the API fuzzer: year 1 at +01:00 is before datetime.min in UTC.
+    sink = FakeSink()
+    client = client_for(make_resources(events=sink))
+    resp = client.post("/events", json={"events": [_event(0, ts=ts)]})
+    assert resp.status_code == 422, resp.text
+    assert "events.0.ts" in resp.json()["detail"] and "UTC" in resp.json()["detail"]
+    assert sink.events == []
+
+
 def test_ids_past_int64_in_events_are_422_naming_the_field(client_for) -> None:
     sink = FakeSink()
     client = client_for(make_resources(events=sink))
