@@ -140,6 +140,14 @@ class TrainSettings(BaseModel):
     # newest one trained on; None weighs every day alike. Short half-lives follow a taste shift
     # sooner and forget long-lived tastes sooner.
     recency_half_life_days: float | None = Field(None, gt=0)
+    # Point-in-time features for the training set: "asof" (training/pitjoin.py: one sorted
+    # as-of join per view, checked equal to Feast's retrieval) or "feast" (Feast's file offline
+    # store, whose cost grows with rows x snapshots: minutes on a long imported history).
+    pit_join: Literal["asof", "feast"] = "asof"
+    # The training run also scores these baselines and the served pipeline on the full-catalogue
+    # protocol of `recstack evaluate`, split at the holdout day; [] skips it.
+    offline_models: list[Literal["popularity", "item_knn", "als", "candidates"]] = Field(
+        default_factory=lambda: ["popularity", "item_knn", "als", "candidates"])
     # The training benchmark (``recstack bench training``): event counts to train at, each in
     # its own process, e.g. RECSTACK_TRAIN__BENCH_EVENTS='[10000000]'; and how long one may run.
     bench_events: list[int] = Field(default_factory=lambda: [1_000_000, 10_000_000])

@@ -1,5 +1,6 @@
-"""Training benchmarks: time and peak memory of training at 1M and 10M events; ranker inference
-for a 500-row batch, native LightGBM booster vs the MLflow pyfunc wrapper, side by side.
+"""Training benchmarks: time and peak memory of training at 1M and 10M events, the
+point-in-time training-set build included; ranker inference for a 500-row batch, native
+LightGBM booster vs the MLflow pyfunc wrapper, side by side.
 
 ``run(settings, console)`` is the suite (registered in app/bench.py as
 ``training.bench:run``); its sizes are ``settings.train.bench_events`` (default 1M and 10M;
@@ -7,14 +8,21 @@ for a 500-row batch, native LightGBM booster vs the MLflow pyfunc wrapper, side 
 process (``python -m training.bench --events N``) so its peak RSS is its own, not the suite's.
 The ranker is trained on the current feature service's column count (ranker_v2: 24 columns).
 
-The events are synthetic (Zipf-popular items, users of varying activity, CTR ~5%), made here
-with numpy: the training stage may not import the simulator, and what is measured is the
-cost of the algorithms at a size, not the world's realism.
+The events are synthetic (Zipf-popular items, users of varying activity, CTR ~5%, spread over
+BENCH_DAYS days), made here with numpy: the training stage may not import the simulator, and
+what is measured is the cost of the algorithms at a size, not the world's realism. The dataset
+build is the one ``recstack train`` runs (``build_ranker_dataset``: labels, negative sampling,
+the as-of join of training/pitjoin.py over every ranker_v2 view) on tables of the pipeline's
+shape: one row per entity and day it was active (user x category: per day with a click), with
+placeholder values, since the join's cost does not depend on them. The Feast registry is
+replaced by the views' descriptions (keys, TTL, file): the bench needs no Redis, and Feast's
+own retrieval is compared with the as-of join in tests/integration/test_pit_join.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import resource
@@ -22,23 +30,34 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow.lightgbm
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from rich.console import Console
 
+from recstack import lake
+from recstack.clock import day_start
 from recstack.schemas import (
     CANDIDATE_SCORE_FEATURE,
+    FEATURE_VIEW_FEATURES,
+    ITEM_SCHEMA,
+    LABELS_FILE,
     RANKER_V2_ITEM_FEATURES,
     RANKER_V2_USER_CATEGORY_FEATURES,
     RANKER_V2_USER_FEATURES,
+    USER_CATEGORY_FEATURE_VIEW,
 )
 from recstack.settings import REPO_ROOT, Settings
 from training.candidates import build_index, fit_candidate_model
+from training.datasets import VIEW_KEYS, build_ranker_dataset
+from training.pitjoin import AsOfStore
 from training.ranker import train_ranker
 
 logger = logging.getLogger(__name__)
@@ -48,6 +67,11 @@ BENCH_FEATURES = (RANKER_V2_USER_FEATURES + RANKER_V2_ITEM_FEATURES
                   + RANKER_V2_USER_CATEGORY_FEATURES + [CANDIDATE_SCORE_FEATURE])
 CTR = 0.05
 BATCH_ROWS = 500
+BENCH_DAYS = 28
+BENCH_START = dt.date(2026, 1, 1)
+N_CATEGORIES = 20
+LIST_SIZE = 10
+VIEW_TTL = dt.timedelta(days=3)  # as in feature_repo/definitions.py
 REPEATS = 300
 
 
@@ -63,7 +87,75 @@ def synthetic_events(n_events: int, seed: int = 0) -> pd.DataFrame:
     item_ids = np.concatenate([items, items[clicked]]).astype(np.int64)
     kind = np.concatenate([np.zeros(n_imp, np.int8), np.ones(int(clicked.sum()), np.int8)])
     event_type = pd.Categorical.from_codes(kind, categories=["impression", "click"])
-    return pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "event_type": event_type})
+    day = rng.integers(0, BENCH_DAYS, n_imp)
+    seconds = rng.integers(0, 86_400, n_imp)
+    return pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "event_type": event_type,
+                         "day_index": np.concatenate([day, day[clicked]]),
+                         "second": np.concatenate([seconds, seconds[clicked]]),
+                         # On an impression: whether it was clicked (the label).
+                         "clicked": np.concatenate([clicked, np.ones(int(clicked.sum()), bool)])})
+
+
+def write_training_inputs(events: pd.DataFrame, home: Path) -> tuple[Settings, "BenchViews"]:
+    """What ``recstack train`` reads, under ``home``: the lake's catalogue, the labels table and
+    one feature table per ranker_v2 view; returns settings on ``home`` and the views."""
+    settings = Settings(home=home, feast={"feature_service": "ranker_v2"})
+    imp = events[events["event_type"] == "impression"]
+    n_imp = len(imp)
+    clicked = imp["clicked"].to_numpy().astype(np.int8)
+    start = pd.Timestamp(day_start(BENCH_START))
+    ts = start + pd.to_timedelta(imp["day_index"].to_numpy() * 86_400 + imp["second"].to_numpy(),
+                                 unit="s")
+    settings.features_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({
+        "user_id": imp["user_id"].to_numpy(), "item_id": imp["item_id"].to_numpy(),
+        "event_timestamp": ts, "label": clicked,
+        "request_id": (np.arange(n_imp) // LIST_SIZE).astype(str),
+        "position": (np.arange(n_imp) % LIST_SIZE).astype(np.int32),
+    }).to_parquet(settings.features_dir / LABELS_FILE, index=False)
+    n_items = int(events["item_id"].max()) + 1
+    lake.write_items(pa.table({
+        "item_id": pa.array(np.arange(n_items), pa.int64()),
+        "category": pa.array(np.arange(n_items) % N_CATEGORIES, pa.int32()),
+        "created_at": pa.array([day_start(BENCH_START)] * n_items, pa.timestamp("us", tz="UTC")),
+    }, schema=ITEM_SCHEMA), settings.lake_dir)
+    active = pd.DataFrame({"user_id": imp["user_id"].to_numpy(),
+                           "item_id": imp["item_id"].to_numpy(),
+                           "category": imp["item_id"].to_numpy() % N_CATEGORIES,
+                           "day_index": imp["day_index"].to_numpy(), "clicked": clicked})
+    views = BenchViews({})
+    for view, names in FEATURE_VIEW_FEATURES.items():
+        keys = list(VIEW_KEYS[view])
+        rows = active[active["clicked"] == 1] if view == USER_CATEGORY_FEATURE_VIEW else active
+        # A snapshot at midnight of day d + 1 for each entity active on day d.
+        table = rows[[*keys, "day_index"]].drop_duplicates().reset_index(drop=True)
+        snapshot = start + pd.to_timedelta(table.pop("day_index").to_numpy() + 1, unit="D")
+        table["event_timestamp"] = snapshot
+        table["created"] = snapshot
+        rng = np.random.default_rng(len(table))
+        for name in names:
+            table[name] = rng.integers(0, 50, len(table)).astype(np.int64)
+        path = settings.features_dir / f"{view}.bench.parquet"
+        table.to_parquet(path, index=False)
+        views.views[view] = SimpleNamespace(
+            name=view, entity_columns=[SimpleNamespace(name=k) for k in keys],
+            features=[SimpleNamespace(name=n) for n in names], ttl=VIEW_TTL,
+            batch_source=SimpleNamespace(path=str(path), timestamp_field="event_timestamp",
+                                         created_timestamp_column="created"))
+    return settings, views
+
+
+@dataclass
+class BenchViews:
+    """The ranker_v2 views as the Feast registry would describe them, over the bench's files."""
+
+    views: dict[str, SimpleNamespace]
+
+    def get_feature_view(self, name: str) -> SimpleNamespace:
+        return self.views[name]
+
+    def get_feature_service(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(name=name, feature_view_projections=list(self.views.values()))
 
 
 def ranker_rows(n_rows: int, seed: int = 0) -> pd.DataFrame:
@@ -82,6 +174,14 @@ def train_at_size(n_events: int, dim: int, rounds: int, negatives_per_positive: 
     t0 = time.perf_counter()
     events = synthetic_events(n_events)
     t_data = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="recstack-bench-train-") as tmp:
+        t0 = time.perf_counter()
+        settings, views = write_training_inputs(events, Path(tmp))
+        t_inputs = time.perf_counter() - t0
+        settings.train.negatives_per_positive = negatives_per_positive
+        t0 = time.perf_counter()
+        dataset = build_ranker_dataset(settings, AsOfStore(views))
+        t_dataset = time.perf_counter() - t0
     catalogue = np.unique(events["item_id"].to_numpy())
     t0 = time.perf_counter()
     model = fit_candidate_model(events, catalogue, dim)
@@ -89,9 +189,8 @@ def train_at_size(n_events: int, dim: int, rounds: int, negatives_per_positive: 
     t0 = time.perf_counter()
     build_index(model.item_embeddings)
     t_index = time.perf_counter() - t0
-    # The ranker sees every click and ~negatives_per_positive impressions per click.
-    n_clicks = int((events["event_type"] == "click").sum())
-    rows = ranker_rows(n_clicks * (1 + negatives_per_positive))
+    # The ranker fits on as many rows as the dataset has (its values are the bench's own).
+    rows = ranker_rows(len(dataset))
     t0 = time.perf_counter()
     train_ranker(rows, rounds=rounds, names=BENCH_FEATURES)
     t_rank = time.perf_counter() - t0
@@ -99,9 +198,10 @@ def train_at_size(n_events: int, dim: int, rounds: int, negatives_per_positive: 
     return {
         "events": len(events), "users": int(events["user_id"].nunique()),
         "items": len(catalogue), "ranker_rows": len(rows),
-        "data_s": round(t_data, 3), "candidates_fit_s": round(t_cand, 3),
+        "data_s": round(t_data, 3), "inputs_write_s": round(t_inputs, 3),
+        "dataset_build_s": round(t_dataset, 3), "candidates_fit_s": round(t_cand, 3),
         "index_build_s": round(t_index, 3), "ranker_fit_s": round(t_rank, 3),
-        "train_total_s": round(t_cand + t_index + t_rank, 3),
+        "train_total_s": round(t_dataset + t_cand + t_index + t_rank, 3),
         "peak_rss_mib": round(peak_mib, 1),
     }
 

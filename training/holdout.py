@@ -19,7 +19,7 @@ import datetime as dt
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,7 @@ from recstack.schemas import (
 from training import evaluate as ev
 from training.candidates import CandidateModel, build_index, search
 from training.datasets import NO_CATEGORY, Snapshot
+from training.offline import Scorer, Split
 from training.sources import SOURCES, merge_candidates
 
 if TYPE_CHECKING:
@@ -97,6 +98,39 @@ def ranker_scores_for(
             flat_users, flat_items)
     scores = predict(x) if len(x) else np.array([])
     return np.split(np.asarray(scores), np.cumsum(lengths)[:-1]) if lengths else []
+
+
+def served_fitter(holdout: Holdout, predict: Callable[[np.ndarray], np.ndarray],
+                  n_candidates: int) -> Callable[..., Scorer]:
+    """The served pipeline as a model of the offline protocol (training/offline.py), for a
+    split at the holdout day's start: stage 1 as serving merges it (the prior model's ANN
+    top ``n_candidates`` for users it knows, then fresh and popular items), stage 2 the
+    ranker over those candidates with the features as of the split. Items outside a user's
+    candidates score -inf, so a list holds only what serving could have shown."""
+
+    def fit(split: Split, clicks: Any, seed: int) -> Scorer:
+        index = build_index(holdout.prior_model.item_embeddings)
+        known = set(holdout.prior_model.user_ids.tolist())
+
+        def scores(rows: np.ndarray) -> np.ndarray:
+            users = split.user_ids[rows]
+            ann = search(holdout.prior_model, index, users, n_candidates)[0] if len(users) else []
+            cands = [np.asarray(merge_candidates(row if int(u) in known else [],
+                                                 holdout.popular, holdout.fresh,
+                                                 n_candidates)[0], dtype=np.int64)
+                     for u, row in zip(users, ann, strict=True)]
+            out = np.full((len(users), len(split.item_ids)), -np.inf, dtype=np.float32)
+            for r, (items, s) in enumerate(zip(cands, ranker_scores_for(predict, holdout, users,
+                                                                        cands), strict=True)):
+                cols = np.searchsorted(split.item_ids, items)
+                ok = (cols < len(split.item_ids)) & (split.item_ids[np.minimum(
+                    cols, len(split.item_ids) - 1)] == items)
+                out[r, cols[ok]] = np.asarray(s, dtype=np.float32)[ok]
+            return out
+
+        return scores
+
+    return fit
 
 
 def evaluate(

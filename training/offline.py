@@ -165,14 +165,18 @@ FITTERS: dict[str, Callable[..., Scorer]] = {
 
 
 def top_items(scores: np.ndarray, seen: sp.csr_matrix, k: int) -> np.ndarray:
-    """Column indices of each row's ``k`` best scores, seen columns left out, best first."""
+    """Column indices of each row's ``k`` best scores, seen columns left out, best first
+    (-1 where fewer than ``k`` columns have a finite score)."""
     scores = np.array(scores, dtype=np.float32)
     coo = seen.tocoo()
     scores[coo.row, coo.col] = -np.inf
     k = min(k, scores.shape[1])
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    top = np.take_along_axis(part, order, axis=1)
+    # A model that cannot rank an item (-inf: seen, or outside the served candidates) does not
+    # list it: such slots are -1, never a hit.
+    return np.where(np.isneginf(np.take_along_axis(scores, top, axis=1)), -1, top)
 
 
 def list_metrics(top: np.ndarray, targets: list[np.ndarray], n_items: int) -> dict[str, float]:
@@ -191,14 +195,18 @@ def list_metrics(top: np.ndarray, targets: list[np.ndarray], n_items: int) -> di
     return {"ndcg@10": float(np.mean(ndcg)), "recall@10": float(np.mean(rec10)),
             "recall@50": float(np.mean(rec50)), "hr@10": float(np.mean(hr10)),
             "mrr@50": float(np.mean(mrr)),
-            "coverage@10": len(np.unique(top[:, :10])) / n_items}
+            "coverage@10": len(np.setdiff1d(np.unique(top[:, :10]), [-1])) / n_items}
 
 
 def evaluate_offline(events: pd.DataFrame, catalogue: np.ndarray, *, test_fraction: float = 0.1,
                      at: dt.datetime | None = None, models: tuple[str, ...] = MODELS,
                      seed: int = 0, dim: int = 32,
-                     progress: Callable[[str], None] = lambda name: None) -> OfflineReport:
-    """Fit every model on the train part and score its top 50 against the targets."""
+                     progress: Callable[[str], None] = lambda name: None,
+                     extra: dict[str, Callable[..., Scorer]] | None = None) -> OfflineReport:
+    """Fit every model on the train part and score its top 50 against the targets.
+
+    ``extra``: more models by name, fitters with FITTERS' signature (the training run adds the
+    served pipeline, ``training.holdout.served_fitter``), scored after ``models``."""
     split = split_at_time(events, catalogue, test_fraction, at)
     if not split.targets:
         raise ValueError(f"no user with events before {split.at} clicked a new item after it: "
@@ -209,12 +217,13 @@ def evaluate_offline(events: pd.DataFrame, catalogue: np.ndarray, *, test_fracti
     clicks, seen = click_matrix(split), seen_matrix(split)
     report = OfflineReport(str(split.at), len(split.train), len(users),
                            sum(len(t) for t in targets), len(split.item_ids))
-    for name in models:
+    fitters = {**FITTERS, **(extra or {})}
+    for name in (*models, *(extra or {})):
         progress(name)
         t = time.perf_counter()
         with threadpool_limits(1, "blas"):  # implicit warns (and slows) with threaded BLAS
             kwargs = {"dim": dim} if name == "candidates" else {}
-            scorer = FITTERS[name](split, clicks, seed, **kwargs)
+            scorer = fitters[name](split, clicks, seed, **kwargs)
             fit_s = time.perf_counter() - t
             t = time.perf_counter()
             tops = [top_items(scorer(rows[i:i + USERS_PER_BLOCK]),

@@ -54,8 +54,10 @@ from training.datasets import (
 )
 from training.gate import Verdict, decide, latency_within_budget, sanity_failures
 from training.gate import aborted as gate_aborted
-from training.holdout import Evaluation, Holdout, popular_before
+from training.holdout import Evaluation, Holdout, popular_before, served_fitter
 from training.holdout import evaluate as evaluate_holdout
+from training.offline import PROTOCOL_MD, OfflineReport, evaluate_offline
+from training.pitjoin import AsOfStore
 from training.ranker import predict, ranker_params, train_ranker
 from training.sources import fresh_items
 
@@ -245,8 +247,9 @@ def train_and_register(settings: Settings, store: Any | None = None,
                        stop: threading.Event | None = None) -> TrainResult:
     """Train both models, evaluate them on the last day, register them, run the gate.
 
-    In: the lake, the feature tables and Feast (``store`` defaults to ``open_store(settings)``;
-    tests pass a fake with the same methods); ``gate`` defaults to ``settings.gate``.
+    In: the lake, the feature tables and Feast (``store`` defaults to ``open_store(settings)``,
+    read through the as-of join of training/pitjoin.py unless ``settings.train.pit_join`` is
+    "feast"; a store passed in is used as given: tests pass a fake with the same methods); ``gate`` defaults to ``settings.gate``.
     Out: a :class:`TrainResult`. Both new versions get the alias ``challenger``; they get
     ``champion`` only if the gate passes (training/gate.py), else the champion stays and the
     reason is on the run, on the versions (tags ``gate_decision``, ``gate_reason``) and in
@@ -262,6 +265,8 @@ def train_and_register(settings: Settings, store: Any | None = None,
         _check_mlflow(settings.mlflow.uri)  # before minutes of work, not after
     if store is None:
         store = open_store(settings)
+        if settings.train.pit_join == "asof":
+            store = AsOfStore(store)
 
     data = prepare_ranker_data(settings, store, clock, stop)
     _check_stop(stop, "the candidate scores")
@@ -269,6 +274,10 @@ def train_and_register(settings: Settings, store: Any | None = None,
         booster = fit_ranker(settings, data.train, data.features)
     _check_stop(stop, "the ranker")
     judged = evaluate_challenger(settings, store, gate, data, booster, clock)
+    offline = None
+    if settings.train.offline_models:
+        with clock("offline_eval_s"):
+            offline = offline_evaluation(settings, data, judged, booster)
     with clock("candidates_fit_s"):
         served = fit_candidate_model(data.events, data.item_ids, dim, seed,  # all days, for serving
                                      settings.train.recency_half_life_days)
@@ -284,6 +293,8 @@ def train_and_register(settings: Settings, store: Any | None = None,
         save_candidate_artifacts(settings, served, Path(tmp), data, sha)
         with mlflow.start_run(run_name=f"train-{data.window['data_end']}") as run:
             log_run(settings, gate, data, judged, sha)
+            if offline is not None:
+                log_offline(offline)
             versions = log_models(settings, Path(tmp), served, booster, data)
             mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
             mark_challengers(settings, client, versions, data, judged.metrics, sha,
@@ -298,7 +309,8 @@ def train_and_register(settings: Settings, store: Any | None = None,
     result = TrainResult(
         candidates_version=versions["candidates"], ranker_version=versions["ranker"],
         metrics=judged.metrics, run_id=run.info.run_id, timings_s=timings,
-        promoted=verdict.promote, gate_reason=verdict.reason, table_md=judged.evaluation.table_md,
+        promoted=verdict.promote, gate_reason=verdict.reason,
+        table_md=judged.evaluation.table_md + (offline_md(offline) if offline else ""),
     )
     logger.info("trained and registered: run %s, versions %s", result.run_id, versions)
     return result
@@ -372,6 +384,33 @@ def evaluate_challenger(settings: Settings, store: Any, gate: GateSettings, data
     metrics.update({f"ranker_batch_{k}": v for k, v in latency.items()})
     return ChallengerEvaluation(hold=hold, evaluation=evaluation, base_rate=base_rate,
                                 scores=holdout_scores, latency=latency)
+
+
+def offline_evaluation(settings: Settings, data: RankerData, judged: ChallengerEvaluation,
+                       booster: Any) -> OfflineReport:
+    """The full-catalogue protocol of training/offline.py split at the holdout day's start:
+    ``settings.train.offline_models`` and the served pipeline (this run's candidates and
+    ranker, ``served``), each fit on the days before the holdout day only."""
+    served = served_fitter(judged.hold, lambda x: booster.predict(x, num_threads=1),
+                           settings.serving.n_candidates)
+    return evaluate_offline(
+        data.events, data.item_ids, at=day_start(data.holdout_day),
+        models=tuple(settings.train.offline_models), seed=settings.sim.seed,
+        dim=settings.train.embedding_dim, extra={"served": served})
+
+
+def offline_md(report: OfflineReport) -> str:
+    return (f"\n\nFull catalogue, split at the holdout day ({report.n_users:,} users with "
+            f"{report.n_targets:,} targets, {report.n_items:,} items; served = candidates -> "
+            f"ranker of this run):\n\n{report.table_md()}\n\n{PROTOCOL_MD}")
+
+
+def log_offline(report: OfflineReport) -> None:
+    """Metrics ``offline_<model>_<metric>`` (``@k`` as ``_at_k``) and ``offline.md``."""
+    mlflow.log_metrics({
+        f"offline_{r.name}_{k.replace('@', '_at_')}": v
+        for r in report.results for k, v in r.metrics.items() if np.isfinite(v)})
+    mlflow.log_text(offline_md(report).strip(), "offline.md")
 
 
 def save_candidate_artifacts(settings: Settings, served: CandidateModel, artifact_dir: Path,

@@ -72,6 +72,12 @@ def test_train_registers_champions_that_serving_can_load(
     m = result.metrics
     assert m["ranker_auc"] > m["random_auc"] + 0.1, m
     assert m["candidates_recall_at_100"] >= m["random_recall_at_100"], m
+    # The full-catalogue protocol at the holdout day, the served pipeline beside the baselines.
+    offline = {k: v for k, v in run.data.metrics.items() if k.startswith("offline_")}
+    for model in ("popularity", "item_knn", "als", "candidates", "served"):
+        assert 0 <= offline[f"offline_{model}_ndcg_at_10"] <= 1, offline
+        assert f"| {model} |" in result.table_md
+    assert offline["offline_served_recall_at_50"] > 0, offline
 
     # Serving's path for candidates: download, find meta.json anywhere below, load the files.
     cand_dir = download("models:/candidates@champion", tmp_path / "cand")

@@ -15,6 +15,23 @@ def test_train_at_size_reports_time_and_peak_memory() -> None:
     assert 19_000 <= out["events"] <= 21_000 and out["ranker_rows"] > 0
     assert out["peak_rss_mib"] > 0
     assert out["train_total_s"] >= out["ranker_fit_s"] >= 0
+    # The dataset build is part of training: the ranker fits on as many rows as it built.
+    assert out["train_total_s"] >= out["dataset_build_s"] > 0
+
+
+def test_bench_training_inputs_build_a_point_in_time_dataset(tmp_path) -> None:
+    events = bench.synthetic_events(20_000, seed=1)
+    settings, views = bench.write_training_inputs(events, tmp_path)
+    data = bench.build_ranker_dataset(settings, bench.AsOfStore(views))
+    assert data.attrs["stored_features"] == [
+        n for names in bench.FEATURE_VIEW_FEATURES.values() for n in names]
+    n_clicks = int((events["event_type"] == "click").sum())
+    assert int(data["label"].sum()) == n_clicks  # every positive kept
+    first_day = data["event_timestamp"] < data["event_timestamp"].min().normalize() + \
+        bench.pd.Timedelta(days=1)
+    # Nothing is known before the first snapshot; later rows mostly find one.
+    assert data.loc[first_day, "user_clicks_7d"].isna().all()
+    assert data.loc[~first_day, "user_clicks_7d"].notna().mean() > 0.5
 
 
 def test_suite_trains_at_the_configured_sizes_in_child_processes(monkeypatch) -> None:

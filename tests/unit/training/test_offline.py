@@ -47,6 +47,17 @@ def test_top_items_leave_the_seen_columns_out() -> None:
     assert top_items(scores, seen, 2).tolist() == [[1, 2], [2, 1]]
 
 
+def test_items_a_model_cannot_rank_are_not_listed_and_never_hit() -> None:
+    """The served pipeline scores only its candidates (-inf elsewhere): a short list is padded
+    with -1, which no target matches and coverage does not count."""
+    scores = np.array([[-np.inf, 2.0, -np.inf, 1.0]], np.float32)
+    seen = sp.csr_matrix(np.array([[0, 0, 0, 1]], np.float32))
+    top = top_items(scores, seen, 3)
+    assert top.tolist() == [[1, -1, -1]]
+    m = list_metrics(top, [np.array([0, 2])], n_items=4)
+    assert m["recall@50"] == 0.0 and m["coverage@10"] == 0.25
+
+
 def test_metrics_match_a_hand_computation() -> None:
     top = np.zeros((2, 50), np.int64)
     top[0, :3] = [7, 3, 9]  # targets 3 and 9: hits at ranks 2 and 3
