@@ -19,13 +19,18 @@ how to get one); ``RECSTACK_SIM__N_USERS`` then gives the user-id range.
 
 Knobs for the load-testing lab (``recstack experiment scale|chaos``), all optional:
 
-- ``RECSTACK_LOADTEST_USER_RPS``: each user runs its task at this constant rate
-  (``loadtests/pacing.py``), so ``users x rate`` is the offered load whatever the latency;
+- ``RECSTACK_LOADTEST_USER_RPS``: each user runs its tasks at this rate, so ``users x rate``
+  is the offered load whatever the latency;
+- ``RECSTACK_LOADTEST_ARRIVALS``: ``poisson`` (default; open loop: each user's tasks are due at
+  Poisson arrivals, and a recommendation's latency is measured from its due time, the lag of a
+  late start included) or ``paced`` (a fixed period per user, latency from the actual send)
+  (``loadtests/pacing.py``);
 - ``RECSTACK_LOADTEST_STAGES``: ``"end_s:users,end_s:users,..."`` drives the user count over time
   (a ``LoadTestShape``; e.g. 50% load, then 2x, then 50% again);
 - ``RECSTACK_LOADTEST_REQUEST_LOG``: a path prefix; each Locust process appends one CSV row per
-  request to ``<prefix>-<pid>.csv`` (start time, name, ms, ok, status, degraded reasons), from
-  which the experiments build per-second timelines.
+  request to ``<prefix>-<pid>.csv`` (start time, name, ms, ok, status, degraded reasons, lag ms:
+  how late it was sent after its due time, already included in ms), from which the
+  experiments build per-second timelines.
 """
 
 from __future__ import annotations
@@ -55,10 +60,10 @@ else:
     _IMPORT_ERROR = None
 try:  # run from the repository root (the project's runners) or from loadtests/ (Locust's path)
     from loadtests.checks import degraded_reasons, events_problem, recommendation_problem
-    from loadtests.pacing import begin, paced
+    from loadtests.pacing import begin, begin_poisson, lag_ms, paced, poisson
 except ImportError:
     from checks import degraded_reasons, events_problem, recommendation_problem  # type: ignore[no-redef]
-    from pacing import begin, paced  # type: ignore[no-redef]
+    from pacing import begin, begin_poisson, lag_ms, paced, poisson  # type: ignore[no-redef]
 
 logger = logging.getLogger("recstack.locustfile")
 
@@ -78,6 +83,10 @@ RETRY_S = (1.0, 8.0)  # first and longest back-off
 # Ids far above the simulated world: unknown users, served the cold-start list.
 UNKNOWN_BASE = 10_000_000
 USER_RPS = float(os.environ.get("RECSTACK_LOADTEST_USER_RPS", "0") or 0)
+ARRIVALS = os.environ.get("RECSTACK_LOADTEST_ARRIVALS", "") or "poisson"
+if ARRIVALS not in ("poisson", "paced"):
+    raise RuntimeError(f"RECSTACK_LOADTEST_ARRIVALS={ARRIVALS!r}: use poisson or paced")
+OPEN_LOOP = USER_RPS > 0 and ARRIVALS == "poisson"
 STAGES = os.environ.get("RECSTACK_LOADTEST_STAGES", "")
 REQUEST_LOG = os.environ.get("RECSTACK_LOADTEST_REQUEST_LOG", "")
 
@@ -107,8 +116,9 @@ class _RequestLog:
     def enabled(self) -> bool:
         return bool(self.prefix)
 
-    def add(self, start: float, name: str, ms: float, ok: bool, status: int, degraded: str) -> None:
-        self.rows.append(f"{start:.4f},{name},{ms:.2f},{int(ok)},{status},{degraded}\n")
+    def add(self, start: float, name: str, ms: float, ok: bool, status: int, degraded: str,
+            lag: float = 0.0) -> None:
+        self.rows.append(f"{start:.4f},{name},{ms:.2f},{int(ok)},{status},{degraded},{lag:.2f}\n")
         if len(self.rows) >= self.FLUSH_ROWS:
             self.flush()
 
@@ -120,7 +130,7 @@ class _RequestLog:
         new = not path.exists()
         with path.open("a") as f:
             if new:
-                f.write("start_s,name,response_ms,ok,status,degraded\n")
+                f.write("start_s,name,response_ms,ok,status,degraded,lag_ms\n")
             f.writelines(rows)
 
 
@@ -222,8 +232,10 @@ def _on_request(
     status = int(getattr(response, "status_code", 0) or 0)
     # The reasons were read from the body the user already parsed (no second parse here).
     degraded = str((context or {}).get("degraded", ""))
+    lag = float((context or {}).get("lag_ms", 0.0))
     started = start_time if start_time is not None else time.time() - response_time / 1000
-    REQUEST_LOG_ROWS.add(started, name, response_time or 0.0, exception is None, status, degraded)
+    REQUEST_LOG_ROWS.add(started, name, response_time or 0.0, exception is None, status, degraded,
+                         lag)
 
 
 class RecommendationUser(FastHttpUser):
@@ -232,13 +244,16 @@ class RecommendationUser(FastHttpUser):
     Checks the body, not just the status, for both endpoints.
     """
 
-    wait_time = paced(USER_RPS) if USER_RPS > 0 else between(0.01, 0.05)
+    wait_time = ((poisson(USER_RPS) if OPEN_LOOP else paced(USER_RPS)) if USER_RPS > 0
+                 else between(0.01, 0.05))
 
     def on_start(self) -> None:
         self.pending: list[dict[str, Any]] = []
         self.retry_at = 0.0  # no POST /events before this (monotonic), after a failed one
         self.backoff_s = RETRY_S[0]
-        if USER_RPS > 0:
+        if OPEN_LOOP:
+            begin_poisson(self, USER_RPS)  # the first request at the user's first arrival
+        elif USER_RPS > 0:
             # Users spawned together would stay in phase and arrive in bursts: each starts at a
             # random point of its period and keeps that phase (loadtests/pacing.py).
             begin(self, USER_RPS)
@@ -250,12 +265,16 @@ class RecommendationUser(FastHttpUser):
         self.pending = []
 
     def _recommend(self, user_id: int) -> dict[str, Any] | None:
-        """GET a list; the validated body, or None (the failure is recorded)."""
+        """GET a list; the validated body, or None (the failure is recorded). Open loop: the
+        recorded latency runs from the request's due time (``lag_ms`` + the response time)."""
+        lag = lag_ms(self) if OPEN_LOOP else 0.0
         with self.client.get(
             f"/recommendations/{user_id}?k={K}",
             name="/recommendations/[user]",
             catch_response=True,
+            context={"lag_ms": lag},
         ) as resp:
+            resp.request_meta["response_time"] = (resp.request_meta["response_time"] or 0) + lag
             if resp.status_code != 200:
                 resp.failure(f"status {resp.status_code}: {(resp.text or '')[:120]}")
                 return None

@@ -5,7 +5,11 @@
 split mode the candidate and ranking services) in that mode, waits until every replica answers
 ``/readyz`` (models and item features loaded), warms them up under load until a window passes
 without degraded answers, then runs ``loadtests/serving_bench.py`` through nginx at each offered
-load with a constant-throughput wait time (500 candidates ranked, top 20 returned). Per-stage p99
+load (500 candidates ranked, top 20 returned), twice side by side: open loop (Poisson arrivals
+from ``BENCH_CONNECTIONS`` connections, each latency from the request's due time; the headline)
+and the paced closed loop of earlier runs (few connections at ``USER_RPS`` each; keys end in
+``_paced``). Achieved against offered RPS is checked (``_rate_off`` when they differ by more than
+2%). Per-stage p99
 and degraded answers by reason come from every replica's /metrics, read before and after each
 run. It also measures the user-feature read, fast reader vs ``get_online_features``. The stack
 is left in the mode the settings give.
@@ -14,6 +18,7 @@ is left in the mode the settings give.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import urllib.request
 from pathlib import Path
@@ -40,14 +45,29 @@ logger = logging.getLogger(__name__)
 LOCUSTFILE = REPO_ROOT / "loadtests" / "serving_bench.py"
 MODES = ("inprocess", "split")
 LOADS_RPS = (100, 150)
-# Simulated clients at 20 requests/s each (5 at 100 RPS): the tail latency measured grows with
-# the number of client connections at the same offered load (measured against one replica at
-# 50 RPS: p99 12 ms from 5 connections, 42 ms from 25), so the bench keeps them few.
+ARRIVALS = ("poisson", "paced")
+# Open loop: many clients, each sending now and then, as real traffic is.
+BENCH_CONNECTIONS = 100
+# Paced (closed loop): clients at 20 requests/s each (5 at 100 RPS). The tail latency measured
+# grows with the connections at the same offered load (one replica at 50 RPS: p99 12 ms from 5
+# connections, 42 ms from 25); the paced runs keep them few, as the earlier benchmarks did.
 USER_RPS = 20.0
+RATE_TOLERANCE = 0.02
 
 
-def users_for(rps: float) -> int:
+def users_for(rps: float, arrivals: str = "paced") -> int:
+    if arrivals == "poisson":
+        return max(BENCH_CONNECTIONS, round(rps / USER_RPS))
     return max(1, round(rps / USER_RPS))
+
+
+def bench_env(rps: float, arrivals: str) -> dict[str, str]:
+    return {"RECSTACK_BENCH_USER_RPS": f"{rps / users_for(rps, arrivals):.6f}",
+            "RECSTACK_BENCH_ARRIVALS": arrivals}
+
+
+def result_key(mode: str, rps: int, arrivals: str) -> str:
+    return f"{mode}_{rps}rps" + ("" if arrivals == "poisson" else f"_{arrivals}")
 DURATION_S = 30
 # Warm-up: windows of this length at the highest offered load, until one has no degraded
 # answer (first calls, lazy imports, the collector's passes over freshly loaded models) or
@@ -147,10 +167,9 @@ def _warm_up(settings: Settings, host: str, out_dir: Path, rps: int) -> dict[str
     seen: dict[str, float] = {}
     for i in range(WARMUP_MAX_WINDOWS):
         before = _snapshot(settings)
-        users = users_for(rps)
+        users = users_for(rps, "poisson")
         run_locust(settings, host, users, users, WARMUP_WINDOW_S, out_dir / f"warmup-{i}",
-                   locustfile=LOCUSTFILE,
-                   extra_env={"RECSTACK_BENCH_USER_RPS": f"{rps / users:.4f}"})
+                   locustfile=LOCUSTFILE, extra_env=bench_env(rps, "poisson"))
         seen = _degraded(before, _snapshot(settings))
         logger.info("warm-up window %d: degraded %s", i, seen or "none")
         if not seen:
@@ -158,7 +177,8 @@ def _warm_up(settings: Settings, host: str, out_dir: Path, rps: int) -> dict[str
     return seen
 
 
-def _figures(key: str, result: LoadResult, before: dict, after: dict) -> dict[str, object]:
+def _figures(key: str, result: LoadResult, before: dict, after: dict,
+             offered_rps: float = math.nan) -> dict[str, object]:
     degraded = _degraded(before, after)
     # CPU the serving replicas spent per answered recommendation (all services of the mode):
     # what a request costs, whatever the machine's other load does to the latency.
@@ -166,7 +186,10 @@ def _figures(key: str, result: LoadResult, before: dict, after: dict) -> dict[st
     return {
         f"{key}_serving_cpu_ms_per_request": (
             round(1000 * cpu / result.requests, 2) if result.requests else None),
+        f"{key}_offered_rps": offered_rps,
         f"{key}_achieved_rps": round(result.rps, 1),
+        f"{key}_rate_off": bool(abs(result.rps / offered_rps - 1) > RATE_TOLERANCE)
+        if offered_rps > 0 else None,
         f"{key}_p50_ms": result.p50_ms, f"{key}_p95_ms": result.p95_ms,
         f"{key}_p99_ms": result.p99_ms, f"{key}_requests": result.requests,
         f"{key}_errors": result.failures,
@@ -182,21 +205,24 @@ def _figures(key: str, result: LoadResult, before: dict, after: dict) -> dict[st
 def summary_table(figures: dict[str, object]) -> str:
     """Markdown: one row per offered load, in-process and split side by side."""
     stages = ("candidates", "user_features", "item_features", "ranking", "serialize")
-    head = ["offered RPS", "mode", "RPS", "p50 ms", "p95 ms", "p99 ms", "errors", "degraded",
-            "CPU ms/request", *[f"{s} p99≤ ms" for s in stages]]
+    head = ["offered RPS", "mode", "arrivals", "RPS", "p50 ms", "p95 ms", "p99 ms", "errors",
+            "degraded", "CPU ms/request", *[f"{s} p99≤ ms" for s in stages]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rps in LOADS_RPS:
         for mode in MODES:
-            key = f"{mode}_{rps}rps"
-            if f"{key}_p99_ms" not in figures:
-                continue
-            # In split mode the api sees the stage services' timings through their answers; the
-            # services' own histograms are in the figures too (candidates_*, ranking_*).
-            cells = [str(rps), mode, *(str(figures[f"{key}_{f}"]) for f in (
-                "achieved_rps", "p50_ms", "p95_ms", "p99_ms", "errors", "degraded_count",
-                "serving_cpu_ms_per_request"))]
-            cells += [str(figures.get(f"{key}_api_{s}_p99_le_ms", "-")) for s in stages]
-            lines.append("| " + " | ".join(cells) + " |")
+            for arrivals in ARRIVALS:
+                key = result_key(mode, rps, arrivals)
+                if f"{key}_p99_ms" not in figures:
+                    continue
+                # In split mode the api sees the stage services' timings through their answers;
+                # the services' own histograms are in the figures too (candidates_*, ranking_*).
+                achieved = str(figures[f"{key}_achieved_rps"]) + (
+                    " (off offered)" if figures.get(f"{key}_rate_off") else "")
+                cells = [str(rps), mode, arrivals, achieved, *(str(figures[f"{key}_{f}"]) for f in (
+                    "p50_ms", "p95_ms", "p99_ms", "errors", "degraded_count",
+                    "serving_cpu_ms_per_request"))]
+                cells += [str(figures.get(f"{key}_api_{s}_p99_le_ms", "-")) for s in stages]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -218,21 +244,23 @@ def run(settings: Settings, console: Console | None = None) -> dict[str, object]
                 left = _warm_up(s, host, out_dir / mode, max(LOADS_RPS))
                 figures[f"{mode}_warmup_s"] = round(time.perf_counter() - t0, 1)
                 figures[f"{mode}_warmup_last_degraded"] = sum(left.values())
-            for rps in LOADS_RPS:
-                with console.status(f"serving bench: {mode}, {rps} RPS offered, {DURATION_S}s"):
+            for rps, arrivals in ((r, a) for r in LOADS_RPS for a in ARRIVALS):
+                users = users_for(rps, arrivals)
+                with console.status(f"serving bench: {mode}, {rps} RPS offered ({arrivals}, "
+                                    f"{users} connections), {DURATION_S}s"):
                     before = _snapshot(s)
                     result = run_locust(
-                        s, host, users_for(rps), users_for(rps), DURATION_S,
-                        out_dir / f"{mode}-{rps}",
-                        locustfile=LOCUSTFILE,
-                        extra_env={"RECSTACK_BENCH_USER_RPS": f"{rps / users_for(rps):.4f}"},
+                        s, host, users, users, DURATION_S,
+                        out_dir / f"{mode}-{rps}-{arrivals}",
+                        locustfile=LOCUSTFILE, extra_env=bench_env(rps, arrivals),
                         row=RECOMMENDATIONS_ROW,
                     )
                     after = _snapshot(s)
-                key = f"{mode}_{rps}rps"
-                figures |= _figures(key, result, before, after)
+                key = result_key(mode, rps, arrivals)
+                figures |= _figures(key, result, before, after, offered_rps=float(rps))
                 console.print(
-                    f"{mode:9s} {rps:3d} RPS offered: {result.rps:6.1f} RPS, p50 "
+                    f"{mode:9s} {rps:3d} RPS offered ({arrivals}, {users} connections): "
+                    f"{result.rps:6.1f} RPS, p50 "
                     f"{result.p50_ms:.0f} ms, p95 {result.p95_ms:.0f} ms, p99 "
                     f"{result.p99_ms:.0f} ms, {result.failures} errors, degraded "
                     f"{figures[f'{key}_degraded_count']:.0f}, Locust CPU "

@@ -54,6 +54,10 @@ def test_scale_and_kill_replica_reports(stack_settings: Settings) -> None:
         steps = pd.read_csv(folder / "steps.csv")
         assert len(steps) == 2
         assert (steps["achieved_rps"] > 0).all() and (steps["requests"] > 0).all()
+        # Open loop by default: Poisson arrivals from 100 connections, the send lag recorded.
+        assert (steps["arrivals"] == "poisson").all() and (steps["users"] >= 100).all()
+        assert steps["lag_p99_ms"].notna().all() and steps["delivered_ratio"].notna().all()
+        assert summary["arrivals"] == "poisson" and summary["connections_min"] == 100
         assert summary["max_rps_at_slo_1_replica"] == pytest.approx(steps["achieved_rps"].max(),
                                                                   abs=1e-3)
         assert 0 < summary["p50_ms_at_knee_1_replica"] <= summary["p99_ms_at_knee_1_replica"]

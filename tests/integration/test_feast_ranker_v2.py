@@ -14,6 +14,7 @@ from recstack.clock import day_start
 from recstack.featurestore import open_store
 from recstack.settings import Settings
 from tests.unit.pipelines.tinylake import DAY1, at, shown_and_clicked, write_lake
+from training.pitjoin import AsOfStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
@@ -66,6 +67,12 @@ def test_ranker_v2_online_and_point_in_time(settings: Settings, redis_server: in
             first["user_category_clicks_28d"]) == (2, 0, 1)
     last = by_time.loc[pd.Timestamp(times[1])]
     assert (last["user_clicks_28d"], last["user_category_clicks_28d"]) == (3, 2)
+    # Training's as-of join sees the same past and no more of the planted future.
+    ours = AsOfStore(store).get_historical_features(entity_df=entity_df, features=[
+        "user_features_v2:user_clicks_28d", "user_features_v2:user_days_since_click",
+        "user_category_features:user_category_clicks_28d"]).to_df()
+    assert ours[["user_clicks_28d", "user_days_since_click",
+                 "user_category_clicks_28d"]].astype(int).values.tolist() == [[2, 0, 1], [3, 0, 2]]
 
 
 def test_fast_reader_v2_equals_get_online_features(settings: Settings, redis_server: int) -> None:

@@ -4,7 +4,9 @@ time to first degraded answer, time to recover.
 A request log is a DataFrame with one row per request (what the locustfile writes with
 ``RECSTACK_LOADTEST_REQUEST_LOG``): ``start_s`` (epoch seconds), ``name``, ``response_ms``, ``ok``
 (0/1, Locust's verdict, body checks included), ``status`` (HTTP status, 0 for a connection
-error) and ``degraded`` (the response's reasons joined by ``;``, empty when not degraded).
+error), ``degraded`` (the response's reasons joined by ``;``, empty when not degraded) and
+``lag_ms`` (open loop: how late the request was sent after its due time; ``response_ms``
+already includes it, so latencies run from the intended send; 0 in older logs).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import numpy as np
 import pandas as pd
 
 RECOMMEND = "/recommendations"
-LOG_COLUMNS = ["start_s", "name", "response_ms", "ok", "status", "degraded"]
+LOG_COLUMNS = ["start_s", "name", "response_ms", "ok", "status", "degraded", "lag_ms"]
+# A run whose achieved rate differs from the offered one by more than this is flagged: its
+# latencies describe another load than the one asked for.
+RATE_TOLERANCE = 0.02
 
 
 def read_request_logs(paths: Iterable[Path]) -> pd.DataFrame:
@@ -29,6 +34,7 @@ def read_request_logs(paths: Iterable[Path]) -> pd.DataFrame:
         return pd.DataFrame({c: pd.Series(dtype=float if c != "name" else str) for c in LOG_COLUMNS})
     df = pd.concat(frames, ignore_index=True)
     df["degraded"] = df["degraded"].astype(str).replace("nan", "")
+    df["lag_ms"] = df["lag_ms"].fillna(0.0) if "lag_ms" in df else 0.0
     return df.sort_values("start_s", kind="stable").reset_index(drop=True)
 
 
@@ -61,6 +67,11 @@ class StepStats:
     degraded_rate: float = 0.0
     good_rps: float = 0.0
     degraded_reasons: str = ""
+    # Open loop: p99 of how late requests were sent after their due time (part of the latency
+    # percentiles above); achieved / offered, and whether it is off by more than 2%.
+    lag_p99_ms: float = 0.0
+    delivered_ratio: float = math.nan
+    rate_off: bool = False
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -83,9 +94,12 @@ def step_stats(df: pd.DataFrame, offered_rps: float, warmup_s: float = 0.0) -> S
     degraded = answered & rec["degraded"].astype(str).ne("")
     reasons = pd.Series([r for d in rec["degraded"][degraded] for r in str(d).split(";") if r])
     shares = (reasons.value_counts() / len(rec)).sort_index()
+    lag = rec["lag_ms"].to_numpy(dtype=float) if "lag_ms" in rec else np.zeros(len(rec))
+    achieved = len(rec) / duration
+    ratio = achieved / offered_rps if offered_rps > 0 else math.nan
     return StepStats(
         offered_rps=offered_rps,
-        achieved_rps=len(rec) / duration,
+        achieved_rps=achieved,
         ok_rps=(len(rec) - failures) / duration,
         requests=len(rec),
         failures=failures,
@@ -95,6 +109,9 @@ def step_stats(df: pd.DataFrame, offered_rps: float, warmup_s: float = 0.0) -> S
         degraded=int(degraded.sum()), degraded_rate=float(degraded.mean()),
         good_rps=int((answered & ~degraded).sum()) / duration,
         degraded_reasons=";".join(f"{r}:{v:.4g}" for r, v in shares.items()),
+        lag_p99_ms=_pct(lag, 99),
+        delivered_ratio=ratio,
+        rate_off=bool(abs(ratio - 1.0) > RATE_TOLERANCE),
     )
 
 

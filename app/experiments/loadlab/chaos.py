@@ -37,7 +37,7 @@ from app.experiments.loadlab.analysis import (
     window_counts,
 )
 from app.experiments.loadlab.faults import DESCRIPTIONS, FaultError, KillProgram, make_fault
-from app.experiments.loadlab.loadgen import LoadRun, run_load, users_for
+from app.experiments.loadlab.loadgen import LoadRun, clients_for, run_load, users_for
 from app.experiments.loadlab.probes import program_pids
 from app.experiments.report import ReportFolder
 from app.experiments.report import folders as report_folders
@@ -143,7 +143,7 @@ def run_chaos(settings: Settings, cfg: ChaosConfig, console: Console | None = No
     with console.status(f"chaos {cfg.fault}: {base_rps:.0f} RPS offered, up to {duration}s "
                         f"(fault at {cfg.pre_s}s)"):
         run = run_load(
-            settings, report.path / "raw", users=users_for(base_rps, cfg.user_rps),
+            settings, report.path / "raw", users=max(1, round(base_rps / cfg.user_rps)),
             duration_s=duration, user_rps=cfg.user_rps, stages=stages,
             processes=cfg.processes, metric_ports=lambda: ports,
             during=_fault_schedule(fault, cfg, times, open_ended),
@@ -194,7 +194,10 @@ def _offered_load(cfg: ChaosConfig, peak: float | None
         if not base_rps:
             raise FaultError("no offered load: run `recstack experiment scale` first (50% of its "
                              "knee is used) or pass --rps")
-        stages = None
+        # Open loop from at least MIN_CONNECTIONS users, each a Poisson stream of a share.
+        clients = clients_for(base_rps, "poisson", cfg.user_rps)
+        cfg.user_rps = clients.user_rps
+        return peak, clients.rps, None
     base_rps = users_for(base_rps, cfg.user_rps) * cfg.user_rps  # what the users really offer
     return peak, base_rps, stages
 
@@ -339,7 +342,8 @@ def _write_report(report: ReportFolder, cfg: ChaosConfig, tl: pd.DataFrame,
     p = cfg.fault.replace("-", "_")
     report.text(
         f"**Fault**: {DESCRIPTIONS[cfg.fault]}. Load: {summary.get(f'{p}_offered_rps')} RPS "
-        f"offered ({cfg.user_rps:g} requests/s per simulated user), {summary['api_replicas']} api "
+        f"offered (open loop: Poisson arrivals, {cfg.user_rps:.3g} requests/s per simulated "
+        f"user, latency from each request's due time), {summary['api_replicas']} api "
         f"replica(s); fault from {window[0]:.1f} s to {window[1]:.1f} s after the first request. "
         + (" ".join(times.notes) if times.notes else "")
     )

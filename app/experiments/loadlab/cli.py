@@ -55,8 +55,14 @@ def scale(
     processes: Annotated[int, typer.Option(help="Locust processes (>1: master + forked workers)")]
     = 1,
     user_rps: Annotated[float, typer.Option(
-        help="requests/s per simulated user: fewer, faster users keep fewer connections open")]
+        help="paced: requests/s per simulated user; poisson: the most one user offers")]
     = 4.0,
+    arrivals: Annotated[str, typer.Option(
+        help="poisson (open loop, latency from each request's due time), paced (closed loop), "
+             "or poisson,paced: both, one after the other, knees side by side")]
+    = "poisson",
+    connections: Annotated[int, typer.Option(
+        help="poisson: at least this many simulated users (connections)")] = 100,
     replica_cpus: Annotated[str, typer.Option(
         help="CPU quota per replica in cores (a cgroup each, like a pod's CPU limit), so n "
              "replicas get n times the CPU of one; 'auto': (cores - 0.8) / max replicas where "
@@ -66,25 +72,34 @@ def scale(
     """Step the offered load per replica count until p99 breaks the SLO; report the knee, the
     latency curves, CPU per request and the scaling efficiency RPS(n) / (n * RPS(1))."""
     from app.experiments.loadlab.cpubudget import CpuBudgetError
-    from app.experiments.loadlab.scale import ScaleConfig, run_scale
+    from app.experiments.loadlab.loadgen import ARRIVALS
+    from app.experiments.loadlab.scale import ScaleConfig, compare_arrivals, run_scale
+    from app.stack.loadtest import LoadTestError
+    from app.stack.supervisor import StackError
     from recstack.logs import configure_logging
     from recstack.settings import get_settings
-    from app.stack.supervisor import StackError
-    from app.stack.loadtest import LoadTestError
 
     counts = _ints(replicas)
     cpus = _cpus(replica_cpus, counts)
+    modes = [m.strip() for m in arrivals.split(",") if m.strip()]
+    if not modes or any(m not in ARRIVALS for m in modes) or len(set(modes)) < len(modes):
+        raise typer.BadParameter(f"--arrivals: one or more of {', '.join(ARRIVALS)}, "
+                                 f"got {arrivals!r}")
     if (step_s < 5 or start_rps <= 0 or growth <= 1 or max_steps < 1 or processes < 1
-            or user_rps <= 0):
+            or user_rps <= 0 or connections < 1):
         raise typer.BadParameter("need step-s >= 5, start-rps > 0, growth > 1, max-steps >= 1, "
-                                 "processes >= 1, user-rps > 0")
+                                 "processes >= 1, user-rps > 0, connections >= 1")
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     cfg = ScaleConfig(replicas=counts, service=service, slo_ms=slo_ms, step_s=step_s,
                       start_rps=start_rps, growth=growth, max_steps=max_steps,
-                      processes=processes, user_rps=user_rps, replica_cpus=cpus)
+                      processes=processes, user_rps=user_rps, replica_cpus=cpus,
+                      arrivals=modes[0], connections=connections)
     try:
-        run_scale(settings, cfg)
+        if len(modes) == 1:
+            run_scale(settings, cfg)
+        else:
+            compare_arrivals(settings, cfg, modes)
     except (StackError, LoadTestError, CpuBudgetError) as exc:
         _fail(str(exc))
 
@@ -106,10 +121,10 @@ def chaos(
     during the fault, time to the first degraded answer and time to recover."""
     from app.experiments.loadlab.chaos import ChaosConfig, run_chaos
     from app.experiments.loadlab.faults import FAULTS, FaultError
+    from app.stack.loadtest import LoadTestError
+    from app.stack.supervisor import StackError
     from recstack.logs import configure_logging
     from recstack.settings import get_settings
-    from app.stack.supervisor import StackError
-    from app.stack.loadtest import LoadTestError
 
     if fault not in FAULTS:
         raise typer.BadParameter(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")

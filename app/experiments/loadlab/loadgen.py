@@ -22,8 +22,8 @@ import pandas as pd
 
 from app.experiments.loadlab.analysis import read_request_logs
 from app.experiments.loadlab.probes import Sampler
-from recstack.settings import REPO_ROOT, Settings
 from app.stack.loadtest import LOCUSTFILE, LoadTestError, locust_command
+from recstack.settings import REPO_ROOT, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,39 @@ def users_for(rps: float, user_rps: float = DEFAULT_USER_RPS) -> int:
     return max(1, math.ceil(rps / user_rps))
 
 
+ARRIVALS = ("poisson", "paced")
+# Open loop: at least this many simulated users (each its own connection), whatever the rate:
+# real traffic is many clients, each sending now and then.
+MIN_CONNECTIONS = 100
+
+
+@dataclass(frozen=True)
+class Clients:
+    """How a load of ``rps`` is offered: ``users`` simulated users at ``user_rps`` each."""
+
+    users: int
+    user_rps: float
+    arrivals: str
+
+    @property
+    def rps(self) -> float:
+        return self.users * self.user_rps
+
+
+def clients_for(rps: float, arrivals: str = "poisson", user_rps: float = DEFAULT_USER_RPS,
+                connections: int = MIN_CONNECTIONS) -> Clients:
+    """Open loop (``poisson``): at least ``connections`` users, each a Poisson stream of
+    ``rps / users`` (more users when that would exceed ``user_rps``), so exactly ``rps`` is
+    offered. Paced: ``ceil(rps / user_rps)`` users at ``user_rps`` (the closed loop of earlier
+    runs, rounded up to whole users)."""
+    if arrivals not in ARRIVALS:
+        raise ValueError(f"arrivals must be one of {ARRIVALS}, got {arrivals!r}")
+    if arrivals == "paced":
+        return Clients(users_for(rps, user_rps), user_rps, arrivals)
+    users = max(connections, users_for(rps, user_rps))
+    return Clients(users, rps / users, arrivals)
+
+
 def run_load(
     settings: Settings,
     out_dir: Path,
@@ -67,6 +100,7 @@ def run_load(
     during: Callable[[float], None] | None = None,
     stop_when_done: bool = False,
     host: str | None = None,
+    arrivals: str = "poisson",
 ) -> LoadRun:
     """Run the locustfile headless for ``duration_s`` with ``users`` at ``user_rps`` each (or the
     user count of ``stages`` over time), sampling CPU and /metrics each second.
@@ -79,7 +113,7 @@ def run_load(
     _clear_out_dir(out_dir)
     host = host or f"http://{settings.stack.host}:{settings.stack.lb_port}"
     cmd = _command(host, out_dir, users, duration_s, stages, processes)
-    env = _environment(settings, out_dir, user_rps, stages)
+    env = _environment(settings, out_dir, user_rps, stages, arrivals)
     total_s = max(e for e, _ in stages) if stages else duration_s
     timeout_s = total_s + 60
     log_path = out_dir / "locust.log"
@@ -137,15 +171,17 @@ def _command(host: str, out_dir: Path, users: int, duration_s: int,
 
 
 def _environment(settings: Settings, out_dir: Path, user_rps: float,
-                 stages: list[tuple[float, int]] | None) -> dict[str, str]:
+                 stages: list[tuple[float, int]] | None,
+                 arrivals: str = "poisson") -> dict[str, str]:
     """Locust's environment: the stack's home and world size, and the locustfile's settings
-    (rate per user, stages, where the request log and the online CTR go)."""
+    (rate per user, arrivals, stages, where the request log and the online CTR go)."""
     return {
         **os.environ,
         "RECSTACK_HOME": str(settings.root),
         "RECSTACK_SIM__N_USERS": str(settings.sim.n_users),
         "RECSTACK_LOADTEST_K": str(settings.serving.k_default),
-        "RECSTACK_LOADTEST_USER_RPS": f"{user_rps:.4f}",
+        "RECSTACK_LOADTEST_USER_RPS": f"{user_rps:.6f}",
+        "RECSTACK_LOADTEST_ARRIVALS": arrivals,
         "RECSTACK_LOADTEST_REQUEST_LOG": str(out_dir / "requests"),
         "RECSTACK_LOADTEST_CTR_FILE": str(out_dir / "online_ctr.json"),
         "RECSTACK_LOADTEST_STAGES": ",".join(f"{e:g}:{u}" for e, u in stages) if stages else "",

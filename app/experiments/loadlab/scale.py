@@ -15,9 +15,10 @@ same cores with nginx, Redis and the generator, and the efficiency measures that
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from app.experiments.loadlab.analysis import (
     step_stats,
 )
 from app.experiments.loadlab.cpubudget import CpuBudget, CpuBudgetError
-from app.experiments.loadlab.loadgen import LoadRun, run_load, users_for
+from app.experiments.loadlab.loadgen import MIN_CONNECTIONS, LoadRun, clients_for, run_load
 from app.experiments.loadlab.probes import program_pids, tree_pids
 from app.experiments.report import ReportFolder
 from app.stack import runner
@@ -58,7 +59,14 @@ class ScaleConfig:
     start_rps: float = 40.0
     growth: float = 1.15  # fine steps: an efficiency is the ratio of two knees, each this coarse
     max_steps: int = 16
-    user_rps: float = 4.0
+    user_rps: float = 4.0  # paced: each user's rate; poisson: the most one user offers
+    # Open loop by default: Poisson arrivals from at least `connections` simulated users, latency
+    # from each request's due time (loadtests/pacing.py); "paced" is the closed loop of before.
+    arrivals: str = "poisson"
+    connections: int = MIN_CONNECTIONS
+    # Knees reported besides the one at slo_ms (same steps: each is the highest achieved RPS
+    # whose p99 is within that target).
+    other_slos_ms: list[float] = field(default_factory=lambda: [30.0])
     processes: int = 1
     max_error_rate: float = 0.01
     confirm_retries: int = 1  # a breaking step is repeated this often to confirm the break
@@ -171,6 +179,7 @@ def run_scale(settings: Settings, cfg: ScaleConfig, console: Console | None = No
     knees: dict[int, float] = {}
     knee_rows: dict[int, dict[str, Any]] = {}
     loads: list[float] = []
+    other_knees: dict[float, dict[int, tuple[float, float]]] = {}  # slo -> n -> (rps, p99)
     budget = CpuBudget.detect(cfg.replica_cpus) if cfg.replica_cpus > 0 else None
     bench = _Bench(settings, cfg, budget, raw, console)
     try:
@@ -183,6 +192,10 @@ def run_scale(settings: Settings, cfg: ScaleConfig, console: Console | None = No
             loads += [row["load_1m"] for row in count_rows]
             knee = find_knee(steps, cfg.slo_ms, cfg.max_error_rate)
             knees[n] = knee.achieved_rps if knee else math.nan
+            for slo in cfg.other_slos_ms:
+                other = find_knee(steps, slo, cfg.max_error_rate)
+                other_knees.setdefault(slo, {})[n] = (
+                    (other.achieved_rps, other.p99_ms) if other else (math.nan, math.nan))
             if knee:
                 knee_rows[n] = next(r for r in rows if r["replicas"] == n
                                     and r["achieved_rps"] == knee.achieved_rps)
@@ -191,6 +204,10 @@ def run_scale(settings: Settings, cfg: ScaleConfig, console: Console | None = No
     steps_df = pd.DataFrame(rows)
     eff = scaling_efficiency(knees)
     summary = _summary(cfg, knees, eff, knee_rows, loads)
+    for slo, by_n in other_knees.items():
+        for n, (rps, p99) in by_n.items():
+            summary[f"max_rps_at_p99_{slo:g}ms_{_replica_word(n)}"] = _r(rps)
+            summary[f"p99_ms_at_knee_{slo:g}ms_{_replica_word(n)}"] = _r(p99)
     _write_report(report, cfg, steps_df, knees, eff, knee_rows, summary)
     path = report.finish(summary, settings_used={**asdict(cfg), "serving_mode": settings.serving.mode,
                                                  "n_users": settings.sim.n_users,
@@ -211,7 +228,7 @@ def _steps_until_break(bench: _Bench, n: int, rps: float
     retries = cfg.confirm_retries
     i = run_index = 0  # i: offered-load step; run_index: Locust runs (repeats included)
     while i < cfg.max_steps:
-        rps = users_for(rps, cfg.user_rps) * cfg.user_rps  # what the users really offer
+        rps = clients_for(rps, cfg.arrivals, cfg.user_rps, cfg.connections).rps  # as offered
         stats, row, reason = _run_step(bench, n, i, run_index, rps, ports)
         run_index += 1
         steps.append(stats)
@@ -242,11 +259,12 @@ def _run_step(bench: _Bench, n: int, i: int, run_index: int, rps: float, ports: 
         for name, pids in replicas.items():
             budget.limit(name, pids)
     before = {name: budget.stats(name) for name in replicas} if budget else {}
+    clients = clients_for(rps, cfg.arrivals, cfg.user_rps, cfg.connections)
     with console.status(f"{label} for {cfg.step_s}s"):
         run = run_load(
-            settings, bench.raw / f"r{n}-s{run_index}", users=users_for(rps, cfg.user_rps),
-            duration_s=cfg.step_s, user_rps=cfg.user_rps, processes=cfg.processes,
-            metric_ports=lambda ports=ports: ports,
+            settings, bench.raw / f"r{n}-s{run_index}", users=clients.users,
+            duration_s=cfg.step_s, user_rps=clients.user_rps, processes=cfg.processes,
+            metric_ports=lambda ports=ports: ports, arrivals=cfg.arrivals,
         )
     stats = step_stats(run.requests, rps, cfg.warmup_s)
     cpu = step_cpu(run, stats, cfg.warmup_s)
@@ -256,14 +274,16 @@ def _run_step(bench: _Bench, n: int, i: int, run_index: int, rps: float, ports: 
     reason = breaks_slo(stats, cfg.slo_ms, cfg.max_error_rate)
     locust_cores = cpu.get("cpu_cores_locust", math.nan)
     row = {"replicas": n, "step": i, **stats.as_dict(), **cpu,
-           "users": users_for(rps, cfg.user_rps),
+           "users": clients.users, "arrivals": cfg.arrivals,
            "generator_saturated": bool(locust_cores >= 0.85 * cfg.processes),
            "breaks_slo": reason or "", "load_1m": _load1()}
     console.print(
         f"{label}: {stats.achieved_rps:6.1f} RPS, p50 {stats.p50_ms:5.1f} ms, "
         f"p99 {stats.p99_ms:6.1f} ms, errors {stats.error_rate:.2%}, "
         f"degraded {stats.degraded_rate:.2%}, "
-        f"{cfg.service} CPU {cpu.get(f'cpu_cores_{cfg.service}', math.nan):.2f} cores, "
+        + (f"send lag p99 {stats.lag_p99_ms:.1f} ms, " if cfg.arrivals == "poisson" else "")
+        + ("[yellow]achieved off offered by > 2%[/yellow], " if stats.rate_off else "")
+        + f"{cfg.service} CPU {cpu.get(f'cpu_cores_{cfg.service}', math.nan):.2f} cores, "
         f"Locust {locust_cores:.2f} cores, other tenants "
         f"{cpu.get('cpu_cores_other', math.nan):.2f} cores"
         + (f", quota used up in {cpu['throttled_fraction']:.0%} of periods"
@@ -296,6 +316,8 @@ def _load1() -> float:
 def _summary(cfg: ScaleConfig, knees: dict[int, float], eff: dict[int, float],
              knee_rows: dict[int, dict[str, Any]], loads: list[float]) -> dict[str, Any]:
     s: dict[str, Any] = {"service": cfg.service, "slo_p99_ms": cfg.slo_ms,
+                         "arrivals": cfg.arrivals,
+                         "connections_min": cfg.connections if cfg.arrivals == "poisson" else None,
                          "replica_counts": cfg.replicas, "step_s": cfg.step_s,
                          "replica_cpu_budget_cores": cfg.replica_cpus or None}
     for n, knee in knees.items():
@@ -332,8 +354,14 @@ def _r(x: Any, nd: int = 3) -> Any:
 def _write_report(report: ReportFolder, cfg: ScaleConfig, steps: pd.DataFrame,
                   knees: dict[int, float], eff: dict[int, float],
                   knee_rows: dict[int, dict[str, Any]], summary: dict[str, Any]) -> None:
+    load = (f"open loop: Poisson arrivals from at least {cfg.connections} simulated users "
+            "(connections), each latency measured from the request's due time, so a stall "
+            "counts for every request due during it"
+            if cfg.arrivals == "poisson" else
+            f"closed loop: {cfg.user_rps:g} requests/s per simulated user, paced; latency from "
+            "the actual send")
     report.text(
-        f"Offered load (constant throughput, {cfg.user_rps:g} requests/s per simulated user) "
+        f"Offered load ({load}) "
         f"grows x{cfg.growth:g} every {cfg.step_s} s step (the first {cfg.warmup_s:g} s of each "
         f"step are not measured) until p99 of `GET /recommendations` exceeds the SLO of "
         f"{cfg.slo_ms:.0f} ms, errors exceed {cfg.max_error_rate:.0%}, or less than 90% of the "
@@ -353,6 +381,8 @@ def _write_report(report: ReportFolder, cfg: ScaleConfig, steps: pd.DataFrame,
         )
     table = [{"replicas": n, "max RPS at SLO": knees[n],
               "p99 at knee (ms)": knee_rows.get(n, {}).get("p99_ms"),
+              **{f"max RPS at p99 ≤ {slo:g} ms": summary.get(
+                  f"max_rps_at_p99_{slo:g}ms_{_replica_word(n)}") for slo in cfg.other_slos_ms},
               f"{cfg.service} CPU ms/request": knee_rows.get(n, {}).get(
                   f"cpu_ms_per_request_{cfg.service}"),
               "Locust cores": knee_rows.get(n, {}).get("cpu_cores_locust"),
@@ -456,3 +486,42 @@ def explain_efficiency(cfg: ScaleConfig, knees: dict[int, float], eff: dict[int,
         verdict = "meets" if e2 >= 0.8 else "misses"
         lines.append(f"- Measured efficiency 1→2: **{e2:.2f}** ({verdict} the ≥ 0.8 target).")
     return "\n".join(lines)
+
+
+def compare_arrivals(settings: Settings, cfg: ScaleConfig, modes: list[str],
+                     console: Console | None = None) -> Path:
+    """The experiment once per arrival mode (``cfg`` otherwise unchanged), one after the other
+    in this run, and a report with their knees side by side; returns its folder."""
+    console = console or Console(stderr=True)
+    runs = {}
+    for mode in modes:
+        console.print(f"[bold]arrivals: {mode}[/bold]")
+        path = run_scale(settings, replace(cfg, arrivals=mode), console)
+        runs[mode] = (path, json.loads((path / "summary.json").read_text()))
+    report = ReportFolder.create(settings, "scale-arrivals",
+                                 title="Knees by arrival process: open vs closed loop")
+    report.text(
+        "The same stepped experiment once per arrival process, one after the other: `poisson` "
+        f"is open loop (Poisson arrivals from at least {cfg.connections} simulated users, "
+        "latency from each request's due time), `paced` the closed loop of earlier runs "
+        f"({cfg.user_rps:g} requests/s per user, latency from the actual send). Each run's own "
+        "report holds its steps and plots: " + ", ".join(
+            f"`{m}`: {p}" for m, (p, _) in runs.items()) + ".")
+    rows = []
+    for n in cfg.replicas:
+        w = _replica_word(n)
+        for mode, (_, summary) in runs.items():
+            row = {"replicas": n, "arrivals": mode,
+                   f"max RPS at p99 ≤ {cfg.slo_ms:g} ms": summary.get(f"max_rps_at_slo_{w}"),
+                   "p50 at knee (ms)": summary.get(f"p50_ms_at_knee_{w}"),
+                   "p99 at knee (ms)": summary.get(f"p99_ms_at_knee_{w}")}
+            for slo in cfg.other_slos_ms:
+                row[f"max RPS at p99 ≤ {slo:g} ms"] = summary.get(f"max_rps_at_p99_{slo:g}ms_{w}")
+            row[f"{cfg.service} CPU ms/request"] = summary.get(
+                f"cpu_ms_per_request_{cfg.service}_at_knee_{w}")
+            rows.append(row)
+    report.table(rows)
+    path = report.finish({m: s for m, (_, s) in runs.items()},
+                         settings_used={**asdict(cfg), "arrivals": modes})
+    console.print(f"report: {path / 'report.md'}")
+    return path

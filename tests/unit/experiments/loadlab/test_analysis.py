@@ -166,3 +166,20 @@ def test_first_degraded_ignores_reasons_seen_before_the_fault() -> None:
     assert first_degraded_s(df, T0 + 10) == pytest.approx(0.12)
     assert first_degraded_s(df[df["start_s"] != T0 + 10.5], T0 + 10, ignore=seen) == \
         pytest.approx(1.02)
+
+
+def test_open_loop_steps_report_the_send_lag_and_flag_a_rate_off_the_offered() -> None:
+    rows = [(T0 + i / 100, REC, 10.0, 1, 200, "", 0.0 if i % 50 else 400.0) for i in range(1000)]
+    df = pd.DataFrame(rows, columns=[*_log([]).columns, "lag_ms"])
+    on_rate = step_stats(df, offered_rps=100.0)
+    assert on_rate.lag_p99_ms == pytest.approx(400.0)
+    assert on_rate.delivered_ratio == pytest.approx(1000 / 9.99 / 100)
+    assert not on_rate.rate_off
+    off = step_stats(df, offered_rps=110.0)  # 100 achieved of 110 offered: 9% short
+    assert off.rate_off and off.delivered_ratio == pytest.approx(100.1 / 110, rel=1e-3)
+
+
+def test_request_logs_without_a_lag_column_read_as_no_lag(tmp_path) -> None:
+    path = tmp_path / "requests-1.csv"
+    _log([(T0, REC, 5.0, 1, 200, "")]).to_csv(path, index=False)
+    assert read_request_logs([path])["lag_ms"].tolist() == [0.0]
