@@ -430,6 +430,13 @@ def _check_ports(settings: Settings, programs: list[Program]) -> None:
             )
 
 
+# Set by importing feast.metrics (any process that opened the store) to a temporary directory
+# that is removed when that process exits; inherited, it crashes every program started later.
+PROCESS_LOCAL_ENV = ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR")
+
+
 def base_env() -> dict[str, str]:
-    """Environment supervisord itself is started with: the caller's, minus stale stack settings."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("RECSTACK_")}
+    """Environment supervisord itself is started with: the caller's, minus stale stack settings
+    and the caller's own temporary metric directories (PROCESS_LOCAL_ENV)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("RECSTACK_") and k not in PROCESS_LOCAL_ENV}

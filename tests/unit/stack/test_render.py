@@ -384,3 +384,21 @@ def test_prometheus_has_no_http_lifecycle_unless_asked(stack_settings: Settings)
     asked = stack_settings.model_copy(update={"stack": stack_settings.stack.model_copy(
         update={"prometheus_lifecycle": True})})
     assert "--web.enable-lifecycle" in argv(asked)
+
+
+def test_supervisord_does_not_inherit_a_feast_metrics_dir_that_dies_with_the_caller(
+        monkeypatch) -> None:
+    """Importing feast (any verb that opens the store) creates a temporary
+    PROMETHEUS_MULTIPROCESS_DIR, points both prometheus variables at it, and removes it when
+    that process exits. supervisord started from such a process handed the dead directory to
+    every program it (re)started later: a replica restarted after `recstack demo` had exited
+    crashed at import (FileNotFoundError: .../feast_metrics_*/gauge_liveall_<pid>.db)."""
+    from app.stack.services import base_env
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROCESS_DIR", "/tmp/feast_metrics_gone")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/feast_metrics_gone")
+    monkeypatch.setenv("RECSTACK_HOME", "/tmp/x")
+    monkeypatch.setenv("PATH_FOR_TEST", "kept")
+    env = base_env()
+    assert "PROMETHEUS_MULTIPROCESS_DIR" not in env and "PROMETHEUS_MULTIPROC_DIR" not in env
+    assert "RECSTACK_HOME" not in env and env["PATH_FOR_TEST"] == "kept"
