@@ -47,6 +47,9 @@ from simulator.world import World
 logger = logging.getLogger(__name__)
 
 
+RECOVERY_HOLD_H = 6  # simulated hours a recovery must hold (not a brief crossing)
+
+
 @dataclass
 class DriftConfig:
     scenario: str = "taste-shift"
@@ -71,6 +74,8 @@ class DriftConfig:
     k: int = 10
     retrain: bool = True
     cooldown_hours: float = 12.0
+    # Recovered: the 6-hour fraction of the oracle back at >= this share of its pre-shift level
+    # and staying there for RECOVERY_HOLD_H simulated hours.
     recovery_level: float = 0.9
 
     def check(self) -> None:
@@ -389,7 +394,7 @@ def summarize(timeline: pd.DataFrame, marks: list[dict[str, Any]], shift_at: dt.
         (round((h - shift_h) / 24, 3) for h in retrains if h > shift_h), None)
     for arm in ("live", "frozen"):
         t = timeline[timeline["arm"] == arm].sort_values("hour")
-        out.update(_segment_fractions(t, arm, shift_h))
+        out.update(_segment_fractions(t, arm, shift_h, cfg.recovery_level))
         frac = (t["expected_clicks"].rolling(6, min_periods=6).sum()
                 / t["oracle_clicks"].rolling(6, min_periods=6).sum())
         pre = t[(t["hour"] < shift_h) & (t["hour"] >= shift_h - 12)]
@@ -402,21 +407,34 @@ def summarize(timeline: pd.DataFrame, marks: list[dict[str, Any]], shift_at: dt.
         out[f"{arm}_min_fraction_of_oracle_6h"] = round(float(low.min()), 4)
         out[f"{arm}_final_12h_fraction_of_oracle"] = round(float(end_frac), 4)
         out[f"{arm}_ctr_recovery_fraction"] = round(float(end_frac / pre_frac), 4)
-        recovered = t[(t["hour"] >= shift_h + 6) & (frac >= cfg.recovery_level * pre_frac)]
-        dip = post.assign(f=low.values)
-        dipped = dip[dip["f"] < cfg.recovery_level * pre_frac]
-        rec_h = None
-        if not dipped.empty:
-            later = recovered[recovered["hour"] > dipped["hour"].min()]
-            rec_h = float(later["hour"].min()) if not later.empty else None
-        else:
-            rec_h = shift_h  # never dropped below the level
+        rec_h = recovery_hour(t["hour"].to_numpy(float), frac.to_numpy(float),
+                              cfg.recovery_level * pre_frac, shift_h)
         out[f"{arm}_ctr_recovery_time_sim_days"] = (
             round((rec_h - shift_h) / 24, 3) if rec_h is not None else None)
     return out
 
 
-def _segment_fractions(t: pd.DataFrame, arm: str, shift_h: float) -> dict[str, float]:
+def recovery_hour(hours: np.ndarray, frac: np.ndarray, level: float, shift_h: float,
+                  hold_h: int = RECOVERY_HOLD_H) -> float | None:
+    """When the rolling fraction of the oracle is back for good: the first hour after its
+    first dip below ``level`` (after ``shift_h``) from which it stays at or above ``level``
+    for ``hold_h`` consecutive hourly points; ``shift_h`` when it never dipped, None when it
+    does not come back (a brief crossing that falls again does not count)."""
+    after = hours >= shift_h
+    ok = np.where(np.isnan(frac), False, frac >= level - 1e-12)
+    dipped = np.flatnonzero(after & ~ok & ~np.isnan(frac))
+    if len(dipped) == 0:
+        return shift_h
+    run = 0
+    for i in range(int(dipped[0]) + 1, len(hours)):
+        run = run + 1 if ok[i] else 0
+        if run == hold_h:
+            return float(hours[i - hold_h + 1])
+    return None
+
+
+def _segment_fractions(t: pd.DataFrame, arm: str, shift_h: float,
+                       level: float = 0.9) -> dict[str, float]:
     """Pre-shift and final-12 h fractions of the oracle of the users the scenario affects and
     of the others (when the timeline splits them), and the 12 h before the pre-shift window:
     a reviewer sees where a loss is (the shifted segment or everyone) and whether the
@@ -437,6 +455,15 @@ def _segment_fractions(t: pd.DataFrame, arm: str, shift_h: float) -> dict[str, f
             e, o = part["expected_clicks"].sum() - e, part["oracle_clicks"].sum() - o
         return float(e), float(o)
 
+    hit = t.sort_values("hour")
+    seg_frac = (hit["affected_expected_clicks"].rolling(6, min_periods=6).sum()
+                / hit["affected_oracle_clicks"].rolling(6, min_periods=6).sum())
+    e0, o0 = sums(pre, "affected")
+    if o0:
+        rec = recovery_hour(hit["hour"].to_numpy(float), seg_frac.to_numpy(float),
+                            level * e0 / o0, shift_h)
+        out[f"{arm}_affected_ctr_recovery_time_sim_days"] = (
+            round((rec - shift_h) / 24, 3) if rec is not None else None)
     for seg in ("affected", "unaffected"):
         fracs = []
         for label, part in (("pre_shift", pre), ("final_12h", last)):

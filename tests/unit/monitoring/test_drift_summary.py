@@ -41,6 +41,22 @@ def test_summary_figures() -> None:
     assert out["frozen_ctr_recovery_time_sim_days"] is None
 
 
+def test_recovery_time_is_the_first_sustained_return_not_a_brief_crossing() -> None:
+    """Live is back at 0.49 for hours 40-46 only, drops again, and is back for good from hour
+    60: a 6-hour mean crosses 90% of the pre-shift level briefly near hour 45 and for good
+    near hour 65; the recovery time is the second (it must hold 6 simulated hours)."""
+    rows = []
+    for hour in range(96):
+        live = 0.5 if hour < 24 else (0.49 if 40 <= hour < 47 or hour >= 60 else 0.3)
+        rows.append({"arm": "live", "hour": hour, "impressions": 100, "clicks": 5,
+                     "expected_clicks": 10 * live, "oracle_clicks": 10.0})
+        rows.append({"arm": "frozen", "hour": hour, "impressions": 100, "clicks": 5,
+                     "expected_clicks": 5.0, "oracle_clicks": 10.0})
+    out = summarize(pd.DataFrame(rows), [], T0 + dt.timedelta(hours=24), T0, DriftConfig())
+    assert (64 - 24) / 24 <= out["live_ctr_recovery_time_sim_days"] <= (66 - 24) / 24
+    assert out["frozen_ctr_recovery_time_sim_days"] == 0.0  # never dipped
+
+
 def _segment_timeline() -> pd.DataFrame:
     """A third of the oracle's clicks come from users the scenario affects: they drop from 0.5
     to 0.2 at the shift (hour 48); live brings them back to 0.45 at hour 70. The others stay
@@ -68,6 +84,11 @@ def test_summary_splits_the_affected_segment_from_the_rest() -> None:
         assert out[f"{arm}_pre_shift_previous_12h_fraction_of_oracle"] == pytest.approx(
             (10 * 0.6 + 5 * 0.5) / 15, abs=1e-4)
     assert out["live_affected_ctr_recovery_fraction"] == pytest.approx(0.9)
+    # The headline segment's own recovery: its 6-hour mean passes 0.45 (90% of 0.5) once the
+    # window is all 0.45 (hour 75) and stays; the frozen arm's segment never recovers.
+    assert out["live_affected_ctr_recovery_time_sim_days"] == pytest.approx((75 - 48) / 24,
+                                                                              abs=1.01 / 24)
+    assert out["frozen_affected_ctr_recovery_time_sim_days"] is None
     assert out["frozen_affected_ctr_recovery_fraction"] == pytest.approx(0.4)
     # the whole population's ratio mixes both: (10*0.5 + 5*0.45) / 15 over 0.5
     assert out["live_ctr_recovery_fraction"] == pytest.approx((5 + 2.25) / 15 / 0.5, abs=1e-3)
