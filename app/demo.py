@@ -81,7 +81,8 @@ def run_demo(settings: Settings, console: Console | None = None, run_load: bool 
             # What a client of the recommender sees; the POST /events the simulated users
             # send are counted in the totals only.
             row=RECOMMENDATIONS_ROW,
-            extra_env={"RECSTACK_LOADTEST_USER_RPS": str(settings.load.user_rps)},
+            extra_env={"RECSTACK_LOADTEST_USER_RPS": str(settings.load.user_rps),
+                       "RECSTACK_LOADTEST_ARRIVALS": settings.load.arrivals},
         )
     result.urls = stack.urls(settings)
     return result

@@ -368,13 +368,17 @@ class MonitorSettings(BaseModel):
 class LoadSettings(BaseModel):
     """The demo's headless Locust run."""
 
-    users: int = 20
-    spawn_rate: float = 10.0
+    users: int = 100
+    spawn_rate: float = 100.0
     duration_s: int = 30
-    # Requests per second of each Locust user (open pacing, loadtests/pacing.py): 20 x 5 = 100
-    # RPS, a third of the 2-replica knee on 2 cores (app/experiments/loadlab/README.md), so the
-    # demo shows latency, not overload. 0: each user sends as fast as it is answered.
-    user_rps: float = Field(5.0, ge=0)
+    # Requests per second of each Locust user: 100 x 1 = 100 RPS, two thirds of the 2-replica
+    # open-loop knee at p99 <= 100 ms on 2 cores (152 RPS, app/experiments/loadlab/README.md),
+    # so the demo shows latency, not overload.
+    # 0: each user sends as fast as it is answered.
+    user_rps: float = Field(1.0, ge=0)
+    # poisson: open loop, each user's requests due at Poisson arrivals, latency from the due
+    # time; paced: a fixed period per user (loadtests/pacing.py).
+    arrivals: Literal["poisson", "paced"] = "poisson"
     # GETs sent to each replica directly before the measured run.
     warmup_requests: int = Field(100, ge=0)
 

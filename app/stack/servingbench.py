@@ -9,7 +9,7 @@ load (500 candidates ranked, top 20 returned), twice side by side: open loop (Po
 from ``BENCH_CONNECTIONS`` connections, each latency from the request's due time; the headline)
 and the paced closed loop of earlier runs (few connections at ``USER_RPS`` each; keys end in
 ``_paced``). Achieved against offered RPS is checked (``_rate_off`` when they differ by more than
-2%). Per-stage p99
+2% and by more than Poisson noise explains: app/experiments/loadlab/analysis.rate_is_off). Per-stage p99
 and degraded answers by reason come from every replica's /metrics, read before and after each
 run. It also measures the user-feature read, fast reader vs ``get_online_features``. The stack
 is left in the mode the settings give.
@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 from rich.console import Console
 
+from app.experiments.loadlab.analysis import rate_is_off
 from app.stack import runner
 from app.stack.loadtest import RECOMMENDATIONS_ROW, LoadResult, run_locust
 from app.stack.services import STAGE_SERVICES, service_ports
@@ -52,7 +53,6 @@ BENCH_CONNECTIONS = 100
 # grows with the connections at the same offered load (one replica at 50 RPS: p99 12 ms from 5
 # connections, 42 ms from 25); the paced runs keep them few, as the earlier benchmarks did.
 USER_RPS = 20.0
-RATE_TOLERANCE = 0.02
 
 
 def users_for(rps: float, arrivals: str = "paced") -> int:
@@ -188,7 +188,8 @@ def _figures(key: str, result: LoadResult, before: dict, after: dict,
             round(1000 * cpu / result.requests, 2) if result.requests else None),
         f"{key}_offered_rps": offered_rps,
         f"{key}_achieved_rps": round(result.rps, 1),
-        f"{key}_rate_off": bool(abs(result.rps / offered_rps - 1) > RATE_TOLERANCE)
+        f"{key}_rate_off": rate_is_off(result.requests, offered_rps,
+                                       result.requests / result.rps if result.rps else 0.0)
         if offered_rps > 0 else None,
         f"{key}_p50_ms": result.p50_ms, f"{key}_p95_ms": result.p95_ms,
         f"{key}_p99_ms": result.p99_ms, f"{key}_requests": result.requests,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from scipy import stats as sps
 
 from app.experiments.online.analysis import analyse
+from app.experiments.online.driver import drive_api
 from app.experiments.online.simulate import simulate_policies
 from simulator.world import World
 
@@ -28,3 +30,28 @@ def aa_false_positive_rate(world: World, ab: Any, runs: int = 200, days: int = 3
     return {"runs": runs, "false_positives": significant, "rate": significant / runs,
             "ci_low": ci.low, "ci_high": ci.high, "alpha": ab.alpha, "srm_alarms": srm_alarms,
             "p_values": p_values}
+
+
+def aa_through_api(world: World, client_for: Callable[[str], Any], ab: Any, runs: int = 10,
+                   days: int = 1, list_size: int = 10, seed: int = 0,
+                   users: Any = None) -> dict[str, Any]:
+    """A/A on the real serving path: ``client_for(salt)`` gives a client of an API whose two
+    arms serve the same model under that salt (e.g. Starlette's ``TestClient`` on an
+    in-process app); each run drives the simulated users through it (``drive_api``: a GET per
+    session, the arm read from the answer) and analyses the log as an A/B. The same figures as
+    :func:`aa_false_positive_rate`, on fewer runs: each costs a request per session."""
+    weights = {"control": 0.5, "treatment": 0.5}
+    p_values, significant, srm_alarms, requests = [], 0, 0, 0
+    for run in range(runs):
+        salt = f"aa-api-{seed}-{run}"
+        log = drive_api(client_for(salt), world, days, salt, weights, list_size, seed + run,
+                        users=users, post_events=False)
+        requests += int(log.rows["requests"].sum())
+        result = analyse(log, list(weights.items()), ab)
+        p_values.append(result["test"]["p_value"])
+        significant += bool(result["test"]["significant"])
+        srm_alarms += not result["srm"]["ok"]
+    ci = sps.binomtest(significant, runs).proportion_ci(0.95)
+    return {"runs": runs, "false_positives": significant, "rate": significant / runs,
+            "ci_low": ci.low, "ci_high": ci.high, "alpha": ab.alpha, "srm_alarms": srm_alarms,
+            "p_values": p_values, "requests": requests}

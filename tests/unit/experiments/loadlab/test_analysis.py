@@ -14,6 +14,7 @@ from app.experiments.loadlab.analysis import (
     breaks_slo,
     find_knee,
     first_degraded_s,
+    rate_is_off,
     read_request_logs,
     reasons_seen,
     recovery_s,
@@ -175,8 +176,16 @@ def test_open_loop_steps_report_the_send_lag_and_flag_a_rate_off_the_offered() -
     assert on_rate.lag_p99_ms == pytest.approx(400.0)
     assert on_rate.delivered_ratio == pytest.approx(1000 / 9.99 / 100)
     assert not on_rate.rate_off
-    off = step_stats(df, offered_rps=110.0)  # 100 achieved of 110 offered: 9% short
-    assert off.rate_off and off.delivered_ratio == pytest.approx(100.1 / 110, rel=1e-3)
+    off = step_stats(df, offered_rps=120.0)  # 100 achieved of 120 offered: 17% short
+    assert off.rate_off and off.delivered_ratio == pytest.approx(100.1 / 120, rel=1e-3)
+
+
+def test_a_rate_gap_is_flagged_past_2_percent_and_past_poisson_noise() -> None:
+    assert not rate_is_off(1000, 100.0, 10.0)
+    assert not rate_is_off(970, 100.0, 10.0)  # 3% short, but within 3 sd (95) of the noise
+    assert rate_is_off(880, 100.0, 10.0)  # 12% short: beyond both
+    assert rate_is_off(97_000, 1000.0, 100.0)  # 3% of 100,000: beyond 3 sd (949)
+    assert not rate_is_off(99_000, 1000.0, 100.0)  # 1%: within the 2% tolerance
 
 
 def test_request_logs_without_a_lag_column_read_as_no_lag(tmp_path) -> None:
