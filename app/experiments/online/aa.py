@@ -19,17 +19,22 @@ def aa_false_positive_rate(world: World, ab: Any, runs: int = 200, days: int = 3
     """``runs`` seeded A/A experiments (salt and seed differ per run); the share significant at
     ``ab.alpha`` with its exact (Clopper-Pearson) 95% interval, and the p-values."""
     arms = [("control", policy, 0.5), ("treatment", policy, 0.5)]
-    p_values, significant, srm_alarms = [], 0, 0
-    for run in range(runs):
-        log = simulate_policies(world, arms, f"aa-{seed}-{run}", days, list_size, seed + run)
-        result = analyse(log, [("control", 0.5), ("treatment", 0.5)], ab)
-        p_values.append(result["test"]["p_value"])
-        significant += bool(result["test"]["significant"])
-        srm_alarms += not result["srm"]["ok"]
+    results = [analyse(simulate_policies(world, arms, f"aa-{seed}-{run}", days, list_size,
+                                         seed + run), [("control", 0.5), ("treatment", 0.5)], ab)
+               for run in range(runs)]
+    return calibration(results, ab.alpha)
+
+
+def calibration(results: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
+    """The false-positive rate of A/A ``results`` (``analyse`` outputs) with its exact
+    (Clopper-Pearson) 95% interval, the SRM alarms and the p-values."""
+    runs = len(results)
+    significant = sum(bool(r["test"]["significant"]) for r in results)
     ci = sps.binomtest(significant, runs).proportion_ci(0.95)
     return {"runs": runs, "false_positives": significant, "rate": significant / runs,
-            "ci_low": ci.low, "ci_high": ci.high, "alpha": ab.alpha, "srm_alarms": srm_alarms,
-            "p_values": p_values}
+            "ci_low": ci.low, "ci_high": ci.high, "alpha": alpha,
+            "srm_alarms": sum(not r["srm"]["ok"] for r in results),
+            "p_values": [r["test"]["p_value"] for r in results]}
 
 
 def aa_through_api(world: World, client_for: Callable[[str], Any], ab: Any, runs: int = 10,
@@ -41,17 +46,11 @@ def aa_through_api(world: World, client_for: Callable[[str], Any], ab: Any, runs
     session, the arm read from the answer) and analyses the log as an A/B. The same figures as
     :func:`aa_false_positive_rate`, on fewer runs: each costs a request per session."""
     weights = {"control": 0.5, "treatment": 0.5}
-    p_values, significant, srm_alarms, requests = [], 0, 0, 0
+    results, requests = [], 0
     for run in range(runs):
         salt = f"aa-api-{seed}-{run}"
         log = drive_api(client_for(salt), world, days, salt, weights, list_size, seed + run,
                         users=users, post_events=False)
         requests += int(log.rows["requests"].sum())
-        result = analyse(log, list(weights.items()), ab)
-        p_values.append(result["test"]["p_value"])
-        significant += bool(result["test"]["significant"])
-        srm_alarms += not result["srm"]["ok"]
-    ci = sps.binomtest(significant, runs).proportion_ci(0.95)
-    return {"runs": runs, "false_positives": significant, "rate": significant / runs,
-            "ci_low": ci.low, "ci_high": ci.high, "alpha": ab.alpha, "srm_alarms": srm_alarms,
-            "p_values": p_values, "requests": requests}
+        results.append(analyse(log, list(weights.items()), ab))
+    return {**calibration(results, ab.alpha), "requests": requests}
