@@ -51,6 +51,8 @@ MAX_SKEW = 0.01  # share of sampled online values that may differ from offline
 HOLD_FILE = RETRAIN_HOLD_FILE  # under settings.run_dir
 
 
+RECENT_USERS = 5000  # user ids per impression the feature check samples from
+
 class DriftChecks:
     """What one check measures, each source in its own part (a failing part is counted and
     logged, the others still run): the champion's references, the event stream (CTR, event
@@ -81,7 +83,7 @@ class DriftChecks:
         self.output_reference: dict[str, Any] | None = None  # scores and sources at burn-in
         self.last_materialized_until: Any = None
         # Users and items seen in recent checks: the population the feature checks sample.
-        self.recent_users: deque[int] = deque(maxlen=5000)
+        self.recent_users: deque[int] = deque(maxlen=RECENT_USERS)
 
     def run(self, result: CheckResult, check_no: int) -> None:
         """Every part of check number ``check_no`` (the count of earlier checks: it seeds the
@@ -159,8 +161,8 @@ class DriftChecks:
         if self.store is None or self.reference is None or not self.reference.features:
             return
         self.recent_users.extend(batch.user_impressions)
-        users, items = _feature_sample(np.random.default_rng(check_no), self.recent_users,
-                                      catalogue, self.cfg.sample_users, self.cfg.sample_items)
+        users, items = feature_sample(np.random.default_rng(check_no), self.recent_users,
+                                     catalogue, self.cfg.sample_users, self.cfg.sample_items)
         if len(users) + len(items) == 0:
             return
 
@@ -228,7 +230,7 @@ class DriftChecks:
         return ratio, n
 
 
-def _feature_sample(rng: np.random.Generator, recent_users: deque[int], catalogue: np.ndarray,
+def feature_sample(rng: np.random.Generator, recent_users: deque[int], catalogue: np.ndarray,
                    n_users: int, n_items: int) -> tuple[list[int], list[int]]:
     """(users, items) whose online feature values a check compares with the reference.
 

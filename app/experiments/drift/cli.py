@@ -8,6 +8,7 @@ functions): ``recstack --help`` imports this module and so loads no Beam, Feast 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -25,10 +26,15 @@ def register(app: typer.Typer) -> None:
         users: int = typer.Option(1000, min=50),
         items: int = typer.Option(400, min=50),
         seed: int = typer.Option(42, help="the world's and the traffic's seed"),
+        seeds: str = typer.Option("", help="comma-separated seeds: one run each, then a table "
+                                           "over them (mean, min) in a drift-seeds report"),
     ) -> None:
         """Simulated traffic across a drift scenario on a private stack: CTR vs the oracle, the
         drift alert, retraining, promotion and recovery, next to a frozen counterfactual."""
+        from rich.console import Console
+
         from app.experiments.drift.drift import DriftConfig, run_drift
+        from app.experiments.drift.seeds import run_seeds
         from recstack.logs import configure_logging
         from recstack.settings import get_settings
 
@@ -38,11 +44,29 @@ def register(app: typer.Typer) -> None:
                           requests_per_hour=requests_per_hour, live_days=live_days,
                           n_users=users, n_items=items, seed=seed)
         try:
-            summary = run_drift(settings, cfg)
+            seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+            summary = (run_seeds(settings, cfg, seed_list, Console(stderr=True)) if seed_list
+                       else run_drift(settings, cfg))
         except (RuntimeError, OSError, ValueError) as exc:
             typer.echo(f"drift experiment failed: {exc}", err=True)
             raise typer.Exit(1) from exc
         typer.echo(json.dumps(summary, indent=2, default=str))
+
+    @app.command("drift-table")
+    def drift_table(
+        reports: list[Path] = typer.Argument(..., help="drift report folders (one per seed)"),
+    ) -> None:
+        """The table over seeds rebuilt from finished drift reports (no re-run)."""
+        from app.experiments.drift.seeds import rows_from_reports, write_table
+        from recstack.settings import get_settings
+
+        try:
+            cfg, rows = rows_from_reports(reports)
+            summary = write_table(get_settings(), cfg, rows)
+        except (OSError, ValueError, KeyError) as exc:
+            typer.echo(f"drift table failed: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(summary["report"])
 
     @app.command("databug")
     def databug() -> None:
