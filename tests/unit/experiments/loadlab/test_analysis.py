@@ -192,3 +192,12 @@ def test_request_logs_without_a_lag_column_read_as_no_lag(tmp_path) -> None:
     path = tmp_path / "requests-1.csv"
     _log([(T0, REC, 5.0, 1, 200, "")]).to_csv(path, index=False)
     assert read_request_logs([path])["lag_ms"].tolist() == [0.0]
+
+
+def test_a_short_step_is_not_undelivered_when_poisson_noise_explains_the_gap() -> None:
+    # 8 RPS for 6 s: 48 requests expected, 38 arrived; 3 sd of the count is about 21.
+    short = StepStats(8.0, 38 / 6, 38 / 6, 38, 0, 0.0, 5, 6, 7, 6.0)
+    assert breaks_slo(short, 100) is None
+    # The same shortfall over 600 s is far past the noise: undelivered.
+    long = StepStats(8.0, 3800 / 600, 3800 / 600, 3800, 0, 0.0, 5, 6, 7, 600.0)
+    assert "delivered" in breaks_slo(long, 100)
