@@ -45,9 +45,19 @@ def offline_point_in_time(settings: Settings, user_ids: list[int], as_of: dt.dat
     path = settings.features_dir / USER_FEATURES_FILE
     table = pd.read_parquet(path, columns=["user_id", "event_timestamp", *USER_FEATURES],
                             filters=[("user_id", "in", [int(u) for u in user_ids])])
-    table = table[table["event_timestamp"] <= pd.Timestamp(as_of)]
-    return (table.sort_values("event_timestamp").groupby("user_id").tail(1)
-            .set_index("user_id"))
+    return newest_as_of(table, "user_id", as_of)
+
+
+def newest_as_of(table: pd.DataFrame, key: str, at: dt.datetime) -> pd.DataFrame:
+    """The newest row at or before ``at`` per ``key`` (index ``key``, ``event_timestamp``
+    dropped): what a daily materialization left in the online store at ``at``."""
+    ts = pd.Timestamp(at)
+    stamps = table["event_timestamp"]
+    if stamps.dt.tz is None and ts.tzinfo is not None:
+        ts = ts.tz_localize(None)
+    past = table[stamps <= ts]
+    return (past.sort_values("event_timestamp").groupby(key).tail(1)
+            .drop(columns="event_timestamp").set_index(key))
 
 
 def skew(settings: Settings, store: Any, user_ids: list[int], as_of: dt.datetime,

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from monitoring.events import CtrTracker, EventBatch, SegmentCtr, drop_signal_value
+from monitoring.features import newest_as_of
 from monitoring.monitor import (
     MAX_NULL_MODEL_VERSION,
     MAX_REQUESTS_WITHOUT_TOP,
@@ -53,6 +54,7 @@ class FeatureReplay:
         self.users, self.items = users, items
         self.catalogue = np.sort(items["item_id"].unique())
         self.recent_users: deque[int] = deque(maxlen=RECENT_USERS)
+        self._rows: dict[tuple[str, dt.datetime], pd.DataFrame] = {}  # one as-of read a day
 
     @classmethod
     def from_tables(cls, settings: Settings, events: pd.DataFrame, holdout_day: dt.date
@@ -66,10 +68,15 @@ class FeatureReplay:
         day = events[(events["day"] == holdout_day) & (events["event_type"] == "impression")]
         at = day_start(holdout_day)
         rows = (day[["user_id", "item_id"]]
-                .join(as_of(users, "user_id", at), on="user_id")
-                .join(as_of(items, "item_id", at), on="item_id"))
+                .join(newest_as_of(users, "user_id", at), on="user_id")
+                .join(newest_as_of(items, "item_id", at), on="item_id"))
         return cls(settings, feature_reference(rows, [*USER_FEATURES, *ITEM_FEATURES]),
                    users, items)
+
+    def _at(self, table: pd.DataFrame, key: str, midnight: dt.datetime) -> pd.DataFrame:
+        if (key, midnight) not in self._rows:
+            self._rows[(key, midnight)] = newest_as_of(table, key, midnight)
+        return self._rows[(key, midnight)]
 
     def signals(self, hour: pd.Timestamp, batch: EventBatch, check_no: int) -> list[Signal]:
         self.recent_users.extend(batch.user_impressions)
@@ -82,7 +89,7 @@ class FeatureReplay:
                                        (items, self.items, "item_id", ITEM_FEATURES)):
             if not ids:
                 continue
-            values = as_of(table, key, midnight).reindex(ids)
+            values = self._at(table, key, midnight).reindex(ids)
             for name in names:
                 x = values[name].to_numpy(dtype=np.float64)
                 if len(x) >= self.cfg.psi_min_rows and name in self.reference:
@@ -90,17 +97,6 @@ class FeatureReplay:
                                       psi_against_reference(self.reference[name], x),
                                       self.cfg.psi_threshold))
         return out
-
-
-def as_of(table: pd.DataFrame, key: str, at: dt.datetime) -> pd.DataFrame:
-    """The newest row at or before ``at`` per ``key`` (index ``key``)."""
-    ts = pd.Timestamp(at)
-    stamps = table["event_timestamp"]
-    if stamps.dt.tz is None and ts.tzinfo is not None:
-        ts = ts.tz_localize(None)
-    past = table[stamps <= ts]
-    return (past.sort_values("event_timestamp").groupby(key).tail(1)
-            .drop(columns="event_timestamp").set_index(key))
 
 
 def replay_alarms(events: pd.DataFrame, settings: Settings,

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.experiments.drift.replay import FeatureReplay, as_of, replay_alarms
+from app.experiments.drift.replay import FeatureReplay, replay_alarms
+from monitoring.features import newest_as_of
 from recstack.clock import day_start
 from recstack.schemas import ITEM_FEATURES, USER_FEATURES
 from recstack.settings import Settings
@@ -59,8 +60,8 @@ def _replay(shift_from_day: int | None) -> dict:
     holdout = START + dt.timedelta(days=1)
     day = events[events["day"] == holdout]
     rows = (day[["user_id", "item_id"]]
-            .join(as_of(users, "user_id", day_start(holdout)), on="user_id")
-            .join(as_of(items, "item_id", day_start(holdout)), on="item_id"))
+            .join(newest_as_of(users, "user_id", day_start(holdout)), on="user_id")
+            .join(newest_as_of(items, "item_id", day_start(holdout)), on="item_id"))
     feats = FeatureReplay(settings, feature_reference(rows, [*USER_FEATURES, *ITEM_FEATURES]),
                           users, items)
     return replay_alarms(events[events["day"] > holdout], settings, None, feats)
@@ -85,7 +86,7 @@ def test_as_of_takes_the_newest_row_at_or_before_the_moment() -> None:
     table = pd.DataFrame({"user_id": [1, 1, 2], "v": [1.0, 2.0, 3.0],
                           "event_timestamp": pd.to_datetime(
                               ["2026-01-02", "2026-01-03", "2026-01-04"]).tz_localize("UTC")})
-    got = as_of(table, "user_id", day_start(dt.date(2026, 1, 3)))
+    got = newest_as_of(table, "user_id", day_start(dt.date(2026, 1, 3)))
     assert got.to_dict("index") == {1: {"v": 2.0}}
     with pytest.raises(KeyError):
         got.loc[2]
